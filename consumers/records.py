@@ -1,0 +1,39 @@
+"""A Kafka record as the rest of altlas sees it: plain data, no client objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """One consumed record, with everything a dead letter must carry."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int
+
+    def header(self, name: str) -> bytes | None:
+        """Value of the last header called ``name``."""
+        for key, value in reversed(self.headers):
+            if key == name:
+                return value
+        return None
+
+    @classmethod
+    def from_consumer_record(cls, rec: Any) -> InboundRecord:
+        """Copy an aiokafka ConsumerRecord."""
+        return cls(
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            key=rec.key,
+            value=rec.value,
+            headers=tuple((k, bytes(v) if v is not None else b"") for k, v in (rec.headers or ())),
+            timestamp_ms=int(rec.timestamp or 0),
+        )

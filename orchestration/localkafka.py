@@ -1,0 +1,281 @@
+"""A single-node KRaft Kafka broker on loopback, for tests, the demo and `altlas broker up`.
+
+The broker is a real ``kafka.Kafka`` JVM started from the cached Maven jars on
+free ports, formatted with ``kafka.tools.StorageTool``. It is ready when it
+answers a metadata request. The JVM runs in its own session so that it can
+outlive the CLI command that started it (``broker up``) and be stopped by
+another (``broker down``), which finds it through a small state file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from altlas.orchestration.kafka_dist import KafkaDistribution, uses_log4j2
+
+log = logging.getLogger(__name__)
+
+_LOG4J1_CONFIG = """log4j.rootLogger={level}, stderr
+log4j.appender.stderr=org.apache.log4j.ConsoleAppender
+log4j.appender.stderr.Target=System.err
+log4j.appender.stderr.layout=org.apache.log4j.PatternLayout
+log4j.appender.stderr.layout.ConversionPattern=[%d] %p %m (%c)%n
+"""
+
+_LOG4J2_CONFIG = """Configuration:
+  Appenders:
+    Console:
+      name: STDERR
+      target: SYSTEM_ERR
+      PatternLayout:
+        Pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: {level}
+      AppenderRef:
+        - ref: STDERR
+"""
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def new_cluster_id() -> str:
+    """A random Kafka cluster id (base64url of 16 bytes, as ``random-uuid`` prints)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+@dataclass
+class BrokerState:
+    """What another process needs to find and stop a running broker."""
+
+    pid: int
+    port: int
+    controller_port: int
+    data_dir: str
+    version: str
+
+    @property
+    def bootstrap(self) -> str:
+        """``127.0.0.1:PORT``."""
+        return f"127.0.0.1:{self.port}"
+
+
+class LocalBroker:
+    """Starts, waits for and stops one local KRaft broker."""
+
+    def __init__(
+        self,
+        dist: KafkaDistribution,
+        *,
+        data_dir: Path | None = None,
+        heap: str = "256m",
+        jvm_opts: str = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1",
+        log_level: str = "WARN",
+        extra_config: dict[str, str] | None = None,
+    ) -> None:
+        self.dist = dist
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="altlas-kafka-"))
+        self.heap = heap
+        self.jvm_opts = jvm_opts
+        self.log_level = log_level
+        self.extra_config = extra_config or {}
+        self.state: BrokerState | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """Bootstrap servers of the running broker."""
+        if self.state is None:
+            raise RuntimeError("broker not started")
+        return self.state.bootstrap
+
+    def _java(self) -> str:
+        java_home = os.environ.get("JAVA_HOME")
+        java = Path(java_home, "bin", "java") if java_home else shutil.which("java")
+        if not java:
+            raise RuntimeError("java not found: install a JDK 17+ or set JAVA_HOME")
+        return str(java)
+
+    def _write_config(self, port: int, cport: int) -> tuple[Path, list[str]]:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{cport}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(logs.resolve()),
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "num.partitions": "1",
+            "auto.create.topics.enable": "true",
+            **self.extra_config,
+        }
+        server = self.data_dir / "server.properties"
+        server.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        if uses_log4j2(self.dist.version):
+            cfg = self.data_dir / "log4j2.yaml"
+            cfg.write_text(_LOG4J2_CONFIG.format(level=self.log_level))
+            log_flag = f"-Dlog4j2.configurationFile={cfg}"
+        else:
+            cfg = self.data_dir / "log4j.properties"
+            cfg.write_text(_LOG4J1_CONFIG.format(level=self.log_level))
+            log_flag = f"-Dlog4j.configuration=file:{cfg}"
+        jvm = [f"-Xmx{self.heap}", "-Xms32m", *self.jvm_opts.split(), log_flag]
+        return server, jvm
+
+    def start(self, timeout_s: float = 60.0) -> BrokerState:
+        """Format storage, launch the JVM and block until it answers metadata."""
+        self.dist.ensure()
+        port, cport = free_port(), free_port()
+        while cport == port:
+            cport = free_port()
+        server, jvm = self._write_config(port, cport)
+        java = self._java()
+        fmt = subprocess.run(
+            [java, *jvm, "-cp", self.dist.classpath, "kafka.tools.StorageTool", "format",
+             f"--cluster-id={new_cluster_id()}", "-c", str(server)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if fmt.returncode != 0:
+            raise RuntimeError(f"kafka storage format failed: {fmt.stderr[-2000:] or fmt.stdout[-2000:]}")
+        log_file = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115 (owned by the child)
+        self._proc = subprocess.Popen(
+            [java, *jvm, "-cp", self.dist.classpath, "kafka.Kafka", str(server)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log_file.close()
+        self.state = BrokerState(self._proc.pid, port, cport, str(self.data_dir), self.dist.version)
+        try:
+            wait_until_ready(self.state.bootstrap, timeout_s, process=self._proc)
+        except Exception:
+            self.stop()
+            raise
+        return self.state
+
+    def stop(self, *, remove_data: bool = True, timeout_s: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout_s``; optionally delete the data dir."""
+        if self.state is not None:
+            stop_process(self.state.pid, timeout_s)
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=1)
+        if remove_data:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def restart(self, timeout_s: float = 60.0) -> BrokerState:
+        """Stop (keeping data) and start again on the same ports and data."""
+        assert self.state is not None
+        state = self.state
+        self.stop(remove_data=False)
+        server = Path(state.data_dir) / "server.properties"
+        _, jvm = self._write_config(state.port, state.controller_port)
+        log_file = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            [self._java(), *jvm, "-cp", self.dist.classpath, "kafka.Kafka", str(server)],
+            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        log_file.close()
+        self.state = BrokerState(
+            self._proc.pid, state.port, state.controller_port, state.data_dir, state.version
+        )
+        wait_until_ready(self.state.bootstrap, timeout_s, process=self._proc)
+        return self.state
+
+    def save_state(self, path: Path) -> None:
+        """Write the state file `broker down` reads."""
+        assert self.state is not None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self.state)))
+
+
+def stop_process(pid: int, timeout_s: float = 15.0) -> None:
+    """Terminate a process (group) politely, then forcefully."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: fall back to signal 0
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_until_ready(
+    bootstrap: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until the broker answers a metadata request (or fail with its log tail)."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"kafka exited with code {process.returncode} during start")
+        try:
+            host, _, port = bootstrap.rpartition(":")
+            with socket.create_connection((host, int(port)), timeout=1):
+                pass  # listening; now ask for metadata
+            asyncio.run(_metadata(bootstrap))
+            return
+        except Exception as exc:  # not up yet
+            last = exc
+            time.sleep(0.25)
+    raise TimeoutError(f"kafka at {bootstrap} not ready after {timeout_s}s: {last}")
+
+
+async def _metadata(bootstrap: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    try:
+        await asyncio.wait_for(admin.start(), 3)
+        await asyncio.wait_for(admin.describe_cluster(), 3)
+    finally:
+        await admin.close()

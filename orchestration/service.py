@@ -1,0 +1,212 @@
+"""The orchestrator process: wires settings, Kafka clients, models and pipelines.
+
+Start-up order matters: topics exist before anyone produces, the producer is
+up before the first status event, and consumers join their groups last.
+Shutdown runs the other way: stop fetching, let in-flight batches finish (or
+give up after a grace period), commit what was published, unload models,
+flush status events, close the producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from altlas.consumers.stream import BatchingConfig, BatchingConsumer
+from altlas.models.manager import ModelManager
+from altlas.models.registry import ModelRegistry
+from altlas.orchestration.commands import CommandHandler
+from altlas.orchestration.kafka_clients import client_kwargs
+from altlas.orchestration.processor import ProcessorContext, RequestProcessor
+from altlas.orchestration.settings import Settings
+from altlas.orchestration.status import StatusReporter
+from altlas.orchestration.stream import StreamWorker
+from altlas.orchestration.topics import ensure_topics, topic_plan
+from altlas.orchestration.tracing import Tracing, build_provider
+from altlas.orchestration.workers import ModelWorkers
+from altlas.pipelines import PIPELINES, PipelineLimits
+from altlas.producers.publisher import ProducerConfig, Publisher
+from altlas.schemas.catalog import SchemaCatalog
+from altlas.schemas.codec import AvroCodec
+from altlas.schemas.confluent import SchemaIdMap, SchemaRegistryClient
+
+log = logging.getLogger(__name__)
+
+
+def build_codec(settings: Settings) -> AvroCodec:
+    """The codec for the configured wire format and schema-id source."""
+    catalog = SchemaCatalog()
+    kafka = settings.kafka
+    schema_ids: SchemaRegistryClient | SchemaIdMap | None = None
+    if kafka.schema_registry_url:
+        schema_ids = SchemaRegistryClient(
+            kafka.schema_registry_url, catalog, strategy=kafka.schema_registry_subject_strategy
+        )
+    elif kafka.schema_ids:
+        schema_ids = SchemaIdMap(catalog, kafka.schema_ids)
+    return AvroCodec(
+        catalog,
+        encode_format=kafka.wire_format,
+        schema_ids=schema_ids,
+        max_bytes=settings.limits.max_message_bytes,
+    )
+
+
+def load_registry(settings: Settings) -> ModelRegistry:
+    """The configured model registry (an empty one when none is configured)."""
+    if settings.models.registry is None:
+        log.warning("no model registry configured (models.registry); every request will be UNKNOWN_MODEL")
+        return ModelRegistry([])
+    return ModelRegistry.from_file(settings.models.registry)
+
+
+class Orchestrator:
+    """One altlas instance."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: ModelRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else load_registry(settings)
+        self.codec = build_codec(settings)
+        self.tracing = Tracing(
+            tracer_provider if tracer_provider is not None else build_provider(settings.tracing)
+        )
+        self._kwargs = client_kwargs(settings.kafka)
+        self.publisher = Publisher(
+            client_kwargs(settings.kafka, client_suffix="producer"),
+            codec=self.codec,
+            config=ProducerConfig(max_request_size=settings.limits.max_result_bytes),
+        )
+        self.status = StatusReporter(self.publisher, settings.topics.model_status, settings.instance_id)
+        budget = settings.models.memory_budget_mb
+        self.manager = ModelManager(
+            self.registry,
+            memory_budget_bytes=budget * 1024 * 1024 if budget else None,
+            listener=self.status.on_event,
+        )
+        batching = settings.batching
+        self.workers = ModelWorkers(
+            self.manager, self.tracing, max_batch=batching.max_batch, concurrency=batching.model_concurrency
+        )
+        self._decode_pool = ThreadPoolExecutor(
+            max_workers=batching.decode_threads, thread_name_prefix="decode"
+        )
+        limits = PipelineLimits(
+            max_payload_bytes=settings.limits.max_message_bytes,
+            max_image_pixels=settings.limits.max_image_pixels,
+        )
+        self.context = ProcessorContext(
+            codec=self.codec,
+            registry=self.registry,
+            workers=self.workers,
+            pipelines={task: factory(limits) for task, factory in PIPELINES.items()},
+            topics=settings.topics,
+            decode_pool=self._decode_pool,
+            decode_threads=batching.decode_threads,
+            tracing=self.tracing,
+            instance_id=settings.instance_id,
+            group_prefix=settings.kafka.group_id,
+        )
+        self.streams: dict[str, StreamWorker] = {}
+        self.commands = CommandHandler(
+            client_kwargs(settings.kafka, client_suffix="commands"),
+            settings.topics.model_commands,
+            self.codec,
+            self.manager,
+            self.status,
+        )
+        self.stop_event = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def start(self) -> None:
+        """Create topics, connect clients, join consumer groups."""
+        s = self.settings
+        if s.topics.create:
+            await ensure_topics(
+                self._kwargs,
+                topic_plan(s),
+                partitions=s.topics.partitions,
+                replication_factor=s.topics.replication_factor,
+            )
+        await self.publisher.start()
+        self.status.start()
+        await self.commands.start()
+        config = BatchingConfig(
+            max_records=s.batching.fetch_max_records,
+            max_wait_ms=s.batching.max_wait_ms,
+            max_inflight=s.batching.max_inflight,
+        )
+        for modality in s.modalities:
+            consumer = BatchingConsumer(
+                [s.topics.requests(modality)],
+                group_id=f"{s.kafka.group_id}.{modality}",
+                client_kwargs=client_kwargs(s.kafka, client_suffix=modality),
+                config=config,
+                consumer_kwargs={"max_partition_fetch_bytes": max(1024 * 1024, s.limits.max_message_bytes)},
+            )
+            await consumer.start()
+            self.streams[modality] = StreamWorker(
+                consumer, RequestProcessor(modality, self.context), self.publisher
+            )
+        self.started.set()
+        log.info("altlas started", extra={"instance": s.instance_id, "modalities": s.modalities})
+
+    async def run(self) -> None:
+        """Start, serve until ``stop()`` (or a signal), then shut down cleanly."""
+        await self.start()
+        tasks = [
+            asyncio.create_task(w.run(self.stop_event), name=f"stream-{m}") for m, w in self.streams.items()
+        ]
+        tasks.append(asyncio.create_task(self.commands.run(self.stop_event), name="commands"))
+        stopper = asyncio.create_task(self.stop_event.wait())
+        try:
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    log.error("%s failed", task.get_name(), exc_info=task.exception())
+                    self.stop_event.set()
+        finally:
+            self.stop_event.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            stopper.cancel()
+            await self.shutdown()
+
+    def stop(self) -> None:
+        """Ask the run loop to stop (safe from signal handlers)."""
+        self.stop_event.set()
+
+    async def shutdown(self, grace_s: float = 30.0) -> None:
+        """Drain, commit, unload and close, in that order."""
+        for modality, worker in self.streams.items():
+            finished = await worker.drain(grace_s)
+            if not finished:
+                log.warning("%s: in-flight batches abandoned at shutdown; they will be redelivered", modality)
+            with suppress(Exception):
+                await worker.consumer.stop()
+        await self.commands.stop()
+        await self.workers.close()
+        await self.manager.close()
+        await self.status.close()
+        await self.publisher.stop()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.tracing.shutdown()
+        log.info("altlas stopped", extra={"instance": self.settings.instance_id})
+
+
+async def serve(settings: Settings) -> None:
+    """Run one orchestrator until SIGINT or SIGTERM."""
+    orchestrator = Orchestrator(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, orchestrator.stop)
+    await orchestrator.run()

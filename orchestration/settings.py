@@ -1,0 +1,216 @@
+"""All configuration of altlas: one pydantic-settings tree.
+
+Sources, highest priority first: explicit overrides (CLI flags), environment
+variables ``ALTLAS_<SECTION>__<FIELD>`` (e.g. ``ALTLAS_KAFKA__BOOTSTRAP_SERVERS``),
+a YAML file (``--config`` or ``ALTLAS_CONFIG``), then the defaults below. The
+plain ``KAFKA_BOOTSTRAP_SERVERS`` variable is honoured too, because test
+harnesses and platforms commonly set it. ``altlas config`` prints the
+reference generated from these models.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from altlas.schemas.codec import WireFormat
+from altlas.schemas.confluent import SubjectStrategy
+
+Modality = Literal["text", "vision", "audio"]
+MODALITIES: tuple[Modality, ...] = ("text", "vision", "audio")
+
+
+def cache_dir() -> Path:
+    """Where downloads (Kafka jars, model files) are cached: ``~/.cache/altlas``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "altlas"
+
+
+class KafkaSettings(BaseModel):
+    """How to reach the cluster; passed to every client altlas creates."""
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
+    client_id: str = Field("altlas", description="Kafka client.id prefix.")
+    group_id: str = Field(
+        "altlas", description="Consumer group prefix; each modality uses <prefix>.<modality>."
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    wire_format: WireFormat = Field(
+        WireFormat.SINGLE_OBJECT,
+        description="How altlas frames what it produces; both are accepted on input.",
+    )
+    schema_registry_url: str | None = Field(None, description="Confluent-compatible schema registry.")
+    schema_registry_subject_strategy: SubjectStrategy = SubjectStrategy.TOPIC
+    schema_ids: dict[int, str] = Field(
+        default_factory=dict, description="Static Confluent schema ids: id -> record name or .avsc path."
+    )
+
+
+class TopicSettings(BaseModel):
+    """Topic names and how altlas creates them when missing."""
+
+    text_requests: str = "ai.requests.text"
+    vision_requests: str = "ai.requests.vision"
+    audio_requests: str = "ai.requests.audio"
+    text_results: str = "ai.results.text"
+    vision_results: str = "ai.results.vision"
+    audio_results: str = "ai.results.audio"
+    model_status: str = "ai.models.status"
+    model_commands: str = "ai.models.commands"
+    dead_letter: str = "ai.deadletter"
+    create: bool = Field(True, description="Create missing topics at start.")
+    partitions: int = Field(3, ge=1, description="Partitions of topics altlas creates.")
+    replication_factor: int = Field(1, ge=1)
+
+    def requests(self, modality: Modality) -> str:
+        """Request topic of a modality."""
+        return str(getattr(self, f"{modality}_requests"))
+
+    def results(self, modality: Modality) -> str:
+        """Default result topic of a modality."""
+        return str(getattr(self, f"{modality}_results"))
+
+
+class BatchingSettings(BaseModel):
+    """Micro-batching pulled from the stream."""
+
+    max_batch: int = Field(
+        32, ge=1, description="Most requests per model call (a model's own max_batch wins if lower)."
+    )
+    max_wait_ms: int = Field(
+        5, ge=0, description="After the first record arrives, wait at most this for more."
+    )
+    fetch_max_records: int = Field(512, ge=1, description="Most records pulled from Kafka per fetch.")
+    max_inflight: int = Field(4096, ge=1, description="Records in flight before partitions are paused.")
+    model_concurrency: int = Field(1, ge=1, description="Batches that may run at once on one model.")
+    decode_threads: int = Field(2, ge=1, description="Threads decoding payloads (images, audio).")
+
+
+class LimitSettings(BaseModel):
+    """Input limits with safe defaults."""
+
+    max_message_bytes: int = Field(16 * 1024 * 1024, description="Larger request records are dead-lettered.")
+    max_result_bytes: int = Field(1024 * 1024, description="Producer max.request.size; match the broker's.")
+    max_image_pixels: int = Field(40_000_000, description="Declared width x height above this is refused.")
+
+
+class ModelSettings(BaseModel):
+    """Where models come from and how much memory they may take."""
+
+    registry: Path | None = Field(None, description="Model registry YAML.")
+    memory_budget_mb: int | None = Field(
+        None, description="Evict idle models beyond this; unlimited if unset."
+    )
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry export."""
+
+    exporter: Literal["none", "console", "otlp"] = "none"
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP endpoint, e.g. http://collector:4318/v1/traces."
+    )
+    service_name: str = "altlas"
+
+
+class LocalBrokerSettings(BaseModel):
+    """The embedded single-node Kafka used by ``altlas broker up``, tests and the demo."""
+
+    kafka_version: str = Field(
+        "4.1.2", description="org.apache.kafka:kafka_<scala> version from Maven Central."
+    )
+    scala_version: str = "2.13"
+    heap: str = Field("256m", description="JVM -Xmx of the broker.")
+    jvm_opts: str = Field(
+        "-XX:+UseSerialGC -XX:TieredStopAtLevel=1", description="Extra JVM flags (fast start)."
+    )
+    state_dir: Path = Field(
+        default_factory=lambda: cache_dir() / "broker", description="Where `broker up` keeps state."
+    )
+
+
+class LogSettings(BaseModel):
+    """Logging: quiet by default, JSON for machines."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    format: Literal["json", "text"] = "text"
+
+
+def _default_instance() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """The whole configuration tree."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ALTLAS_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    instance_id: str = Field(default_factory=_default_instance, description="Names this process in events.")
+    modalities: list[Modality] = Field(
+        default_factory=lambda: list(MODALITIES), description="Request topics to serve."
+    )
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    local_broker: LocalBrokerSettings = Field(default_factory=LocalBrokerSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("ALTLAS_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from file, environment and explicit overrides (nested dicts)."""
+    if config is not None:
+        os.environ["ALTLAS_CONFIG"] = str(config)
+    base = Settings()
+    env_bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if env_bootstrap and not os.environ.get("ALTLAS_KAFKA__BOOTSTRAP_SERVERS"):
+        overrides = _deep_merge({"kafka": {"bootstrap_servers": env_bootstrap}}, overrides)
+    if not overrides:
+        return base
+    return Settings.model_validate(_deep_merge(base.model_dump(), overrides))

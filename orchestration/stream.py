@@ -1,0 +1,133 @@
+"""The loop of one modality: pull a micro-batch, answer it, publish in order, commit.
+
+Batches overlap: while batch N waits for its acknowledgements, batch N+1 is
+already being decoded and run. Publishing stays in batch order (batch N+1's
+messages are queued only after batch N's), so results for one key leave in
+the order their requests came. A batch's offsets are marked finished only
+when every message answering it was acknowledged, and the consumer commits
+only contiguous finished prefixes: at-least-once, never at-most-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from altlas.consumers.records import InboundRecord
+from altlas.consumers.stream import BatchingConsumer
+from altlas.orchestration.processor import Outcome, RequestProcessor
+from altlas.producers.publisher import OutboundMessage, PermanentSendError, Publisher
+from altlas.schemas.errors import ErrorCode, PayloadTooLargeError
+
+log = logging.getLogger(__name__)
+
+
+class StreamWorker:
+    """Runs one modality's consume -> process -> publish -> commit loop."""
+
+    def __init__(
+        self,
+        consumer: BatchingConsumer,
+        processor: RequestProcessor,
+        publisher: Publisher,
+        *,
+        max_batches_in_flight: int = 8,
+    ) -> None:
+        self.consumer = consumer
+        self.processor = processor
+        self.publisher = publisher
+        self.max_batches_in_flight = max_batches_in_flight
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_queued: asyncio.Event | None = None
+        self.batches = 0
+        self.records = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop`` is set: fetch and hand batches to concurrent tasks."""
+        previous = asyncio.Event()
+        previous.set()
+        while not stop.is_set():
+            if len(self._tasks) >= self.max_batches_in_flight:
+                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            records = await self.consumer.next_batch()
+            if not records:
+                continue
+            queued = asyncio.Event()
+            task = asyncio.create_task(self._handle(records, previous, queued))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            previous = queued
+            self.batches += 1
+            self.records += len(records)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait for in-flight batches; cancel what is left after ``timeout_s``."""
+        if not self._tasks:
+            return True
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return not pending
+
+    async def _handle(
+        self, records: list[InboundRecord], previous: asyncio.Event, queued: asyncio.Event
+    ) -> None:
+        try:
+            outcomes = await self.processor.process(records)
+            await previous.wait()
+            sends = [
+                (outcome, msg, await self._enqueue(msg)) for outcome in outcomes for msg in outcome.messages
+            ]
+        finally:
+            queued.set()  # never hold up later batches, even when this one failed
+        await asyncio.gather(*(self._deliver(o, m, f) for o, m, f in sends))
+        await self.consumer.finished(records)
+
+    async def _enqueue(self, msg: OutboundMessage) -> asyncio.Future[Any]:
+        try:
+            return await self.publisher.enqueue(msg)
+        except Exception as exc:  # e.g. too large: raised at send time, not on the future
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+
+    async def _deliver(self, outcome: Outcome, msg: OutboundMessage, future: asyncio.Future[Any]) -> None:
+        """Wait for the ack; a message the broker refuses for good is replaced, never dropped."""
+        try:
+            await self.publisher.deliver(msg, future)
+            return
+        except PermanentSendError as exc:
+            reason = str(exc)
+        log.warning("cannot publish to %s (%s); sending an error result instead", msg.topic, reason)
+        if msg.topic == self.processor.ctx.topics.dead_letter:
+            # The dead letter itself did not fit: keep everything but the original value.
+            info = outcome.error
+            assert info is not None
+            slim = self.processor.dead_letter(
+                outcome.record, info, "PayloadTooLargeError", None, with_value=False
+            )
+            await self._deliver_last_resort(slim)
+            return
+        error = PayloadTooLargeError(
+            f"result could not be published: {reason}", code=ErrorCode.RESULT_TOO_LARGE
+        )
+        replacement = self.processor.failure(outcome.record, error, outcome.request)
+        for extra in replacement.messages:
+            try:
+                await self.publisher.deliver(extra)
+            except PermanentSendError:
+                info = replacement.error
+                assert info is not None
+                slim = self.processor.dead_letter(
+                    outcome.record, info, "PayloadTooLargeError", None, with_value=False
+                )
+                await self._deliver_last_resort(slim)
+
+    async def _deliver_last_resort(self, msg: OutboundMessage) -> None:
+        try:
+            await self.publisher.deliver(msg)
+        except PermanentSendError as exc:
+            log.error("dropping unpublishable dead letter for %s: %s", msg.topic, exc)

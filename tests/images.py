@@ -1,0 +1,42 @@
+"""Test images: rendered text pages and solid colours, encoded like a caller would."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+
+from PIL import Image, ImageDraw, ImageFont
+
+_TEXT = (
+    "Kafka carries each request to the orchestrator, which batches work for the right model "
+    "and publishes the answer back to the stream. The quick brown fox jumps over the lazy dog. "
+) * 8
+
+
+def text_page(width: int = 600, height: int = 800, font_size: int = 22) -> Image.Image:
+    """A white page of black printed text, upright."""
+    page = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(page)
+    font = ImageFont.load_default(size=font_size)
+    y = 20
+    for line in textwrap.wrap(_TEXT, 45):
+        draw.text((20, y), line, fill="black", font=font)
+        y += int(font_size * 1.4)
+    return page
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
+    """Image to bytes in a container format."""
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def rotated_page(clockwise_degrees: int, fmt: str = "PNG") -> bytes:
+    """A text page turned clockwise by 0/90/180/270 degrees."""
+    return encode(text_page().rotate(-clockwise_degrees, expand=True), fmt)
+
+
+def solid(rgb: tuple[int, int, int], size: int = 16, fmt: str = "PNG") -> bytes:
+    """A one-colour image."""
+    return encode(Image.new("RGB", (size, size), rgb), fmt)
