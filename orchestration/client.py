@@ -65,6 +65,18 @@ def make_request(
     return AudioRequest(payload=data, **common)
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 10.0) -> set[int]:
+    """Partition ids of ``topic`` from fresh cluster metadata (waiting briefly for a new topic)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        # The consumer's own metadata only covers subscribed topics; ask the cluster.
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = cluster.partitions_for_topic(topic)
+        if partitions or time.monotonic() > deadline:
+            return set(partitions or ())
+        await asyncio.sleep(0.2)
+
+
 class TopicReader:
     """Reads a topic from the offsets it had when ``start`` was called (or from the beginning)."""
 
@@ -76,13 +88,7 @@ class TopicReader:
     async def start(self) -> None:
         """Assign all partitions and fix the starting positions."""
         await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(self.topic)
-        deadline = time.monotonic() + 10
-        while not partitions and time.monotonic() < deadline:
-            await self._consumer._client.force_metadata_update()  # topic may be brand new
-            partitions = self._consumer.partitions_for_topic(self.topic)
-            if not partitions:
-                await asyncio.sleep(0.2)
+        partitions = await topic_partitions(self._consumer, self.topic)
         if not partitions:
             await self._consumer.stop()
             raise RuntimeError(f"topic {self.topic} does not exist (is altlas running, or topics created?)")
@@ -143,13 +149,18 @@ class AltlasClient:
         return TopicReader(self.kwargs, topic, from_beginning=from_beginning)
 
     async def send(
-        self, request: AnyRequest, *, modality: Modality | None = None, topic: str | None = None
+        self,
+        request: AnyRequest,
+        *,
+        modality: Modality | None = None,
+        topic: str | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Produce one request, keyed by its id, and wait for the ack."""
         modality = modality or _modality_of(request)
         topic = topic or self.topics.requests(modality)
         value = self.codec.encode_record(request, topic=topic)
-        await self._producer.send_and_wait(topic, value, key=request.request_id.encode())
+        await self._producer.send_and_wait(topic, value, key=request.request_id.encode(), headers=headers)
 
     async def send_many(self, requests: Iterable[AnyRequest], *, topic: str | None = None) -> int:
         """Produce many requests without waiting for each ack; returns how many."""

@@ -22,8 +22,10 @@ import subprocess
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from altlas.orchestration.kafka_dist import KafkaDistribution, uses_log4j2
 
@@ -159,10 +161,21 @@ class LocalBroker:
         server, jvm = self._write_config(port, cport)
         java = self._java()
         fmt = subprocess.run(
-            [java, *jvm, "-cp", self.dist.classpath, "kafka.tools.StorageTool", "format",
-             f"--cluster-id={new_cluster_id()}", "-c", str(server)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            [
+                java,
+                *jvm,
+                "-cp",
+                self.dist.classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={new_cluster_id()}",
+                "-c",
+                str(server),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if fmt.returncode != 0:
             raise RuntimeError(f"kafka storage format failed: {fmt.stderr[-2000:] or fmt.stdout[-2000:]}")
         log_file = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115 (owned by the child)
@@ -202,8 +215,11 @@ class LocalBroker:
         log_file = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115
         self._proc = subprocess.Popen(
             [self._java(), *jvm, "-cp", self.dist.classpath, "kafka.Kafka", str(server)],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log_file.close()
         self.state = BrokerState(
             self._proc.pid, state.port, state.controller_port, state.data_dir, state.version
@@ -262,12 +278,23 @@ def wait_until_ready(
             host, _, port = bootstrap.rpartition(":")
             with socket.create_connection((host, int(port)), timeout=1):
                 pass  # listening; now ask for metadata
-            asyncio.run(_metadata(bootstrap))
+            _run_coroutine(_metadata(bootstrap))
             return
         except Exception as exc:  # not up yet
             last = exc
             time.sleep(0.25)
     raise TimeoutError(f"kafka at {bootstrap} not ready after {timeout_s}s: {last}")
+
+
+def _run_coroutine(coro: Any) -> None:
+    """asyncio.run, also from code that already runs inside an event loop (on a helper thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coro)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, coro).result()
 
 
 async def _metadata(bootstrap: str) -> None:

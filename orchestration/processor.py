@@ -30,7 +30,14 @@ from altlas.orchestration.workers import JobResult, ModelWorkers
 from altlas.pipelines.base import Pipeline, Prepared
 from altlas.producers.publisher import OutboundMessage
 from altlas.schemas.codec import AvroCodec
-from altlas.schemas.errors import AltlasError, DecodeError, ErrorCode, InvalidRequestError
+from altlas.schemas.errors import (
+    AltlasError,
+    DecodeError,
+    ErrorCode,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    TransientError,
+)
 from altlas.schemas.types import (
     AnyRequest,
     AudioRequest,
@@ -100,6 +107,7 @@ class ProcessorContext:
     topics: TopicSettings
     decode_pool: Executor
     decode_threads: int
+    max_message_bytes: int
     tracing: Tracing
     instance_id: str
     group_prefix: str
@@ -124,10 +132,15 @@ class RequestProcessor:
 
     # ------------------------------------------------------------ main entry
     async def process(self, records: Sequence[InboundRecord]) -> list[Outcome]:
-        """One outcome per record, same order; never raises for bad input."""
+        """One outcome per record, same order.
+
+        Bad input never raises. A TransientError (a dependency such as the
+        schema registry is down) does: the caller retries the batch later
+        instead of answering it with errors.
+        """
         try:
             return await self._process(records)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, TransientError):
             raise
         except Exception as exc:  # a bug must not stall the partition: answer everything
             log.exception("batch processing failed; answering %d records with INTERNAL errors", len(records))
@@ -137,11 +150,22 @@ class RequestProcessor:
         outcomes: list[Outcome | None] = [None] * len(records)
         todo: list[tuple[int, AnyRequest, ModelSpec, Pipeline, Span | None]] = []
         now = datetime.now(UTC)
-        for i, rec in enumerate(records):
+        remote_ids = getattr(self.ctx.codec.schema_ids, "remote", False)
+        if remote_ids:
+            await asyncio.to_thread(self.ctx.codec.prefetch, [r.value for r in records if r.value], ())
+        decoded: list[AnyRequest | AltlasError] = []
+        for rec in records:
             try:
-                request = self._decode(rec)
+                decoded.append(self._decode(rec))
+            except TransientError:
+                raise
             except AltlasError as exc:
-                outcomes[i] = self.failure(rec, exc, None)
+                decoded.append(exc)
+        if remote_ids:
+            await asyncio.to_thread(self.ctx.codec.prefetch, (), self._outputs(records, decoded))
+        for i, (rec, request) in enumerate(zip(records, decoded, strict=True)):
+            if isinstance(request, AltlasError):
+                outcomes[i] = self.failure(rec, request, None)
                 continue
             span = self.ctx.tracing.consume_span(
                 rec.topic,
@@ -176,9 +200,27 @@ class RequestProcessor:
         return [o for o in outcomes if o is not None]
 
     # ------------------------------------------------------------ steps
+    def _outputs(
+        self, records: Sequence[InboundRecord], decoded: Sequence[AnyRequest | AltlasError]
+    ) -> set[tuple[str, str]]:
+        """(record name, topic) pairs this batch's answers may be written as."""
+        result = self.result_type.avro_name
+        topics = {self.default_results}
+        for rec, request in zip(records, decoded, strict=True):
+            if isinstance(request, AltlasError):
+                salvage = self._salvage(rec)
+                topics.add(self._reply_topic(salvage.reply_topic if salvage else None))
+            else:
+                topics.add(self._reply_topic(request.reply_topic))
+        return {(result, t) for t in topics} | {(DeadLetter.avro_name, self.ctx.topics.dead_letter)}
+
     def _decode(self, rec: InboundRecord) -> AnyRequest:
         if rec.value is None:
             raise DecodeError("record has no value (tombstone)")
+        if len(rec.value) > self.ctx.max_message_bytes:
+            raise PayloadTooLargeError(
+                f"record of {len(rec.value)} bytes exceeds the limit of {self.ctx.max_message_bytes}"
+            )
         request = self.ctx.codec.decode_record(rec.value, self.request_type)
         if not request.request_id:
             raise InvalidRequestError("request_id is empty", code=ErrorCode.INVALID_PAYLOAD)
@@ -190,18 +232,24 @@ class RequestProcessor:
         spec = registry.get(request.model) if request.model else None
         if task == "auto":
             if spec is None:
-                raise AltlasError("task 'auto' needs a model id to infer the task from", code=ErrorCode.UNKNOWN_TASK)
+                raise AltlasError(
+                    "task 'auto' needs a model id to infer the task from", code=ErrorCode.UNKNOWN_TASK
+                )
             task = spec.task.split(".", 1)[1]
         full_task = f"{self.modality}.{task}"
         pipeline = self.ctx.pipelines.get(full_task)
         if pipeline is None:
-            raise AltlasError(f"no pipeline serves {self.modality} task {task!r}", code=ErrorCode.UNKNOWN_TASK)
+            raise AltlasError(
+                f"no pipeline serves {self.modality} task {task!r}", code=ErrorCode.UNKNOWN_TASK
+            )
         if spec is None:
             spec = registry.default_for(full_task)
             if spec is None:
                 raise AltlasError(f"no model configured for {full_task}", code=ErrorCode.UNKNOWN_MODEL)
         if spec.task != full_task:
-            raise AltlasError(f"model {spec.key} serves {spec.task}, not {full_task}", code=ErrorCode.UNKNOWN_MODEL)
+            raise AltlasError(
+                f"model {spec.key} serves {spec.task}, not {full_task}", code=ErrorCode.UNKNOWN_MODEL
+            )
         return spec, pipeline
 
     async def _prepare_all(
@@ -337,7 +385,7 @@ class RequestProcessor:
     # ------------------------------------------------------------ helpers
     def _salvage(self, rec: InboundRecord) -> _Salvage | None:
         """Read the request id of a record that failed to decode as our request type."""
-        if rec.value is None:
+        if rec.value is None or len(rec.value) > self.ctx.max_message_bytes:
             return None
         try:
             writer = self.ctx.codec.writer_of(rec.value)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from functools import partial
 
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -32,8 +33,9 @@ from altlas.orchestration.workers import ModelWorkers
 from altlas.pipelines import PIPELINES, PipelineLimits
 from altlas.producers.publisher import ProducerConfig, Publisher
 from altlas.schemas.catalog import SchemaCatalog
-from altlas.schemas.codec import AvroCodec
+from altlas.schemas.codec import AvroCodec, WireFormat
 from altlas.schemas.confluent import SchemaIdMap, SchemaRegistryClient
+from altlas.schemas.errors import SchemaRegistryUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +51,7 @@ def build_codec(settings: Settings) -> AvroCodec:
         )
     elif kafka.schema_ids:
         schema_ids = SchemaIdMap(catalog, kafka.schema_ids)
-    return AvroCodec(
-        catalog,
-        encode_format=kafka.wire_format,
-        schema_ids=schema_ids,
-        max_bytes=settings.limits.max_message_bytes,
-    )
+    return AvroCodec(catalog, encode_format=kafka.wire_format, schema_ids=schema_ids)
 
 
 def load_registry(settings: Settings) -> ModelRegistry:
@@ -113,6 +110,7 @@ class Orchestrator:
             topics=settings.topics,
             decode_pool=self._decode_pool,
             decode_threads=batching.decode_threads,
+            max_message_bytes=settings.limits.max_message_bytes,
             tracing=self.tracing,
             instance_id=settings.instance_id,
             group_prefix=settings.kafka.group_id,
@@ -138,6 +136,7 @@ class Orchestrator:
                 partitions=s.topics.partitions,
                 replication_factor=s.topics.replication_factor,
             )
+        await asyncio.to_thread(self._register_output_schemas)
         await self.publisher.start()
         self.status.start()
         await self.commands.start()
@@ -160,6 +159,21 @@ class Orchestrator:
             )
         self.started.set()
         log.info("altlas started", extra={"instance": s.instance_id, "modalities": s.modalities})
+
+    def _register_output_schemas(self) -> None:
+        """With Confluent framing, register what we write up front: fail visibly, warm the id cache."""
+        ids = self.codec.schema_ids
+        if ids is None or self.codec.encode_format is not WireFormat.CONFLUENT:
+            return
+        topics = self.settings.topics
+        outputs = [(f"{m.capitalize()}Result", topics.results(m)) for m in self.settings.modalities]
+        outputs += [("ModelStatus", topics.model_status), ("DeadLetter", topics.dead_letter)]
+        for name, topic in outputs:
+            try:
+                ids.id_for(self.codec.catalog.get(name), topic)
+            except SchemaRegistryUnavailableError as exc:
+                log.warning("schema registry unavailable at start (%s); will retry per batch", exc)
+                return
 
     async def run(self) -> None:
         """Start, serve until ``stop()`` (or a signal), then shut down cleanly."""
@@ -186,21 +200,31 @@ class Orchestrator:
         self.stop_event.set()
 
     async def shutdown(self, grace_s: float = 30.0) -> None:
-        """Drain, commit, unload and close, in that order."""
+        """Drain, commit, unload and close, in that order; each step runs even if one before failed."""
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         for modality, worker in self.streams.items():
-            finished = await worker.drain(grace_s)
-            if not finished:
-                log.warning("%s: in-flight batches abandoned at shutdown; they will be redelivered", modality)
-            with suppress(Exception):
-                await worker.consumer.stop()
-        await self.commands.stop()
-        await self.workers.close()
-        await self.manager.close()
-        await self.status.close()
-        await self.publisher.stop()
+            steps.append((f"drain {modality}", partial(self._drain, worker, grace_s)))
+            steps.append((f"stop {modality} consumer", worker.consumer.stop))
+        steps += [
+            ("stop commands", self.commands.stop),
+            ("stop model lanes", self.workers.close),
+            ("unload models", self.manager.close),
+            ("flush status", self.status.close),
+            ("stop producer", self.publisher.stop),
+        ]
+        for name, step in steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("shutdown step failed: %s", name)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self.tracing.shutdown()
         log.info("altlas stopped", extra={"instance": self.settings.instance_id})
+
+    @staticmethod
+    async def _drain(worker: StreamWorker, grace_s: float) -> None:
+        if not await worker.drain(grace_s):
+            log.warning("in-flight batches abandoned at shutdown; they will be redelivered")
 
 
 async def serve(settings: Settings) -> None:

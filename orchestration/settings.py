@@ -164,7 +164,10 @@ class Settings(BaseSettings):
         env_prefix="ALTLAS_", env_nested_delimiter="__", extra="ignore", validate_default=True
     )
 
-    instance_id: str = Field(default_factory=_default_instance, description="Names this process in events.")
+    instance_id: str = Field(
+        default_factory=_default_instance,
+        description="Names this process in events; <hostname>-<pid> by default.",
+    )
     modalities: list[Modality] = Field(
         default_factory=lambda: list(MODALITIES), description="Request topics to serve."
     )

@@ -12,6 +12,8 @@ from altlas.orchestration.settings import Settings
 
 def _default(info: FieldInfo) -> str:
     if info.default_factory is not None:
+        if getattr(info.default_factory, "__name__", "<lambda>") != "<lambda>":
+            return "(computed)"  # e.g. <hostname>-<pid>: the value here would be this machine's
         try:
             value: Any = info.default_factory()  # type: ignore[call-arg]
         except TypeError:

@@ -7,7 +7,7 @@ import logging
 from contextlib import suppress
 
 from altlas.models.manager import ModelEvent
-from altlas.producers.publisher import PermanentSendError, Publisher
+from altlas.producers.publisher import Publisher
 from altlas.schemas.types import ModelState, ModelStatus
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,10 @@ class StatusReporter:
                 await self.publisher.send_and_wait(
                     self.publisher.message(status, self.topic, key=status.model_id)
                 )
-            except PermanentSendError as exc:
-                log.error("cannot publish model status: %s", exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # status is advisory: one lost event must not stop the reporter
+                log.error("cannot publish model status %s/%s: %s", status.model_id, status.state.value, exc)
             finally:
                 self._queue.task_done()
 
@@ -66,5 +68,5 @@ class StatusReporter:
         with suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), timeout_s)
         self._task.cancel()
-        with suppress(asyncio.CancelledError):
+        with suppress(asyncio.CancelledError, Exception):
             await self._task

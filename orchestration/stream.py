@@ -33,11 +33,13 @@ class StreamWorker:
         publisher: Publisher,
         *,
         max_batches_in_flight: int = 8,
+        retry_backoff_s: float = 0.5,
     ) -> None:
         self.consumer = consumer
         self.processor = processor
         self.publisher = publisher
         self.max_batches_in_flight = max_batches_in_flight
+        self.retry_backoff_s = retry_backoff_s
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_queued: asyncio.Event | None = None
         self.batches = 0
@@ -76,7 +78,7 @@ class StreamWorker:
         self, records: list[InboundRecord], previous: asyncio.Event, queued: asyncio.Event
     ) -> None:
         try:
-            outcomes = await self.processor.process(records)
+            outcomes = await self._answer(records)
             await previous.wait()
             sends = [
                 (outcome, msg, await self._enqueue(msg)) for outcome in outcomes for msg in outcome.messages
@@ -85,6 +87,25 @@ class StreamWorker:
             queued.set()  # never hold up later batches, even when this one failed
         await asyncio.gather(*(self._deliver(o, m, f) for o, m, f in sends))
         await self.consumer.finished(records)
+
+    async def _answer(self, records: list[InboundRecord]) -> list[Outcome]:
+        """Outcomes for a batch, retried with backoff while a dependency is down.
+
+        Retrying (and holding the commit) rather than answering with errors is
+        what keeps a registry outage from turning good requests into failures.
+        """
+        backoff = self.retry_backoff_s
+        while True:
+            try:
+                return await self.processor.process(records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error(
+                    "cannot answer a batch of %d yet (%s); retrying in %.1fs", len(records), exc, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
 
     async def _enqueue(self, msg: OutboundMessage) -> asyncio.Future[Any]:
         try:

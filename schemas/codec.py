@@ -11,6 +11,7 @@ using Confluent serializers interoperate without a bridge.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
@@ -18,9 +19,10 @@ from fastavro import schemaless_reader, schemaless_writer
 
 from altlas.schemas.catalog import SchemaCatalog, SchemaInfo
 from altlas.schemas.errors import (
+    AltlasError,
     DecodeError,
-    PayloadTooLargeError,
     SchemaMismatchError,
+    TransientError,
     UnknownSchemaError,
 )
 from altlas.schemas.types import Record, from_datum, to_datum
@@ -59,14 +61,12 @@ class AvroCodec:
         *,
         encode_format: WireFormat = WireFormat.SINGLE_OBJECT,
         schema_ids: SchemaIds | None = None,
-        max_bytes: int | None = None,
     ) -> None:
         if encode_format is WireFormat.CONFLUENT and schema_ids is None:
             raise ValueError("Confluent framing needs a schema-id map or a schema registry")
         self.catalog = catalog or SchemaCatalog()
         self.encode_format = encode_format
         self.schema_ids = schema_ids
-        self.max_bytes = max_bytes
 
     # ------------------------------------------------------------ encoding
     def encode(self, name: str, datum: dict[str, Any], *, topic: str = "") -> bytes:
@@ -87,11 +87,31 @@ class AvroCodec:
         """Serialise a pydantic mirror of an event record."""
         return self.encode(record.avro_name, to_datum(record), topic=topic)
 
+    def prefetch(self, records: Iterable[bytes], outputs: Iterable[tuple[str, str]]) -> None:
+        """Resolve the schema ids these records and outputs need, caching them (blocking I/O).
+
+        Call it on a worker thread before decoding or encoding on an event loop,
+        so that a registry round trip (or a registry outage) never blocks the
+        loop. Errors of single records are left for ``decode`` to report;
+        a TransientError (registry unreachable) is raised.
+        """
+        if self.schema_ids is None:
+            return
+        for data in records:
+            if data[:1] == bytes([CONFLUENT_MAGIC]) and len(data) >= _CONFLUENT_HEADER:
+                try:
+                    self.schema_ids.schema_for_id(int.from_bytes(data[1:_CONFLUENT_HEADER], "big"))
+                except TransientError:
+                    raise
+                except AltlasError:
+                    pass
+        if self.encode_format is WireFormat.CONFLUENT:
+            for name, topic in outputs:
+                self.schema_ids.id_for(self.catalog.get(name), topic)
+
     # ------------------------------------------------------------ decoding
     def writer_of(self, data: bytes) -> SchemaInfo:
         """The writer schema named by the framing of ``data``."""
-        if self.max_bytes is not None and len(data) > self.max_bytes:
-            raise PayloadTooLargeError(f"message of {len(data)} bytes exceeds {self.max_bytes}")
         if data[:2] == SINGLE_OBJECT_MAGIC:
             if len(data) < _SOE_HEADER:
                 raise DecodeError("truncated single-object header")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from altlas.schemas.catalog import SchemaCatalog, SchemaInfo
-from altlas.schemas.errors import UnknownSchemaError
+from altlas.schemas.errors import AltlasError, ErrorCode, SchemaRegistryUnavailableError, UnknownSchemaError
 
 _CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 
@@ -73,6 +73,9 @@ class SchemaIdMap:
 class SchemaRegistryClient:
     """Minimal, thread-safe client of the Confluent schema-registry REST API."""
 
+    #: Lookups do network I/O: callers on an event loop prefetch on a thread.
+    remote = True
+
     def __init__(
         self,
         url: str,
@@ -102,8 +105,17 @@ class SchemaRegistryClient:
 
             token = base64.b64encode(f"{self._auth[0]}:{self._auth[1]}".encode()).decode()
             req.add_header("Authorization", f"Basic {token}")
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-            return json.loads(resp.read() or b"null")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            if exc.code >= 500:
+                raise SchemaRegistryUnavailableError(
+                    f"schema registry {method} {path}: HTTP {exc.code}"
+                ) from exc
+            raise
+        except (urllib.error.URLError, OSError) as exc:  # refused, DNS, timeout
+            raise SchemaRegistryUnavailableError(f"schema registry at {self.url} unreachable: {exc}") from exc
 
     def schema_for_id(self, schema_id: int) -> SchemaInfo:
         """Writer schema registered under ``schema_id`` (fetched once, then cached)."""
@@ -133,7 +145,14 @@ class SchemaRegistryClient:
         if cached is not None:
             return cached
         schema = json.dumps(self.catalog.bundled(info.name))
-        answer = self._call("POST", f"/subjects/{subject}/versions", {"schema": schema})
+        try:
+            answer = self._call("POST", f"/subjects/{subject}/versions", {"schema": schema})
+        except urllib.error.HTTPError as exc:
+            # 409: incompatible with the subject's history; 422: refused as invalid.
+            raise AltlasError(
+                f"registry refused {info.name} under {subject}: HTTP {exc.code}",
+                code=ErrorCode.SCHEMA_MISMATCH,
+            ) from exc
         schema_id = int(answer["id"])
         with self._lock:
             self._ids[key] = schema_id

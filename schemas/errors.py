@@ -26,6 +26,7 @@ class ErrorCode(StrEnum):
     MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
     MODEL_FAILED = "MODEL_FAILED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    SCHEMA_REGISTRY_UNAVAILABLE = "SCHEMA_REGISTRY_UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
 
@@ -68,6 +69,18 @@ class PayloadTooLargeError(AltlasError):
     """A message, payload or declared size exceeds a configured limit."""
 
     code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class TransientError(AltlasError):
+    """A dependency is unavailable for now; the work must be retried, not answered with an error."""
+
+    retriable = True
+
+
+class SchemaRegistryUnavailableError(TransientError):
+    """The schema registry could not be reached or answered with a server error."""
+
+    code = ErrorCode.SCHEMA_REGISTRY_UNAVAILABLE
 
 
 class InvalidRequestError(AltlasError):

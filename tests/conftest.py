@@ -28,6 +28,7 @@ from altlas.orchestration.service import Orchestrator, build_codec
 from altlas.orchestration.settings import Settings, load_settings
 from altlas.orchestration.topics import ensure_topics, topic_plan
 from tests.builders import mean_color_classifier
+from tests.registry import schema_registry_url  # noqa: F401 - session fixture: a real schema registry
 
 KAFKA_VERSION = os.environ.get("ALTLAS_TEST_KAFKA_VERSION", "4.1.2")
 
@@ -77,19 +78,43 @@ def registry_doc(models_dir: Path, orientation_model: Path) -> dict[str, Any]:
     color_params = {"preprocess": {"resize": 4, "interpolation": "bilinear"}, "labels_metadata_key": "labels"}
     return {
         "models": [
-            {"id": "orientation", "version": "1", "task": "vision.classify", "backend": "onnx",
-             "path": str(orientation_model), "params": ORIENTATION_PARAMS, "metadata": {"max_batch": 16}},
-            {"id": "mean-color", "version": "1", "task": "vision.classify", "backend": "onnx",
-             "path": str(models_dir / "mean_color.onnx"), "params": color_params,
-             "metadata": {"max_batch": 32}},
-            {"id": "mean-color", "version": "2", "task": "vision.classify", "backend": "onnx",
-             "path": str(models_dir / "mean_color_b4.onnx"), "params": color_params,
-             "metadata": {"max_batch": 8}},
-            {"id": "broken", "version": "1", "task": "vision.classify", "backend": "onnx",
-             "path": str(models_dir / "corrupt.onnx")},
+            {
+                "id": "orientation",
+                "version": "1",
+                "task": "vision.classify",
+                "backend": "onnx",
+                "path": str(orientation_model),
+                "params": ORIENTATION_PARAMS,
+                "metadata": {"max_batch": 16},
+            },
+            {
+                "id": "mean-color",
+                "version": "1",
+                "task": "vision.classify",
+                "backend": "onnx",
+                "path": str(models_dir / "mean_color.onnx"),
+                "params": color_params,
+                "metadata": {"max_batch": 32},
+            },
+            {
+                "id": "mean-color",
+                "version": "2",
+                "task": "vision.classify",
+                "backend": "onnx",
+                "path": str(models_dir / "mean_color_b4.onnx"),
+                "params": color_params,
+                "metadata": {"max_batch": 8},
+            },
+            {
+                "id": "broken",
+                "version": "1",
+                "task": "vision.classify",
+                "backend": "onnx",
+                "path": str(models_dir / "corrupt.onnx"),
+            },
         ],
         "defaults": {"vision.classify": "orientation@1"},
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +149,10 @@ def isolated_settings(bootstrap: str, registry: Path | None, **overrides: Any) -
 async def create_topics(settings: Settings) -> None:
     """Create the test's topics up front (when no in-process orchestrator does it)."""
     await ensure_topics(
-        client_kwargs(settings.kafka), topic_plan(settings), partitions=settings.topics.partitions, replication_factor=1
+        client_kwargs(settings.kafka),
+        topic_plan(settings),
+        partitions=settings.topics.partitions,
+        replication_factor=1,
     )
 
 

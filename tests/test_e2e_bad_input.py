@@ -34,7 +34,7 @@ async def test_50_malformed_messages_each_get_a_dead_letter_and_valid_ones_still
         return codec.encode_record(req, topic=topic)
 
     bad: list[tuple[str, bytes, str | None, str]] = []  # (kind, bytes, readable request id, expected code)
-    for i in range(10):
+    for _ in range(10):
         bad.append(("random", os.urandom(rng.randrange(1, 300)), None, "DECODE_ERROR"))
     for i in range(8):
         whole = valid(1000 + i)
@@ -47,7 +47,9 @@ async def test_50_malformed_messages_each_get_a_dead_letter_and_valid_ones_still
         bad.append(("unserved task", codec.encode_record(req), f"task-{i}", "UNKNOWN_TASK"))
     for i in range(6):
         req = make_request("text", "generate", "hello", request_id=f"schema-{i}")
-        bad.append(("text request on vision topic", codec.encode_record(req), f"schema-{i}", "SCHEMA_MISMATCH"))
+        bad.append(
+            ("text request on vision topic", codec.encode_record(req), f"schema-{i}", "SCHEMA_MISMATCH")
+        )
     for i in range(6):
         req = make_request("vision", "classify", good_png, model="no-such-model", request_id=f"model-{i}")
         bad.append(("missing model", codec.encode_record(req), f"model-{i}", "UNKNOWN_MODEL"))
@@ -67,11 +69,13 @@ async def test_50_malformed_messages_each_get_a_dead_letter_and_valid_ones_still
     await results.start()
     try:
         positions = {}
-        for kind, value in stream:
+        for _kind, value in stream:
             meta = await client.send_raw(topic, value, key=os.urandom(4))
             positions[value] = (meta.partition, meta.offset)
         readable = {rid: code for _, _, rid, code in bad if rid}
-        answers = await client.collect(results, "vision", [f"ok-{i}" for i in range(100)] + list(readable), 90)
+        answers = await client.collect(
+            results, "vision", [f"ok-{i}" for i in range(100)] + list(readable), 90
+        )
         letters = [client.decode_dead_letter(r.value) for r in await _drain_topic(client, dlq, 50)]
     finally:
         await dlq.stop()
@@ -92,5 +96,7 @@ async def test_50_malformed_messages_each_get_a_dead_letter_and_valid_ones_still
         assert letter.error_message
 
     # Still consuming after all that.
-    again = await client.request(make_request("vision", "classify", good_png, model="mean-color"), timeout_s=30)
+    again = await client.request(
+        make_request("vision", "classify", good_png, model="mean-color"), timeout_s=30
+    )
     assert again is not None and again.status is ResultStatus.OK

@@ -28,13 +28,16 @@ def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-async def test_sigterm_mid_stream_then_restart_loses_nothing(settings: Settings, client: AltlasClient, tmp_path: Path) -> None:
+async def test_sigterm_mid_stream_then_restart_loses_nothing(
+    settings: Settings, client: AltlasClient, tmp_path: Path
+) -> None:
     await create_topics(settings)
     config = write_config(settings, tmp_path / "altlas.yaml")
     log = tmp_path / "altlas.log"
     pages = [rotated_page(d, fmt="JPEG") for d in (0, 90, 180, 270)]
     requests = [
-        make_request("vision", "classify", pages[i % 4], request_id=f"r{i}", params={"top_k": 1}) for i in range(1500)
+        make_request("vision", "classify", pages[i % 4], request_id=f"r{i}", params={"top_k": 1})
+        for i in range(1500)
     ]
     ids = {r.request_id for r in requests}
     seen: dict[str, int] = {}

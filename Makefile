@@ -1,0 +1,59 @@
+# altlas: the two commands are `make run` and `make test`; everything else is set-up they call.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PACKAGES := -p altlas.schemas -p altlas.models -p altlas.pipelines -p altlas.consumers -p altlas.producers -p altlas.orchestration
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup system-deps kafka-jars lint typecheck pytest bench clean
+
+run: setup kafka-jars ## local Kafka + orchestrator + sample requests, results as a table
+	$(BIN)/altlas demo
+
+test: setup kafka-jars lint typecheck pytest ## lint, type-check and the whole test suite against a real broker
+
+setup: system-deps $(STAMP)
+
+# Strict editable mode installs a link tree that mypy can follow (../shared/STYLE.md), so it
+# is redone whenever pyproject.toml or the set of package files changes.
+$(STAMP): FORCE
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@{ cat pyproject.toml; find schemas models pipelines consumers producers orchestration -type f \
+	   \( -name '*.py' -o -name '*.avsc' -o -name '*.yaml' -o -name py.typed \) | sort; } | md5sum > $(VENV)/.wanted
+	@if ! cmp -s $(VENV)/.wanted $(STAMP); then \
+	  $(BIN)/pip install -q --upgrade pip setuptools wheel && \
+	  $(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=strict && \
+	  cp $(VENV)/.wanted $(STAMP); \
+	fi
+
+FORCE:
+
+# Debian packages the tests use: kcat (a librdkafka client for the wire-contract tests).
+system-deps:
+	@missing=""; for pkg in kcat; do command -v $$pkg >/dev/null || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing:$$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+kafka-jars: $(STAMP) ## fetch the Kafka jars into ~/.cache/altlas/kafka (once)
+	$(BIN)/python -c "from altlas.orchestration.settings import LocalBrokerSettings as S; \
+	from altlas.orchestration.kafka_dist import KafkaDistribution as D; s=S(); D(s.kafka_version, s.scala_version).ensure()"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy $(PACKAGES)
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: setup kafka-jars ## the benchmarks (minutes; not part of test)
+	$(BIN)/python -m bench.throughput
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

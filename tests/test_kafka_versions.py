@@ -1,0 +1,42 @@
+"""The broker version is a setting: the same request/result round trip on Kafka 3.9 (log4j 1) and 4.x."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from altlas.orchestration.client import AltlasClient, make_request
+from altlas.orchestration.kafka_clients import client_kwargs
+from altlas.orchestration.kafka_dist import KafkaDistribution
+from altlas.orchestration.localkafka import LocalBroker
+from altlas.orchestration.service import Orchestrator, build_codec
+from altlas.schemas.types import Classification, ResultStatus
+from tests.conftest import KAFKA_VERSION, Running, isolated_settings
+from tests.images import rotated_page
+
+OTHER_VERSIONS = sorted({"3.9.2", "4.1.2"} - {KAFKA_VERSION})
+
+
+@pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")), reason="an external broker is in use")
+@pytest.mark.parametrize("version", OTHER_VERSIONS)
+async def test_round_trip_on_another_kafka_version(version: str, registry_file: Path) -> None:
+    broker = LocalBroker(KafkaDistribution(version))
+    broker.start()
+    try:
+        settings = isolated_settings(broker.bootstrap, registry_file, modalities=["vision"])
+        run = await Running(Orchestrator(settings)).start()
+        try:
+            async with AltlasClient(
+                client_kwargs(settings.kafka), build_codec(settings), settings.topics
+            ) as client:
+                result = await client.request(
+                    make_request("vision", "classify", rotated_page(270)), timeout_s=60
+                )
+        finally:
+            await run.stop()
+    finally:
+        broker.stop()
+    assert result is not None and result.status is ResultStatus.OK
+    assert isinstance(result.output, Classification) and result.output.labels[0].label == "270"

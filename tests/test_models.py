@@ -1,0 +1,193 @@
+"""Model registry, the ONNX Runtime backend, and the manager's residency rules."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from altlas.models.errors import ModelBudgetError, ModelLoadError, UnknownModelError
+from altlas.models.manager import ModelEvent, ModelManager
+from altlas.models.onnx import OnnxRuntime
+from altlas.models.registry import ModelRegistry
+from altlas.schemas.errors import ErrorCode
+from tests.builders import MEAN_COLOR_B, MEAN_COLOR_W
+
+
+def _registry(models_dir: Path, **extra: dict) -> ModelRegistry:  # type: ignore[type-arg]
+    entry = {"task": "vision.classify", "backend": "onnx"}
+    return ModelRegistry.from_dict(
+        {
+            "models": [
+                {"id": "dyn", **entry, "path": "mean_color.onnx", **extra.get("dyn", {})},
+                {"id": "b1", **entry, "path": "mean_color_b1.onnx", **extra.get("b1", {})},
+                {"id": "b4", **entry, "path": "mean_color_b4.onnx", **extra.get("b4", {})},
+                {"id": "broken", **entry, "path": "corrupt.onnx"},
+            ]
+        },
+        base_dir=models_dir,
+    )
+
+
+def test_registry_resolves_paths_versions_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_HOME", "/srv/models")
+    (tmp_path / "r.yaml").write_text(
+        "models:\n"
+        "  - {id: m, version: '9', task: vision.classify, backend: onnx, path: a.onnx}\n"
+        "  - {id: m, version: '10', task: vision.classify, backend: onnx, path: '${MODEL_HOME}/b.onnx'}\n"
+        "  - {id: n, task: text.generate, backend: onnx, path: '${NOPE:-/x}/c.onnx', metadata: {cost: 2.5}}\n"
+        "defaults: {vision.classify: m@9}\n"
+    )
+    reg = ModelRegistry.from_file(tmp_path / "r.yaml")
+    assert reg.get("m").version == "10"  # numeric, not lexical, order
+    assert reg.get("m").path == Path("/srv/models/b.onnx")
+    assert reg.get("m@9").path == tmp_path / "a.onnx"
+    assert reg.get("n").path == Path("/x/c.onnx") and reg.get("n").metadata.cost == 2.5
+    assert reg.default_for("vision.classify") == reg.get("m@9")
+    assert reg.default_for("text.generate") == reg.get("n")
+    assert reg.get("m@9").config_hash() != reg.get("m@10").config_hash()
+    with pytest.raises(UnknownModelError):
+        reg.get("m@11")
+    with pytest.raises(UnknownModelError):
+        reg.get("../../etc/passwd")
+
+
+def test_registry_rejects_duplicates_and_bad_defaults() -> None:
+    entry = {"id": "a", "task": "vision.classify", "backend": "onnx"}
+    with pytest.raises(ValueError, match="twice"):
+        ModelRegistry.from_dict({"models": [entry, entry]})
+    with pytest.raises(ValueError, match="default"):
+        ModelRegistry.from_dict({"models": [entry], "defaults": {"text.generate": "a"}})
+
+
+def test_model_error_codes_are_wire_codes() -> None:
+    from altlas.models import errors
+
+    for cls in vars(errors).values():
+        if isinstance(cls, type) and issubclass(cls, errors.ModelError):
+            assert ErrorCode(cls.code)
+
+
+def _expected(x: np.ndarray) -> np.ndarray:
+    logits = x.reshape(x.shape[0], 3, -1).mean(axis=2) @ MEAN_COLOR_W + MEAN_COLOR_B
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("model", ["dyn", "b1", "b4"])
+def test_onnx_runtime_batches_any_batch_dimension_with_exact_outputs(models_dir: Path, model: str) -> None:
+    runtime = OnnxRuntime(_registry(models_dir).get(model))
+    runtime.load()
+    x = np.random.default_rng(1).random((7, 3, 4, 4), dtype=np.float32)
+    outputs = runtime.predict_batch([{"image": x[i]} for i in range(7)])
+    got = np.stack([o["probs"] for o in outputs])
+    np.testing.assert_allclose(got, _expected(x), rtol=1e-5, atol=1e-6)
+    singles = np.stack([runtime.predict_batch([{"image": x[i]}])[0]["probs"] for i in range(7)])
+    np.testing.assert_allclose(got, singles, rtol=1e-6, atol=1e-7)
+    assert runtime.providers == ["CPUExecutionProvider"]
+    assert runtime.metadata["labels"].splitlines() == ["red", "green", "grey", "blue"]
+
+
+def test_onnx_runtime_rejects_a_malformed_item_without_failing_the_batch(models_dir: Path) -> None:
+    runtime = OnnxRuntime(_registry(models_dir).get("dyn"))
+    runtime.load()
+    good = np.zeros((3, 4, 4), dtype=np.float32)
+    outputs = runtime.predict_batch([{"image": good}, {"image": np.zeros((3, 5, 4))}, {"wrong": good}])
+    assert "probs" in outputs[0]
+    assert [type(o).__name__ for o in outputs[1:]] == ["InvalidInputError", "InvalidInputError"]
+
+
+def test_a_corrupt_model_file_is_a_load_error(models_dir: Path) -> None:
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        OnnxRuntime(_registry(models_dir).get("broken")).load()
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.events: list[ModelEvent] = []
+
+    def __call__(self, event: ModelEvent) -> None:
+        self.events.append(event)
+
+    def states(self, model: str) -> list[str]:
+        return [e.state for e in self.events if e.model_id == model]
+
+
+async def test_manager_loads_once_for_concurrent_users(models_dir: Path) -> None:
+    rec = _Recorder()
+    manager = ModelManager(_registry(models_dir), listener=rec)
+    spec = manager.registry.get("dyn")
+
+    async def use() -> int:
+        async with manager.use(spec) as runtime:
+            return id(runtime)
+
+    ids = await asyncio.gather(*(use() for _ in range(10)))
+    assert len(set(ids)) == 1
+    assert rec.states("dyn") == ["loading", "ready"]
+    assert manager.is_loaded("dyn")
+    await manager.close()
+    assert rec.states("dyn")[-1] == "unloaded" and not manager.is_loaded("dyn")
+
+
+async def test_manager_evicts_the_least_recently_used_idle_model(models_dir: Path) -> None:
+    mb = {"metadata": {"memory_mb": 10}}
+    rec = _Recorder()
+    manager = ModelManager(
+        _registry(models_dir, dyn=mb, b1=mb, b4=mb), memory_budget_bytes=25 * 2**20, listener=rec
+    )
+    reg = manager.registry
+    async with manager.use(reg.get("dyn")):
+        pass
+    async with manager.use(reg.get("b1")):
+        pass
+    async with manager.use(reg.get("dyn")):  # dyn is now more recent than b1
+        pass
+    async with manager.use(reg.get("b4")):
+        pass
+    assert rec.states("b1")[-1] == "evicted"
+    assert sorted(manager.loaded()) == ["b4@1", "dyn@1"]
+    assert manager.memory_used == 20 * 2**20
+
+
+async def test_manager_never_evicts_a_model_in_use_and_fails_after_waiting(models_dir: Path) -> None:
+    mb = {"metadata": {"memory_mb": 10}}
+    manager = ModelManager(
+        _registry(models_dir, dyn=mb, b1=mb), memory_budget_bytes=15 * 2**20, wait_for_room_s=0.3
+    )
+    reg = manager.registry
+    async with manager.use(reg.get("dyn")):
+        with pytest.raises(ModelBudgetError):
+            async with manager.use(reg.get("b1")):
+                pass
+        assert manager.is_loaded("dyn")
+    # Once released, the other model gets its room.
+    async with manager.use(reg.get("b1")):
+        assert manager.loaded() == ["b1@1"]
+
+
+async def test_manager_pins_models_the_caller_says_are_needed(models_dir: Path) -> None:
+    mb = {"metadata": {"memory_mb": 10}}
+    manager = ModelManager(
+        _registry(models_dir, dyn=mb, b1=mb, b4=mb),
+        memory_budget_bytes=25 * 2**20,
+        pinned=lambda key: key == "dyn@1",
+    )
+    reg = manager.registry
+    for name in ("dyn", "b1", "b4"):
+        async with manager.use(reg.get(name)):
+            pass
+    assert sorted(manager.loaded()) == ["b4@1", "dyn@1"]
+
+
+async def test_failed_load_is_reported_and_retried_on_next_use(models_dir: Path) -> None:
+    rec = _Recorder()
+    manager = ModelManager(_registry(models_dir), listener=rec)
+    for _ in range(2):
+        with pytest.raises(ModelLoadError):
+            async with manager.use(manager.registry.get("broken")):
+                pass
+    assert rec.states("broken") == ["loading", "failed", "loading", "failed"]
+    assert "cannot load" in rec.events[-1].message

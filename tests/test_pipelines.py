@@ -1,0 +1,160 @@
+"""Image decoding safety and image classification, without any broker."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from altlas.models.onnx import OnnxRuntime
+from altlas.models.registry import ModelRegistry
+from altlas.orchestration.assets import ORIENTATION_PARAMS
+from altlas.pipelines.base import PipelineLimits
+from altlas.pipelines.image import decode_image
+from altlas.pipelines.image_classification import ImageClassificationPipeline
+from altlas.schemas.errors import ErrorCode, InvalidRequestError, PayloadTooLargeError
+from altlas.schemas.types import Classification
+from tests.builders import MEAN_COLOR_LABELS, expected_mean_color
+from tests.images import encode, rotated_page, solid
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares a size and carries almost no data: a decompression bomb's shape."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_an_image_declaring_50000_by_50000_pixels_is_refused_before_decoding() -> None:
+    with pytest.raises(PayloadTooLargeError, match="50000x50000"):
+        decode_image(_png_header_only(50_000, 50_000), max_pixels=40_000_000)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"GIF89a" + b"\x00" * 20, b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, solid((1, 2, 3))[:60], b"hello"],
+)
+def test_corrupt_or_unsupported_images_are_invalid_payloads(data: bytes) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        decode_image(data, max_pixels=10_000)
+    assert caught.value.code is ErrorCode.INVALID_PAYLOAD
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "TIFF"])
+def test_supported_formats_decode_to_rgb(fmt: str) -> None:
+    image = decode_image(encode(Image.new("L", (12, 8), 200), fmt), max_pixels=10_000)
+    assert image.mode == "RGB" and image.size == (12, 8)
+
+
+def test_exif_orientation_is_applied() -> None:
+    img = Image.new("RGB", (40, 10), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif.tobytes())
+    assert decode_image(buf.getvalue(), max_pixels=10_000).size == (10, 40)
+
+
+def _color_runtime(models_dir: Path, name: str = "mean_color.onnx") -> OnnxRuntime:
+    spec = ModelRegistry.from_dict(
+        {
+            "models": [
+                {
+                    "id": "c",
+                    "task": "vision.classify",
+                    "backend": "onnx",
+                    "path": str(models_dir / name),
+                    "params": {"preprocess": {"resize": 4}, "labels_metadata_key": "labels"},
+                }
+            ]
+        }
+    ).get("c")
+    runtime = OnnxRuntime(spec)
+    runtime.load()
+    return runtime
+
+
+@pytest.mark.parametrize("rgb", [(255, 0, 0), (0, 255, 0), (10, 20, 250), (128, 128, 128), (0, 0, 0)])
+def test_classification_outputs_are_exactly_the_models(models_dir: Path, rgb: tuple[int, int, int]) -> None:
+    runtime = _color_runtime(models_dir)
+    pipeline = ImageClassificationPipeline()
+    item = pipeline.prepare(solid(rgb), {"top_k": 4}, runtime.spec)
+    (out,) = pipeline.run(runtime, [item])
+    assert isinstance(out, Classification)
+    want = expected_mean_color(rgb)
+    assert [lab.index for lab in out.labels] == list(np.argsort(-want, kind="stable"))
+    assert [lab.label for lab in out.labels] == [
+        MEAN_COLOR_LABELS[i] for i in np.argsort(-want, kind="stable")
+    ]
+    np.testing.assert_allclose([lab.score for lab in out.labels], np.sort(want)[::-1], atol=1e-6)
+
+
+def test_a_batch_equals_single_calls_in_order(models_dir: Path) -> None:
+    runtime = _color_runtime(models_dir, "mean_color_b4.onnx")
+    pipeline = ImageClassificationPipeline()
+    rng = np.random.default_rng(3)
+    images = [solid(tuple(int(v) for v in rng.integers(0, 256, 3))) for _ in range(9)]  # type: ignore[misc]
+    items = [pipeline.prepare(img, {"top_k": 2}, runtime.spec) for img in images]
+    batched = pipeline.run(runtime, items)
+    singles = [pipeline.run(runtime, [item])[0] for item in items]
+    assert batched == singles
+
+
+def test_top_k_param_is_validated(models_dir: Path) -> None:
+    runtime = _color_runtime(models_dir)
+    pipeline = ImageClassificationPipeline()
+    for bad in ({"top_k": 0}, {"top_k": "many"}, {"top_k": True}):
+        with pytest.raises(InvalidRequestError) as caught:
+            pipeline.prepare(solid((1, 1, 1)), bad, runtime.spec)
+        assert caught.value.code is ErrorCode.INVALID_PARAMS
+
+
+def test_pixel_limit_is_a_pipeline_setting(models_dir: Path) -> None:
+    runtime = _color_runtime(models_dir)
+    with pytest.raises(PayloadTooLargeError):
+        ImageClassificationPipeline(PipelineLimits(max_image_pixels=100)).prepare(
+            solid((1, 1, 1), size=11), {}, runtime.spec
+        )
+
+
+def test_the_trained_orientation_classifier_reads_page_rotation(orientation_model: Path) -> None:
+    spec = ModelRegistry.from_dict(
+        {
+            "models": [
+                {
+                    "id": "o",
+                    "task": "vision.classify",
+                    "backend": "onnx",
+                    "path": str(orientation_model),
+                    "params": ORIENTATION_PARAMS,
+                }
+            ]
+        }
+    ).get("o")
+    runtime = OnnxRuntime(spec)
+    runtime.load()
+    pipeline = ImageClassificationPipeline()
+    degrees = [0, 90, 180, 270, 90, 0]
+    items = [
+        pipeline.prepare(rotated_page(d, fmt="JPEG" if i % 2 else "PNG"), {"top_k": 4}, spec)
+        for i, d in enumerate(degrees)
+    ]
+    outputs = pipeline.run(runtime, items)
+    for deg, out in zip(degrees, outputs, strict=True):
+        assert isinstance(out, Classification)
+        assert out.labels[0].label == str(deg)
+        assert out.labels[0].score > 0.8
+        assert abs(sum(lab.score for lab in out.labels) - 1.0) < 1e-4
