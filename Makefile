@@ -22,8 +22,10 @@ $(STAMP): FORCE
 	@{ cat pyproject.toml; find schemas models pipelines consumers producers orchestration -type f \
 	   \( -name '*.py' -o -name '*.avsc' -o -name '*.yaml' -o -name py.typed \) | sort; } | md5sum > $(VENV)/.wanted
 	@if ! cmp -s $(VENV)/.wanted $(STAMP); then \
-	  $(BIN)/pip install -q --upgrade pip setuptools wheel && \
-	  $(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=strict && \
+	  echo "installing altlas and its dev dependencies into $(VENV) ..."; \
+	  { $(BIN)/pip install -q --upgrade pip setuptools wheel && \
+	    $(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=strict; } > $(VENV)/pip.log 2>&1 \
+	    || { cat $(VENV)/pip.log; exit 1; }; \
 	  cp $(VENV)/.wanted $(STAMP); \
 	fi
 

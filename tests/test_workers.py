@@ -1,0 +1,66 @@
+"""Model lanes: batches form while the model is busy, and one bad item fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from altlas.models.manager import ModelManager
+from altlas.models.registry import ModelRegistry
+from altlas.models.runtime import ModelRuntime
+from altlas.orchestration.tracing import Tracing
+from altlas.orchestration.workers import ModelWorkers
+from altlas.pipelines.base import Output, Prepared
+from altlas.pipelines.image_classification import ImageClassificationPipeline
+from altlas.schemas.types import Classification
+from tests.images import solid
+
+
+class PoisonAware(ImageClassificationPipeline):
+    """The real pipeline and model, except that a batch containing a 'poison' item raises as a whole.
+
+    That is how many runtimes fail (one bad tensor aborts the call), and what
+    the lane must contain.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def run(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
+        self.calls.append(len(items))
+        if any(item.params.get("poison") for item in items):
+            raise RuntimeError("kernel failed on a poisoned input")
+        return super().run(runtime, items)
+
+
+async def test_a_raising_batch_is_retried_item_by_item_so_only_the_bad_item_fails(models_dir: Path) -> None:
+    registry = ModelRegistry.from_dict(
+        {
+            "models": [
+                {
+                    "id": "c",
+                    "task": "vision.classify",
+                    "backend": "onnx",
+                    "path": str(models_dir / "mean_color.onnx"),
+                    "params": {"preprocess": {"resize": 4}, "labels_metadata_key": "labels"},
+                }
+            ]
+        }
+    )
+    spec = registry.get("c")
+    pipeline = PoisonAware()
+    workers = ModelWorkers(ModelManager(registry), Tracing(None), max_batch=16, concurrency=1)
+    try:
+        items = [pipeline.prepare(solid((i * 20, 0, 0)), {"poison": i == 3}, spec) for i in range(8)]
+        results = await asyncio.gather(*(workers.submit(spec, pipeline, item, None) for item in items))
+    finally:
+        await workers.close()
+    assert [type(r.output).__name__ for r in results] == ["Classification"] * 3 + ["RuntimeError"] + [
+        "Classification"
+    ] * 4
+    assert all(isinstance(r.output, Classification) for i, r in enumerate(results) if i != 3)
+    # The 8 jobs were queued before the lane ran: one batch of 8, then 8 single retries.
+    assert pipeline.calls[0] == 8 and pipeline.calls[1:] == [1] * 8
+    assert {r.batch_size for r in results} == {8}
