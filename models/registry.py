@@ -32,6 +32,7 @@ class ModelMetadata:
     accuracy: float | None = None
     latency_ms: float | None = None
     max_batch: int = 32
+    concurrency: int | None = None  # batches at once on this model (else the global setting)
     memory_mb: float | None = None
     labels: tuple[str, ...] = ()
 
@@ -42,11 +43,21 @@ class ModelSpec:
 
     id: str
     version: str
-    task: str  # "<modality>.<task>", e.g. "vision.classify"
+    task: str  # primary task, "<modality>.<task>", e.g. "vision.classify"
     backend: str
     path: Path | None
     params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     metadata: ModelMetadata = ModelMetadata()
+    also: tuple[str, ...] = ()  # further tasks it serves (an LLM: text.generate and text.chat)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """Every task this model serves, the primary one first."""
+        return (self.task, *self.also)
+
+    def serves(self, task: str) -> bool:
+        """Whether ``task`` ("<modality>.<task>") is one of this model's."""
+        return task in self.tasks
 
     @property
     def key(self) -> str:
@@ -100,7 +111,7 @@ class ModelRegistry:
         self.defaults = dict(defaults or {})
         for task, ref in self.defaults.items():
             self.get(ref)  # fail at start, not on the first request
-            if self.get(ref).task != task:
+            if not self.get(ref).serves(task):
                 raise ValueError(f"default for {task} is {ref}, a {self.get(ref).task} model")
 
     @classmethod
@@ -116,7 +127,10 @@ class ModelRegistry:
         base = base_dir or Path.cwd()
         specs = []
         for entry in doc.get("models", []):
-            missing = {"id", "task", "backend"} - set(entry)
+            missing = {"id", "backend"} - set(entry)
+            tasks = entry.get("tasks") or ([entry["task"]] if "task" in entry else [])
+            if not tasks:
+                missing.add("task")
             if missing:
                 raise ValueError(f"registry entry {entry!r} lacks {sorted(missing)}")
             raw_path = entry.get("path")
@@ -132,7 +146,8 @@ class ModelRegistry:
                 ModelSpec(
                     id=str(entry["id"]),
                     version=str(entry.get("version", "1")),
-                    task=str(entry["task"]),
+                    task=str(tasks[0]),
+                    also=tuple(str(t) for t in tasks[1:]),
                     backend=str(entry["backend"]),
                     path=model_path,
                     params=dict(entry.get("params", {})),
@@ -158,7 +173,7 @@ class ModelRegistry:
 
     def for_task(self, task: str) -> list[ModelSpec]:
         """Latest versions of all models that serve ``task``."""
-        return [s for s in self._latest.values() if s.task == task]
+        return [s for s in self._latest.values() if s.serves(task)]
 
     def __iter__(self) -> Any:
         return iter(self._specs.values())

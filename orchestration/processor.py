@@ -13,7 +13,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -66,6 +66,38 @@ RESULT_TYPES: dict[str, type[Result]] = {"text": TextResult, "vision": VisionRes
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
+class ChunkStream:
+    """Publishes one request's partial results in order, while its model is still running."""
+
+    def __init__(
+        self,
+        enqueue: Callable[[OutboundMessage], Awaitable[asyncio.Future[Any]]],
+        build: Callable[[Record], OutboundMessage],
+    ) -> None:
+        self._enqueue = enqueue
+        self._build = build
+        self._queue: asyncio.Queue[OutboundMessage | None] = asyncio.Queue()
+        self.acks: list[asyncio.Future[Any]] = []
+        self._task = asyncio.create_task(self._drain())
+
+    def push(self, chunk: Record) -> None:
+        """Called on the event loop for each chunk the model emits."""
+        self._queue.put_nowait(self._build(chunk))
+
+    async def _drain(self) -> None:
+        while (msg := await self._queue.get()) is not None:
+            try:
+                self.acks.append(await self._enqueue(msg))
+            except Exception as exc:  # a lost chunk is tolerable; the final result is not
+                log.warning("dropping a streamed chunk for %s: %s", msg.topic, exc)
+
+    async def close(self) -> list[asyncio.Future[Any]]:
+        """Wait until every chunk is queued for sending; returns their ack futures."""
+        self._queue.put_nowait(None)
+        await self._task
+        return self.acks
+
+
 @dataclass
 class Outcome:
     """The messages answering one consumed record."""
@@ -74,6 +106,7 @@ class Outcome:
     messages: list[OutboundMessage]
     request: AnyRequest | None = None
     error: ErrorInfo | None = None
+    chunks: ChunkStream | None = None  # partial results already being published
 
 
 @dataclass
@@ -109,6 +142,7 @@ class ProcessorContext:
     decode_threads: int
     max_message_bytes: int
     tracing: Tracing
+    enqueue: Callable[[OutboundMessage], Awaitable[asyncio.Future[Any]]]
     instance_id: str
     group_prefix: str
 
@@ -184,6 +218,7 @@ class RequestProcessor:
 
         prepared = await self._prepare_all([(req, spec, pipe) for _, req, spec, pipe, _ in todo])
         futures: dict[int, asyncio.Future[JobResult]] = {}
+        streams: dict[int, ChunkStream] = {}
         for (i, request, spec, pipeline, span), prep in zip(todo, prepared, strict=True):
             if isinstance(prep, BaseException):
                 outcomes[i] = self.failure(
@@ -191,12 +226,18 @@ class RequestProcessor:
                 )
                 continue
             ctx = span.get_span_context() if span is not None else None
-            futures[i] = self.ctx.workers.submit(spec, pipeline, prep, ctx)
+            on_chunk = None
+            if prep.params.get("stream") is True and hasattr(pipeline, "run_stream"):
+                streams[i] = self._chunk_stream(records[i], request, spec, span)
+                on_chunk = streams[i].push
+            futures[i] = self.ctx.workers.submit(spec, pipeline, prep, ctx, on_chunk)
         if futures:
             await asyncio.gather(*futures.values())
         for i, request, spec, _, span in todo:
             if i in futures:
-                outcomes[i] = self._answer(records[i], request, spec, futures[i].result(), span)
+                answer = self._answer(records[i], request, spec, futures[i].result(), span)
+                answer.chunks = streams.get(i)
+                outcomes[i] = answer
         return [o for o in outcomes if o is not None]
 
     # ------------------------------------------------------------ steps
@@ -235,7 +276,8 @@ class RequestProcessor:
                 raise AltlasError(
                     "task 'auto' needs a model id to infer the task from", code=ErrorCode.UNKNOWN_TASK
                 )
-            task = spec.task.split(".", 1)[1]
+            own = [t for t in spec.tasks if t.startswith(f"{self.modality}.")]
+            task = (own or [spec.task])[0].split(".", 1)[1]
         full_task = f"{self.modality}.{task}"
         pipeline = self.ctx.pipelines.get(full_task)
         if pipeline is None:
@@ -246,9 +288,10 @@ class RequestProcessor:
             spec = registry.default_for(full_task)
             if spec is None:
                 raise AltlasError(f"no model configured for {full_task}", code=ErrorCode.UNKNOWN_MODEL)
-        if spec.task != full_task:
+        if not spec.serves(full_task):
             raise AltlasError(
-                f"model {spec.key} serves {spec.task}, not {full_task}", code=ErrorCode.UNKNOWN_MODEL
+                f"model {spec.key} serves {', '.join(spec.tasks)}, not {full_task}",
+                code=ErrorCode.UNKNOWN_MODEL,
             )
         return spec, pipeline
 
@@ -292,6 +335,29 @@ class RequestProcessor:
         )
         self.ctx.tracing.end(span)
         return Outcome(rec, [msg], request)
+
+    def _chunk_stream(
+        self, rec: InboundRecord, request: AnyRequest, spec: ModelSpec, span: Span | None
+    ) -> ChunkStream:
+        topic = self._reply_topic(request.reply_topic)
+        headers = self.ctx.tracing.produce_headers(None, topic, rec.headers)
+
+        def build(chunk: Record) -> OutboundMessage:
+            partial = self.result_type.model_validate(
+                {
+                    "request_id": request.request_id,
+                    "task": str(request.task),
+                    "status": ResultStatus.PARTIAL,
+                    "model_id": spec.id,
+                    "model_version": spec.version,
+                    "output": chunk,
+                    "timings": self._timings(request, None),
+                    "metadata": request.metadata,
+                }
+            )
+            return self._message(partial, topic, request.request_id, headers)
+
+        return ChunkStream(self.ctx.enqueue, build)
 
     def _expired(self, rec: InboundRecord, request: AnyRequest, span: Span | None) -> Outcome:
         info = ErrorInfo(

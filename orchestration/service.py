@@ -98,9 +98,13 @@ class Orchestrator:
         self._decode_pool = ThreadPoolExecutor(
             max_workers=batching.decode_threads, thread_name_prefix="decode"
         )
+        lim = settings.limits
         limits = PipelineLimits(
-            max_payload_bytes=settings.limits.max_message_bytes,
-            max_image_pixels=settings.limits.max_image_pixels,
+            max_payload_bytes=lim.max_message_bytes,
+            max_image_pixels=lim.max_image_pixels,
+            max_audio_seconds=lim.max_audio_seconds,
+            max_text_chars=lim.max_text_chars,
+            max_prompt_tokens=lim.max_prompt_tokens,
         )
         self.context = ProcessorContext(
             codec=self.codec,
@@ -111,6 +115,7 @@ class Orchestrator:
             decode_pool=self._decode_pool,
             decode_threads=batching.decode_threads,
             max_message_bytes=settings.limits.max_message_bytes,
+            enqueue=self.publisher.enqueue,
             tracing=self.tracing,
             instance_id=settings.instance_id,
             group_prefix=settings.kafka.group_id,

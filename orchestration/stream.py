@@ -79,6 +79,7 @@ class StreamWorker:
     ) -> None:
         try:
             outcomes = await self._answer(records)
+            chunk_acks = [ack for o in outcomes if o.chunks is not None for ack in await o.chunks.close()]
             await previous.wait()
             sends = [
                 (outcome, msg, await self._enqueue(msg)) for outcome in outcomes for msg in outcome.messages
@@ -86,6 +87,7 @@ class StreamWorker:
         finally:
             queued.set()  # never hold up later batches, even when this one failed
         await asyncio.gather(*(self._deliver(o, m, f) for o, m, f in sends))
+        await asyncio.gather(*chunk_acks, return_exceptions=True)  # streamed chunks: best effort
         await self.consumer.finished(records)
 
     async def _answer(self, records: list[InboundRecord]) -> list[Outcome]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,6 +24,7 @@ from altlas.models.registry import ModelSpec
 from altlas.models.runtime import ModelRuntime
 from altlas.orchestration.tracing import Tracing
 from altlas.pipelines.base import Output, Pipeline, Prepared
+from altlas.schemas.types import Record
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,15 @@ class JobResult:
     batch_size: int
 
 
+ChunkSink = Callable[[Record], None]
+
+
 @dataclass
 class _Job:
     prepared: Prepared
     future: asyncio.Future[JobResult]
     span: SpanContext | None
+    on_chunk: ChunkSink | None = None  # set for streamed requests
 
 
 class _Lane:
@@ -70,6 +75,10 @@ class _Lane:
             while len(batch) < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             batch = [job for job in batch if not job.future.done()]  # cancelled meanwhile
+            # A streamed request runs alone: its chunks must leave as they are made.
+            for job in [j for j in batch if j.on_chunk is not None]:
+                await self._run([job])
+            batch = [j for j in batch if j.on_chunk is None]
             if batch:
                 await self._run(batch)
 
@@ -82,9 +91,13 @@ class _Lane:
                 async with self.manager.use(self.spec) as runtime:
                     t0 = time.perf_counter()
                     with self.tracing.inference_span(span, self.spec.key):
-                        outputs = await asyncio.get_running_loop().run_in_executor(
-                            self.executor, self._infer, runtime, items
-                        )
+                        loop = asyncio.get_running_loop()
+                        if batch[0].on_chunk is not None:
+                            outputs = await loop.run_in_executor(
+                                self.executor, self._stream, runtime, items[0], batch[0].on_chunk, loop
+                            )
+                        else:
+                            outputs = await loop.run_in_executor(self.executor, self._infer, runtime, items)
                     inference_ms = (time.perf_counter() - t0) * 1000
         except asyncio.CancelledError:
             raise
@@ -105,6 +118,21 @@ class _Lane:
                 return [exc]
             log.warning("batch of %d on %s failed (%s); isolating items", len(items), self.spec.key, exc)
             return [self._infer(runtime, [item])[0] for item in items]
+
+    def _stream(
+        self, runtime: ModelRuntime, item: Prepared, on_chunk: ChunkSink, loop: asyncio.AbstractEventLoop
+    ) -> list[Output]:
+        """Run one streamed request; chunks hop to the event loop as the model makes them."""
+        run_stream = getattr(self.pipeline, "run_stream", None)
+        if run_stream is None:
+            return self._infer(runtime, [item])
+        try:
+            output: Output = run_stream(
+                runtime, item, lambda chunk: loop.call_soon_threadsafe(on_chunk, chunk)
+            )
+            return [output]
+        except Exception as exc:
+            return [exc]
 
     async def close(self) -> None:
         for task in self.runners:
@@ -127,18 +155,24 @@ class ModelWorkers:
         self._lanes: dict[tuple[str, str], _Lane] = {}
 
     def submit(
-        self, spec: ModelSpec, pipeline: Pipeline, prepared: Prepared, span: SpanContext | None
+        self,
+        spec: ModelSpec,
+        pipeline: Pipeline,
+        prepared: Prepared,
+        span: SpanContext | None,
+        on_chunk: ChunkSink | None = None,
     ) -> asyncio.Future[JobResult]:
-        """Queue one prepared request on its model's lane."""
+        """Queue one prepared request on its model's lane (``on_chunk``: stream its partial outputs)."""
         key = (spec.key, pipeline.task)
         lane = self._lanes.get(key)
         if lane is None:
             max_batch = max(1, min(self.max_batch, spec.metadata.max_batch))
+            concurrency = spec.metadata.concurrency or self.concurrency
             lane = self._lanes[key] = _Lane(
-                spec, pipeline, self.manager, self.tracing, max_batch, self.concurrency
+                spec, pipeline, self.manager, self.tracing, max_batch, concurrency
             )
         future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
-        lane.queue.put_nowait(_Job(prepared, future, span))
+        lane.queue.put_nowait(_Job(prepared, future, span, on_chunk))
         return future
 
     def pending(self, model_key: str) -> int:

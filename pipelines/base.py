@@ -25,6 +25,9 @@ class PipelineLimits:
 
     max_payload_bytes: int = 16 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    max_audio_seconds: float = 600.0
+    max_text_chars: int = 200_000
+    max_prompt_tokens: int | None = None
 
 
 @dataclass
@@ -39,7 +42,13 @@ Output = Record | Exception
 
 
 class Pipeline(Protocol):
-    """One task's decode -> infer -> shape logic."""
+    """One task's decode -> infer -> shape logic.
+
+    A pipeline that can stream (text generation) also has
+    ``run_stream(runtime, item, emit) -> Output``: it calls ``emit(chunk)`` with
+    each partial output record as the model makes it, then returns the final
+    output. Requests with ``params.stream = true`` go through it, one at a time.
+    """
 
     task: str
 
