@@ -5,6 +5,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PACKAGES := -p altlas.schemas -p altlas.models -p altlas.pipelines -p altlas.consumers -p altlas.producers -p altlas.orchestration
 STAMP := $(VENV)/.installed
+# Extras installed by `make setup`: everything, so `make test` exercises every backend.
+EXTRAS ?= dev,all
+# Debian packages the backends and tests use (installed by `make system-deps` when missing).
+APT_PACKAGES ?= kcat
+# llama-cpp-python has no wheel on PyPI: build a portable one (pip caches it in ~/.cache/pip).
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
 .PHONY: run test setup system-deps kafka-jars lint typecheck pytest bench clean
 
@@ -24,16 +31,15 @@ $(STAMP): FORCE
 	@if ! cmp -s $(VENV)/.wanted $(STAMP); then \
 	  echo "installing altlas and its dev dependencies into $(VENV) ..."; \
 	  { $(BIN)/pip install -q --upgrade pip setuptools wheel && \
-	    $(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=strict; } > $(VENV)/pip.log 2>&1 \
+	    $(BIN)/pip install -q -e '.[$(EXTRAS)]' --config-settings editable_mode=strict; } > $(VENV)/pip.log 2>&1 \
 	    || { cat $(VENV)/pip.log; exit 1; }; \
 	  cp $(VENV)/.wanted $(STAMP); \
 	fi
 
 FORCE:
 
-# Debian packages the tests use: kcat (a librdkafka client for the wire-contract tests).
 system-deps:
-	@missing=""; for pkg in kcat; do command -v $$pkg >/dev/null || missing="$$missing $$pkg"; done; \
+	@missing=""; for pkg in $(APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  echo "installing:$$missing"; \

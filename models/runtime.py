@@ -8,9 +8,11 @@ in MLServer). Adding a backend means one module here plus one entry in
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from altlas.models.errors import ModelLoadError
 from altlas.models.registry import ModelSpec
 
 
@@ -35,26 +37,34 @@ class ModelRuntime(Protocol):
 
 RuntimeFactory = Callable[[ModelSpec], ModelRuntime]
 
-
-def _onnx(spec: ModelSpec) -> ModelRuntime:
-    from altlas.models.onnx import OnnxRuntime
-
-    return OnnxRuntime(spec)
-
-
-#: Backend name in the registry -> factory. Imports are lazy so that a backend's
-#: heavy dependency is only needed when a model of that backend is used.
-BACKENDS: dict[str, RuntimeFactory] = {
-    "onnx": _onnx,
+#: Backend name in the registry -> "module:Class" of its runtime. Imported on
+#: first use, so a backend's heavy dependency (llama.cpp, torch...) is only
+#: needed when a model of that backend is actually configured.
+BACKENDS: dict[str, str] = {
+    "onnx": "altlas.models.onnx:OnnxRuntime",
 }
+
+
+def runtime_class(backend: str) -> RuntimeFactory:
+    """The runtime class of a backend name."""
+    try:
+        target = BACKENDS[backend]
+    except KeyError:
+        raise ValueError(f"unknown backend {backend!r} (known: {sorted(BACKENDS)})") from None
+    module, _, name = target.partition(":")
+    factory: RuntimeFactory = getattr(importlib.import_module(module), name)
+    return factory
 
 
 def create_runtime(spec: ModelSpec) -> ModelRuntime:
     """A not-yet-loaded runtime for ``spec``."""
     try:
-        factory = BACKENDS[spec.backend]
-    except KeyError:
-        raise ValueError(
-            f"model {spec.key}: unknown backend {spec.backend!r} (known: {sorted(BACKENDS)})"
-        ) from None
+        factory = runtime_class(spec.backend)
+    except ValueError as exc:
+        raise ValueError(f"model {spec.key}: {exc}") from None
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"model {spec.key}: backend {spec.backend!r} needs an optional dependency ({exc}); "
+            "install the matching extra, e.g. pip install 'altlas[all]'"
+        ) from exc
     return factory(spec)

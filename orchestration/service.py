@@ -30,7 +30,7 @@ from altlas.orchestration.stream import StreamWorker
 from altlas.orchestration.topics import ensure_topics, topic_plan
 from altlas.orchestration.tracing import Tracing, build_provider
 from altlas.orchestration.workers import ModelWorkers
-from altlas.pipelines import PIPELINES, PipelineLimits
+from altlas.pipelines import PipelineLimits, load_pipelines
 from altlas.producers.publisher import ProducerConfig, Publisher
 from altlas.schemas.catalog import SchemaCatalog
 from altlas.schemas.codec import AvroCodec, WireFormat
@@ -106,11 +106,14 @@ class Orchestrator:
             max_text_chars=lim.max_text_chars,
             max_prompt_tokens=lim.max_prompt_tokens,
         )
+        pipelines, unavailable = load_pipelines(limits)
+        for task, reason in unavailable.items():
+            log.warning("pipeline %s unavailable (%s); install its extra", task, reason)
         self.context = ProcessorContext(
             codec=self.codec,
             registry=self.registry,
             workers=self.workers,
-            pipelines={task: factory(limits) for task, factory in PIPELINES.items()},
+            pipelines=pipelines,
             topics=settings.topics,
             decode_pool=self._decode_pool,
             decode_threads=batching.decode_threads,

@@ -6,14 +6,29 @@ records, so each can be tested with nothing but a model file.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 
 from altlas.pipelines.base import Output, Pipeline, PipelineLimits, Prepared
-from altlas.pipelines.image_classification import ImageClassificationPipeline
 
-#: Task ("<modality>.<task>") -> pipeline constructor.
-PIPELINES: dict[str, Callable[[PipelineLimits], Pipeline]] = {
-    "vision.classify": ImageClassificationPipeline,
+#: Task ("<modality>.<task>") -> "module:Class" of its pipeline (constructed with
+#: the PipelineLimits). Imported when the orchestrator starts; a pipeline whose
+#: optional dependency is missing is left out, and its task answers UNKNOWN_TASK.
+PIPELINES: dict[str, str] = {
+    "vision.classify": "altlas.pipelines.image_classification:ImageClassificationPipeline",
 }
 
-__all__ = ["PIPELINES", "ImageClassificationPipeline", "Output", "Pipeline", "PipelineLimits", "Prepared"]
+
+def load_pipelines(limits: PipelineLimits) -> tuple[dict[str, Pipeline], dict[str, str]]:
+    """Every pipeline that can be imported here, and why the others could not."""
+    loaded: dict[str, Pipeline] = {}
+    missing: dict[str, str] = {}
+    for task, target in PIPELINES.items():
+        module, _, name = target.partition(":")
+        try:
+            loaded[task] = getattr(importlib.import_module(module), name)(limits)
+        except ImportError as exc:
+            missing[task] = str(exc)
+    return loaded, missing
+
+
+__all__ = ["PIPELINES", "Output", "Pipeline", "PipelineLimits", "Prepared", "load_pipelines"]
