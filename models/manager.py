@@ -76,6 +76,7 @@ class ModelManager:
         loader: Executor | None = None,
         pinned: Callable[[str], bool] | None = None,
         wait_for_room_s: float = 30.0,
+        eviction: str = "cost",
     ) -> None:
         self.registry = registry
         self.memory_budget = memory_budget_bytes
@@ -84,6 +85,9 @@ class ModelManager:
         self._loader = loader or ThreadPoolExecutor(max_workers=2, thread_name_prefix="model-load")
         self._pinned = pinned or (lambda key: False)
         self._wait_for_room_s = wait_for_room_s
+        if eviction not in ("cost", "lru"):
+            raise ValueError(f"eviction policy must be cost or lru, got {eviction!r}")
+        self.eviction = eviction
         self._entries: dict[str, _Entry] = {}
         self._released = asyncio.Condition()
 
@@ -214,13 +218,24 @@ class ModelManager:
                     await asyncio.wait_for(self._released.wait(), remaining)
 
     def _eviction_candidate(self, exclude: _Entry) -> _Entry | None:
-        """The least recently used idle model that nothing has pinned."""
+        """The idle, unpinned model to evict: cheapest to reload first (policy ``cost``), or LRU."""
         idle = [
             e
             for e in self._entries.values()
             if e is not exclude and e.runtime is not None and e.in_use == 0 and not self._pinned(e.spec.key)
         ]
-        return min(idle, key=lambda e: e.last_used, default=None)
+        if self.eviction == "lru":
+            return min(idle, key=lambda e: e.last_used, default=None)
+        return min(idle, key=lambda e: (self.reload_cost_ms(e.spec), e.last_used), default=None)
+
+    def reload_cost_ms(self, spec: ModelSpec) -> float:
+        """What reloading a model would cost: declared, else measured, else guessed from its size."""
+        if spec.metadata.load_ms is not None:
+            return spec.metadata.load_ms
+        entry = self._entries.get(spec.key)
+        if entry is not None and entry.load_ms is not None:
+            return entry.load_ms
+        return estimate_bytes(spec) / (200 * 1024 * 1024) * 1000  # ~200 MB/s from page cache
 
     async def _wait_idle(self, entry: _Entry) -> None:
         async with self._released:

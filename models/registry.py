@@ -33,6 +33,7 @@ class ModelMetadata:
     latency_ms: float | None = None
     max_batch: int = 32
     concurrency: int | None = None  # batches at once on this model (else the global setting)
+    load_ms: float | None = None  # declared reload cost (else measured) for cost-aware eviction
     memory_mb: float | None = None
     labels: tuple[str, ...] = ()
 
@@ -85,6 +86,17 @@ class ModelSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Route:
+    """A named choice of models for one task: ``model: "route:NAME"`` in a request."""
+
+    name: str
+    task: str
+    strategy: str
+    candidates: tuple[str, ...]
+    params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
 def _expand(value: Any) -> Any:
     if isinstance(value, str):
         return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
@@ -98,7 +110,12 @@ def _expand(value: Any) -> Any:
 class ModelRegistry:
     """Lookup of model specs by id, version and task."""
 
-    def __init__(self, specs: list[ModelSpec], defaults: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        specs: list[ModelSpec],
+        defaults: dict[str, str] | None = None,
+        routes: dict[str, Route] | None = None,
+    ) -> None:
         self._specs: dict[str, ModelSpec] = {}
         self._latest: dict[str, ModelSpec] = {}
         for spec in specs:
@@ -113,6 +130,11 @@ class ModelRegistry:
             self.get(ref)  # fail at start, not on the first request
             if not self.get(ref).serves(task):
                 raise ValueError(f"default for {task} is {ref}, a {self.get(ref).task} model")
+        self.routes = dict(routes or {})
+        for route in self.routes.values():
+            for ref in route.candidates:
+                if not self.get(ref).serves(route.task):
+                    raise ValueError(f"route {route.name}: {ref} does not serve {route.task}")
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelRegistry:
@@ -154,7 +176,24 @@ class ModelRegistry:
                     metadata=ModelMetadata(**meta),
                 )
             )
-        return cls(specs, {str(k): str(v) for k, v in (doc.get("defaults") or {}).items()})
+        routes = {
+            str(name): Route(
+                name=str(name),
+                task=str(body["task"]),
+                strategy=str(body.get("strategy", "fallback")),
+                candidates=tuple(str(c) for c in body.get("candidates", ())),
+                params=dict(body.get("params", {})),
+            )
+            for name, body in (doc.get("routes") or {}).items()
+        }
+        return cls(specs, {str(k): str(v) for k, v in (doc.get("defaults") or {}).items()}, routes)
+
+    def route(self, name: str) -> Route:
+        """A named route (the part after ``route:``)."""
+        try:
+            return self.routes[name]
+        except KeyError:
+            raise UnknownModelError(f"route {name!r} is not in the registry") from None
 
     def get(self, ref: str) -> ModelSpec:
         """Resolve ``id`` (latest version) or ``id@version``."""

@@ -5,14 +5,17 @@ error result plus a dead letter when the request was readable but could not be
 served; a dead letter alone when not even a request id could be read; an
 ``expired`` result when its deadline passed before it ran. Outcomes come back
 in the order of the records, which is the order they are published in.
+
+Single-model requests take the fast path: their payloads are decoded together
+on the decode threads and queued on the model lanes, where they batch. Cache
+hits skip all of that; fallback and ensemble plans run per request (through
+the same lanes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -23,8 +26,13 @@ from opentelemetry.trace import Span
 
 from altlas.consumers.records import InboundRecord
 from altlas.models.errors import ModelError
-from altlas.models.registry import ModelRegistry, ModelSpec
-from altlas.orchestration.settings import MODALITIES, Modality, TopicSettings
+from altlas.models.registry import ModelSpec
+from altlas.orchestration.answers import RESULT_TYPES, Answers, MemberAnswer, Outcome, error_info
+from altlas.orchestration.cache import ResultCache, cache_key
+from altlas.orchestration.chunks import ChunkStream
+from altlas.orchestration.execution import DeadlineExceeded, Execution, MultiModelExecutor
+from altlas.orchestration.planning import Plan, Planner
+from altlas.orchestration.settings import Modality, TopicSettings
 from altlas.orchestration.tracing import Tracing
 from altlas.orchestration.workers import JobResult, ModelWorkers
 from altlas.pipelines.base import Pipeline, Prepared
@@ -41,18 +49,11 @@ from altlas.schemas.errors import (
 from altlas.schemas.types import (
     AnyRequest,
     AudioRequest,
-    AudioResult,
     DeadLetter,
-    ErrorInfo,
-    Header,
     Record,
-    Result,
     ResultStatus,
     TextRequest,
-    TextResult,
-    Timings,
     VisionRequest,
-    VisionResult,
 )
 
 log = logging.getLogger(__name__)
@@ -62,71 +63,7 @@ REQUEST_TYPES: dict[str, type[AnyRequest]] = {
     "vision": VisionRequest,
     "audio": AudioRequest,
 }
-RESULT_TYPES: dict[str, type[Result]] = {"text": TextResult, "vision": VisionResult, "audio": AudioResult}
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-
-
-class ChunkStream:
-    """Publishes one request's partial results in order, while its model is still running."""
-
-    def __init__(
-        self,
-        enqueue: Callable[[OutboundMessage], Awaitable[asyncio.Future[Any]]],
-        build: Callable[[Record], OutboundMessage],
-    ) -> None:
-        self._enqueue = enqueue
-        self._build = build
-        self._queue: asyncio.Queue[OutboundMessage | None] = asyncio.Queue()
-        self.acks: list[asyncio.Future[Any]] = []
-        self._task = asyncio.create_task(self._drain())
-
-    def push(self, chunk: Record) -> None:
-        """Called on the event loop for each chunk the model emits."""
-        self._queue.put_nowait(self._build(chunk))
-
-    async def _drain(self) -> None:
-        while (msg := await self._queue.get()) is not None:
-            try:
-                self.acks.append(await self._enqueue(msg))
-            except Exception as exc:  # a lost chunk is tolerable; the final result is not
-                log.warning("dropping a streamed chunk for %s: %s", msg.topic, exc)
-
-    async def close(self) -> list[asyncio.Future[Any]]:
-        """Wait until every chunk is queued for sending; returns their ack futures."""
-        self._queue.put_nowait(None)
-        await self._task
-        return self.acks
-
-
-@dataclass
-class Outcome:
-    """The messages answering one consumed record."""
-
-    record: InboundRecord
-    messages: list[OutboundMessage]
-    request: AnyRequest | None = None
-    error: ErrorInfo | None = None
-    chunks: ChunkStream | None = None  # partial results already being published
-
-
-@dataclass
-class _Salvage:
-    """What can be read of a request that failed validation."""
-
-    request_id: str
-    task: str = "unknown"
-    reply_topic: str | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-    created_at: datetime | None = None
-
-
-def error_info(exc: BaseException, *, default: ErrorCode = ErrorCode.INTERNAL) -> ErrorInfo:
-    """The wire form of an exception: stable code, message, retriable flag."""
-    if isinstance(exc, AltlasError):
-        return ErrorInfo(code=exc.code.value, message=exc.message, retriable=exc.retriable)
-    if isinstance(exc, ModelError):
-        return ErrorInfo(code=exc.code, message=str(exc), retriable=exc.retriable)
-    return ErrorInfo(code=default.value, message=f"{type(exc).__name__}: {exc}", retriable=False)
+__all__ = ["RESULT_TYPES", "Outcome", "ProcessorContext", "RequestProcessor", "error_info"]
 
 
 @dataclass
@@ -134,9 +71,9 @@ class ProcessorContext:
     """Everything the processors of all modalities share."""
 
     codec: AvroCodec
-    registry: ModelRegistry
+    planner: Planner
+    executor: MultiModelExecutor
     workers: ModelWorkers
-    pipelines: dict[str, Pipeline]
     topics: TopicSettings
     decode_pool: Executor
     decode_threads: int
@@ -145,6 +82,20 @@ class ProcessorContext:
     enqueue: Callable[[OutboundMessage], Awaitable[asyncio.Future[Any]]]
     instance_id: str
     group_prefix: str
+    cache: ResultCache | None = None
+    observe: Callable[[str, Outcome], None] | None = None  # metrics hook
+
+
+@dataclass
+class _Work:
+    """One decoded, planned request on its way through the batch."""
+
+    index: int
+    request: AnyRequest
+    plan: Plan
+    span: Span | None
+    cache_key: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 class RequestProcessor:
@@ -154,15 +105,25 @@ class RequestProcessor:
         self.modality = modality
         self.ctx = ctx
         self.request_type: type[AnyRequest] = REQUEST_TYPES[modality]
-        self.result_type = RESULT_TYPES[modality]
-        self.default_results = ctx.topics.results(modality)
         self.group_id = f"{ctx.group_prefix}.{modality}"
-        topics = ctx.topics
-        self._forbidden_replies = {topics.requests(m) for m in MODALITIES} | {
-            topics.model_commands,
-            topics.model_status,
-            topics.dead_letter,
-        }
+        self.answers = Answers(
+            modality,
+            codec=ctx.codec,
+            topics=ctx.topics,
+            tracing=ctx.tracing,
+            instance_id=ctx.instance_id,
+            group_id=self.group_id,
+            max_message_bytes=ctx.max_message_bytes,
+        )
+
+    # Kept for the stream worker's last-resort paths.
+    def failure(self, rec: InboundRecord, exc: BaseException, request: AnyRequest | None) -> Outcome:
+        """An error result (when possible) and a dead letter for ``rec``."""
+        return self.answers.failure(rec, exc, request)
+
+    def dead_letter(self, *args: Any, **kwargs: Any) -> OutboundMessage:
+        """See Answers.dead_letter."""
+        return self.answers.dead_letter(*args, **kwargs)
 
     # ------------------------------------------------------------ main entry
     async def process(self, records: Sequence[InboundRecord]) -> list[Outcome]:
@@ -173,19 +134,73 @@ class RequestProcessor:
         instead of answering it with errors.
         """
         try:
-            return await self._process(records)
+            outcomes = await self._process(records)
         except (asyncio.CancelledError, TransientError):
             raise
         except Exception as exc:  # a bug must not stall the partition: answer everything
             log.exception("batch processing failed; answering %d records with INTERNAL errors", len(records))
-            return [self.failure(r, exc, None) for r in records]
+            outcomes = [self.answers.failure(r, exc, None) for r in records]
+        if self.ctx.observe is not None:
+            for outcome in outcomes:
+                self.ctx.observe(self.modality, outcome)
+        return outcomes
 
     async def _process(self, records: Sequence[InboundRecord]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(records)
-        todo: list[tuple[int, AnyRequest, ModelSpec, Pipeline, Span | None]] = []
+        decoded = await self._decode_all(records)
+        singles: list[_Work] = []
+        multis: dict[int, tuple[_Work, asyncio.Task[Execution]]] = {}
+        cached: dict[int, tuple[_Work, Record | asyncio.Future[Record], str]] = {}
+        demand: list[str] = []
         now = datetime.now(UTC)
+        try:
+            for i, (rec, request) in enumerate(zip(records, decoded, strict=True)):
+                if isinstance(request, AltlasError):
+                    outcomes[i] = self.answers.failure(rec, request, None)
+                    continue
+                span = self.ctx.tracing.consume_span(
+                    rec.topic,
+                    rec.headers,
+                    {"altlas.request_id": request.request_id, "altlas.task": str(request.task)},
+                )
+                if request.deadline is not None and request.deadline < now:
+                    outcomes[i] = self.answers.expired(rec, request, span)
+                    continue
+                try:
+                    plan = self.ctx.planner.plan(self.modality, request)
+                except (AltlasError, ModelError) as exc:
+                    outcomes[i] = self.answers.failure(rec, exc, request, span=span)
+                    continue
+                work = _Work(i, request, plan, span, attributes=dict(plan.attributes))
+                for spec in plan.specs:
+                    self.ctx.workers.demand[spec.key] += 1
+                    demand.append(spec.key)
+                if plan.kind != "single":
+                    ctx = span.get_span_context() if span is not None else None
+                    multis[i] = (work, asyncio.create_task(self.ctx.executor.run(request, plan, ctx)))
+                    continue
+                hit = await self._cache_lookup(work)
+                if hit is not None:
+                    cached[i] = (work, *hit)
+                    continue
+                singles.append(work)
+            await self._run_singles(records, singles, outcomes)
+            for i, (work, task) in multis.items():
+                outcomes[i] = self._answer_execution(records[i], work, await task)
+            for i, (work, value, how) in cached.items():
+                outcomes[i] = await self._answer_cached(records[i], work, value, how)
+        finally:
+            for work in singles:
+                if work.cache_key is not None and self.ctx.cache is not None:
+                    self.ctx.cache.abandon(work.cache_key, AltlasError("computation abandoned"))
+            for key in demand:
+                self.ctx.workers.demand[key] -= 1
+        return [o for o in outcomes if o is not None]
+
+    # ------------------------------------------------------------ decoding
+    async def _decode_all(self, records: Sequence[InboundRecord]) -> list[AnyRequest | AltlasError]:
         remote_ids = getattr(self.ctx.codec.schema_ids, "remote", False)
-        if remote_ids:
+        if remote_ids:  # registry look-ups are blocking I/O: do them off the event loop
             await asyncio.to_thread(self.ctx.codec.prefetch, [r.value for r in records if r.value], ())
         decoded: list[AnyRequest | AltlasError] = []
         for rec in records:
@@ -197,63 +212,7 @@ class RequestProcessor:
                 decoded.append(exc)
         if remote_ids:
             await asyncio.to_thread(self.ctx.codec.prefetch, (), self._outputs(records, decoded))
-        for i, (rec, request) in enumerate(zip(records, decoded, strict=True)):
-            if isinstance(request, AltlasError):
-                outcomes[i] = self.failure(rec, request, None)
-                continue
-            span = self.ctx.tracing.consume_span(
-                rec.topic,
-                rec.headers,
-                {"altlas.request_id": request.request_id, "altlas.task": str(request.task)},
-            )
-            if request.deadline is not None and request.deadline < now:
-                outcomes[i] = self._expired(rec, request, span)
-                continue
-            try:
-                spec, pipeline = self._route(request)
-            except (AltlasError, ModelError) as exc:
-                outcomes[i] = self.failure(rec, exc, request, span=span)
-                continue
-            todo.append((i, request, spec, pipeline, span))
-
-        prepared = await self._prepare_all([(req, spec, pipe) for _, req, spec, pipe, _ in todo])
-        futures: dict[int, asyncio.Future[JobResult]] = {}
-        streams: dict[int, ChunkStream] = {}
-        for (i, request, spec, pipeline, span), prep in zip(todo, prepared, strict=True):
-            if isinstance(prep, BaseException):
-                outcomes[i] = self.failure(
-                    records[i], prep, request, span=span, default=ErrorCode.INVALID_PAYLOAD
-                )
-                continue
-            ctx = span.get_span_context() if span is not None else None
-            on_chunk = None
-            if prep.params.get("stream") is True and hasattr(pipeline, "run_stream"):
-                streams[i] = self._chunk_stream(records[i], request, spec, span)
-                on_chunk = streams[i].push
-            futures[i] = self.ctx.workers.submit(spec, pipeline, prep, ctx, on_chunk)
-        if futures:
-            await asyncio.gather(*futures.values())
-        for i, request, spec, _, span in todo:
-            if i in futures:
-                answer = self._answer(records[i], request, spec, futures[i].result(), span)
-                answer.chunks = streams.get(i)
-                outcomes[i] = answer
-        return [o for o in outcomes if o is not None]
-
-    # ------------------------------------------------------------ steps
-    def _outputs(
-        self, records: Sequence[InboundRecord], decoded: Sequence[AnyRequest | AltlasError]
-    ) -> set[tuple[str, str]]:
-        """(record name, topic) pairs this batch's answers may be written as."""
-        result = self.result_type.avro_name
-        topics = {self.default_results}
-        for rec, request in zip(records, decoded, strict=True):
-            if isinstance(request, AltlasError):
-                salvage = self._salvage(rec)
-                topics.add(self._reply_topic(salvage.reply_topic if salvage else None))
-            else:
-                topics.add(self._reply_topic(request.reply_topic))
-        return {(result, t) for t in topics} | {(DeadLetter.avro_name, self.ctx.topics.dead_letter)}
+        return decoded
 
     def _decode(self, rec: InboundRecord) -> AnyRequest:
         if rec.value is None:
@@ -267,33 +226,129 @@ class RequestProcessor:
             raise InvalidRequestError("request_id is empty", code=ErrorCode.INVALID_PAYLOAD)
         return request
 
-    def _route(self, request: AnyRequest) -> tuple[ModelSpec, Pipeline]:
-        task = str(request.task)
-        registry = self.ctx.registry
-        spec = registry.get(request.model) if request.model else None
-        if task == "auto":
-            if spec is None:
-                raise AltlasError(
-                    "task 'auto' needs a model id to infer the task from", code=ErrorCode.UNKNOWN_TASK
+    def _outputs(
+        self, records: Sequence[InboundRecord], decoded: Sequence[AnyRequest | AltlasError]
+    ) -> set[tuple[str, str]]:
+        """(record name, topic) pairs this batch's answers may be written as."""
+        result = self.answers.result_type.avro_name
+        topics = {self.answers.default_results}
+        for rec, request in zip(records, decoded, strict=True):
+            if isinstance(request, AltlasError):
+                salvage = self.answers.salvage(rec)
+                topics.add(self.answers.reply_topic(salvage.reply_topic if salvage else None))
+            else:
+                topics.add(self.answers.reply_topic(request.reply_topic))
+        return {(result, t) for t in topics} | {(DeadLetter.avro_name, self.ctx.topics.dead_letter)}
+
+    # ------------------------------------------------------------ cache
+    async def _cache_lookup(self, work: _Work) -> tuple[Record | asyncio.Future[Record], str] | None:
+        """A cached or in-flight identical answer; on a miss, this request becomes the one computing."""
+        cache, request = self.ctx.cache, work.request
+        if cache is None or request.params.get("cache") is False or request.params.get("stream") is True:
+            return None
+        key = cache_key(request.payload, work.plan.task, work.plan.specs[0], request.params)
+        state, value = await cache.lookup(key)
+        if state == "miss":
+            work.cache_key = key
+            return None
+        assert value is not None
+        return value, state
+
+    async def _answer_cached(
+        self, rec: InboundRecord, work: _Work, value: Record | asyncio.Future[Record], how: str
+    ) -> Outcome:
+        spec = work.plan.specs[0]
+        try:
+            output = await value if isinstance(value, asyncio.Future) else value
+        except BaseException as exc:  # the identical computation failed: so does this one
+            return self._failure(rec, work, exc, spec=spec)
+        work.attributes["cache"] = how
+        return self.answers.result(
+            rec,
+            work.request,
+            spec,
+            output,
+            None,
+            work.span,
+            attributes=work.attributes,
+            task=_short(work.plan),
+        )
+
+    async def _cache_store(self, work: _Work, output: Record | BaseException) -> None:
+        if work.cache_key is None or self.ctx.cache is None:
+            return
+        key, work.cache_key = work.cache_key, None
+        if isinstance(output, BaseException):
+            self.ctx.cache.abandon(key, output)
+        else:
+            await self.ctx.cache.complete(key, output)
+
+    # ------------------------------------------------------------ single-model fast path
+    async def _run_singles(
+        self, records: Sequence[InboundRecord], singles: list[_Work], outcomes: list[Outcome | None]
+    ) -> None:
+        prepared = await self._prepare_all([(w.request, w.plan.specs[0], w.plan.pipeline) for w in singles])
+        futures: dict[int, asyncio.Future[JobResult]] = {}
+        streams: dict[int, ChunkStream] = {}
+        for work, prep in zip(singles, prepared, strict=True):
+            i, spec = work.index, work.plan.specs[0]
+            if isinstance(prep, BaseException):
+                await self._cache_store(work, prep)
+                outcomes[i] = self._failure(records[i], work, prep, default=ErrorCode.INVALID_PAYLOAD)
+                continue
+            ctx = work.span.get_span_context() if work.span is not None else None
+            on_chunk = None
+            if prep.params.get("stream") is True and hasattr(work.plan.pipeline, "run_stream"):
+                streams[i] = self._chunk_stream(records[i], work)
+                on_chunk = streams[i].push
+            futures[i] = self.ctx.workers.submit(spec, work.plan.pipeline, prep, ctx, on_chunk)
+        timed_out = await self._await_with_deadlines(futures, {w.index: w.request for w in singles})
+        for work in singles:
+            i = work.index
+            if i not in futures:
+                continue
+            spec = work.plan.specs[0]
+            if i in timed_out:
+                error = DeadlineExceeded(f"{spec.key} gave no answer within the request's time budget")
+                self.ctx.workers.health_failure(spec, error)
+                await self._cache_store(work, error)
+                outcomes[i] = self._failure(records[i], work, error, spec=spec)
+                continue
+            job = futures[i].result()
+            await self._cache_store(work, job.output)
+            if isinstance(job.output, BaseException):
+                outcomes[i] = self._failure(
+                    records[i], work, job.output, spec=spec, job=job, default=ErrorCode.MODEL_FAILED
                 )
-            own = [t for t in spec.tasks if t.startswith(f"{self.modality}.")]
-            task = (own or [spec.task])[0].split(".", 1)[1]
-        full_task = f"{self.modality}.{task}"
-        pipeline = self.ctx.pipelines.get(full_task)
-        if pipeline is None:
-            raise AltlasError(
-                f"no pipeline serves {self.modality} task {task!r}", code=ErrorCode.UNKNOWN_TASK
+            else:
+                outcomes[i] = self.answers.result(
+                    records[i], work.request, spec, job.output, job, work.span, attributes=work.attributes,
+                    task=_short(work.plan),
+                )  # fmt: skip
+            outcomes[i].chunks = streams.get(i)  # type: ignore[union-attr]
+
+    async def _await_with_deadlines(
+        self, futures: dict[int, asyncio.Future[JobResult]], requests: dict[int, AnyRequest]
+    ) -> set[int]:
+        """Wait for the jobs, each until its own time budget; returns the indexes that ran out."""
+        if not futures:
+            return set()
+        loop = asyncio.get_running_loop()
+        deadline_of = {i: loop.time() + self.ctx.executor.budget(requests[i]) for i in futures}
+        pending = set(futures)
+        timed_out: set[int] = set()
+        for deadline in sorted(set(deadline_of.values())):
+            if not pending:
+                break
+            _, still = await asyncio.wait(
+                [futures[i] for i in pending], timeout=max(0.0, deadline - loop.time())
             )
-        if spec is None:
-            spec = registry.default_for(full_task)
-            if spec is None:
-                raise AltlasError(f"no model configured for {full_task}", code=ErrorCode.UNKNOWN_MODEL)
-        if not spec.serves(full_task):
-            raise AltlasError(
-                f"model {spec.key} serves {', '.join(spec.tasks)}, not {full_task}",
-                code=ErrorCode.UNKNOWN_MODEL,
-            )
-        return spec, pipeline
+            pending = {i for i in pending if futures[i] in still}
+            for i in [i for i in pending if deadline_of[i] <= deadline]:
+                futures[i].cancel()
+                timed_out.add(i)
+                pending.discard(i)
+        return timed_out
 
     async def _prepare_all(
         self, todo: list[tuple[AnyRequest, ModelSpec, Pipeline]]
@@ -309,197 +364,55 @@ class RequestProcessor:
         )
         return [item for part in results for item in part]
 
-    # ------------------------------------------------------------ answers
-    def _answer(
-        self, rec: InboundRecord, request: AnyRequest, spec: ModelSpec, job: JobResult, span: Span | None
-    ) -> Outcome:
-        if isinstance(job.output, BaseException):
-            return self.failure(
-                rec, job.output, request, span=span, spec=spec, job=job, default=ErrorCode.MODEL_FAILED
-            )
-        result = self.result_type.model_validate(
-            {
-                "request_id": request.request_id,
-                "task": str(request.task),
-                "status": ResultStatus.OK,
-                "model_id": spec.id,
-                "model_version": spec.version,
-                "output": job.output,
-                "timings": self._timings(request, job),
-                "metadata": request.metadata,
-            }
-        )
-        topic = self._reply_topic(request.reply_topic)
-        msg = self._message(
-            result, topic, request.request_id, self.ctx.tracing.produce_headers(span, topic, rec.headers)
-        )
-        self.ctx.tracing.end(span)
-        return Outcome(rec, [msg], request)
-
-    def _chunk_stream(
-        self, rec: InboundRecord, request: AnyRequest, spec: ModelSpec, span: Span | None
-    ) -> ChunkStream:
-        topic = self._reply_topic(request.reply_topic)
+    def _chunk_stream(self, rec: InboundRecord, work: _Work) -> ChunkStream:
+        spec = work.plan.specs[0]
+        topic = self.answers.reply_topic(work.request.reply_topic)
         headers = self.ctx.tracing.produce_headers(None, topic, rec.headers)
-
-        def build(chunk: Record) -> OutboundMessage:
-            partial = self.result_type.model_validate(
-                {
-                    "request_id": request.request_id,
-                    "task": str(request.task),
-                    "status": ResultStatus.PARTIAL,
-                    "model_id": spec.id,
-                    "model_version": spec.version,
-                    "output": chunk,
-                    "timings": self._timings(request, None),
-                    "metadata": request.metadata,
-                }
-            )
-            return self._message(partial, topic, request.request_id, headers)
-
-        return ChunkStream(self.ctx.enqueue, build)
-
-    def _expired(self, rec: InboundRecord, request: AnyRequest, span: Span | None) -> Outcome:
-        info = ErrorInfo(
-            code=ErrorCode.DEADLINE_EXCEEDED.value,
-            message=f"deadline {request.deadline} passed before it ran",
+        return ChunkStream(
+            self.ctx.enqueue, lambda chunk: self.answers.partial(work.request, spec, chunk, headers)
         )
-        result = self.result_type(
-            request_id=request.request_id,
-            task=str(request.task),
-            status=ResultStatus.EXPIRED,
-            error=info,
-            timings=self._timings(request, None),
-            metadata=request.metadata,
-        )
-        topic = self._reply_topic(request.reply_topic)
-        msg = self._message(
-            result, topic, request.request_id, self.ctx.tracing.produce_headers(span, topic, rec.headers)
-        )
-        self.ctx.tracing.end(span, "expired")
-        return Outcome(rec, [msg], request, info)
 
-    def failure(
+    # ------------------------------------------------------------ multi-model answers
+    def _answer_execution(self, rec: InboundRecord, work: _Work, execution: Execution) -> Outcome:
+        attributes = {**work.attributes, **execution.attributes}
+        members = (
+            [MemberAnswer(m.spec, m.output, m.job) for m in execution.members]
+            if work.plan.kind == "ensemble"
+            else []
+        )
+        if isinstance(execution.output, BaseException):
+            return self._failure(
+                rec, work, execution.output, spec=None, attributes=attributes, members=members,
+                default=ErrorCode.MODEL_FAILED,
+            )  # fmt: skip
+        status = ResultStatus.PARTIAL if execution.partial else ResultStatus.OK
+        return self.answers.result(
+            rec, work.request, execution.answered_by, execution.output, execution.job, work.span,
+            status=status, attributes=attributes, members=members, task=_short(work.plan),
+        )  # fmt: skip
+
+    def _failure(
         self,
         rec: InboundRecord,
+        work: _Work,
         exc: BaseException,
-        request: AnyRequest | None,
         *,
-        span: Span | None = None,
         spec: ModelSpec | None = None,
         job: JobResult | None = None,
         default: ErrorCode = ErrorCode.INTERNAL,
+        attributes: dict[str, str] | None = None,
+        members: Sequence[MemberAnswer] = (),
     ) -> Outcome:
-        """An error result (when a request id is readable) and always a dead letter."""
-        info = error_info(exc, default=default)
-        messages: list[OutboundMessage] = []
-        salvage = self._salvage_from(request) if request is not None else self._salvage(rec)
-        if salvage is not None:
-            result = self.result_type(
-                request_id=salvage.request_id,
-                task=salvage.task,
-                status=ResultStatus.ERROR,
-                model_id=spec.id if spec else "",
-                model_version=spec.version if spec else "",
-                error=info,
-                timings=self._timings(request, job),
-                metadata=salvage.metadata,
-            )
-            topic = self._reply_topic(salvage.reply_topic)
-            headers = self.ctx.tracing.produce_headers(span, topic, rec.headers)
-            messages.append(self._message(result, topic, salvage.request_id, headers))
-        messages.append(
-            self.dead_letter(rec, info, type(exc).__name__, salvage.request_id if salvage else None)
-        )
-        self.ctx.tracing.end(span, info.code)
-        log.info(
-            "request failed",
-            extra={"code": info.code, "topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
-        )
-        return Outcome(rec, messages, request, info)
+        return self.answers.failure(
+            rec, exc, work.request, span=work.span, spec=spec, job=job, default=default,
+            attributes=attributes if attributes is not None else work.attributes, members=members,
+            task=_short(work.plan),
+        )  # fmt: skip
 
-    def dead_letter(
-        self,
-        rec: InboundRecord,
-        info: ErrorInfo,
-        error_class: str,
-        request_id: str | None,
-        *,
-        with_value: bool = True,
-    ) -> OutboundMessage:
-        """A dead letter carrying the original record untouched (or without its value if it cannot fit)."""
-        letter = DeadLetter(
-            topic=rec.topic,
-            partition=rec.partition,
-            offset=rec.offset,
-            timestamp=datetime.fromtimestamp(rec.timestamp_ms / 1000, UTC) if rec.timestamp_ms > 0 else None,
-            key=rec.key,
-            value=rec.value if with_value else None,
-            headers=[Header(key=k, value=v) for k, v in rec.headers],
-            error_code=info.code,
-            error_class=error_class,
-            error_message=info.message
-            if with_value
-            else f"{info.message} (original value omitted: too large)",
-            request_id=request_id,
-            consumer_group=self.group_id,
-            instance_id=self.ctx.instance_id,
-        )
-        topic = self.ctx.topics.dead_letter
-        return OutboundMessage(topic, self.ctx.codec.encode_record(letter, topic=topic), rec.key, ())
 
-    # ------------------------------------------------------------ helpers
-    def _salvage(self, rec: InboundRecord) -> _Salvage | None:
-        """Read the request id of a record that failed to decode as our request type."""
-        if rec.value is None or len(rec.value) > self.ctx.max_message_bytes:
-            return None
-        try:
-            writer = self.ctx.codec.writer_of(rec.value)
-            datum: dict[str, Any] = self.ctx.codec.decode(rec.value, writer.name)
-        except Exception:
-            return None
-        request_id = datum.get("request_id")
-        if not isinstance(request_id, str) or not request_id:
-            return None
-        reply = datum.get("reply_topic")
-        meta = datum.get("metadata")
-        return _Salvage(
-            request_id=request_id,
-            task=str(datum.get("task", "unknown")),
-            reply_topic=reply if isinstance(reply, str) else None,
-            metadata=meta if isinstance(meta, dict) else {},
-        )
-
-    @staticmethod
-    def _salvage_from(request: AnyRequest) -> _Salvage:
-        return _Salvage(request.request_id, str(request.task), request.reply_topic, request.metadata)
-
-    def _reply_topic(self, requested: str | None) -> str:
-        """The caller's reply topic when it is a legal, non-internal name; else the default."""
-        if not requested:
-            return self.default_results
-        if not _TOPIC_NAME.match(requested) or requested in self._forbidden_replies:
-            log.warning("refusing reply_topic %r; answering on %s", requested, self.default_results)
-            return self.default_results
-        return requested
-
-    def _timings(self, request: AnyRequest | None, job: JobResult | None) -> Timings:
-        now = time.time()
-        created = request.created_at.timestamp() if request is not None else now
-        started = job.started_at if job is not None else now
-        return Timings(
-            queued_ms=max(0.0, (started - created) * 1000),
-            inference_ms=job.inference_ms if job is not None else 0.0,
-            batch_size=job.batch_size if job is not None else 0,
-            total_ms=max(0.0, (now - created) * 1000),
-        )
-
-    def _message(
-        self, record: Record, topic: str, key: str, headers: list[tuple[str, bytes]]
-    ) -> OutboundMessage:
-        return OutboundMessage(
-            topic, self.ctx.codec.encode_record(record, topic=topic), key.encode(), tuple(headers)
-        )
+def _short(plan: Plan) -> str:
+    """``classify`` for ``vision.classify``: results carry the task without the modality."""
+    return plan.task.split(".", 1)[1]
 
 
 def _prepare_many(todo: list[tuple[AnyRequest, ModelSpec, Pipeline]]) -> list[Prepared | BaseException]:

@@ -19,11 +19,18 @@ from functools import partial
 from opentelemetry.sdk.trace import TracerProvider
 
 from altlas.consumers.stream import BatchingConfig, BatchingConsumer
-from altlas.models.manager import ModelManager
-from altlas.models.registry import ModelRegistry
+from altlas.models.manager import ModelEvent, ModelManager
+from altlas.models.registry import ModelRegistry, ModelSpec
+from altlas.orchestration.cache import ResultCache
 from altlas.orchestration.commands import CommandHandler
+from altlas.orchestration.endpoints import HttpEndpoints, json_response
+from altlas.orchestration.execution import MultiModelExecutor
+from altlas.orchestration.health import ModelHealth
 from altlas.orchestration.kafka_clients import client_kwargs
+from altlas.orchestration.metrics import Metrics
+from altlas.orchestration.planning import Planner
 from altlas.orchestration.processor import ProcessorContext, RequestProcessor
+from altlas.orchestration.resources import ResourceSampler
 from altlas.orchestration.settings import Settings
 from altlas.orchestration.status import StatusReporter
 from altlas.orchestration.stream import StreamWorker
@@ -85,15 +92,47 @@ class Orchestrator:
             config=ProducerConfig(max_request_size=settings.limits.max_result_bytes),
         )
         self.status = StatusReporter(self.publisher, settings.topics.model_status, settings.instance_id)
+        self.metrics = Metrics()
+        self.sampler = ResourceSampler()
+        self.endpoints: HttpEndpoints | None = None
+        if settings.metrics.port is not None:
+            self.endpoints = HttpEndpoints(
+                settings.metrics.host,
+                settings.metrics.port,
+                {"/metrics": self._metrics_page, "/healthz": self._healthz, "/readyz": self._readyz},
+            )
         budget = settings.models.memory_budget_mb
+        routing = settings.routing
+        self.health = ModelHealth(
+            failures_to_open=routing.circuit_failures,
+            cooldown_s=routing.circuit_cooldown_s,
+            alpha=routing.latency_alpha,
+            on_circuit=self._circuit_changed,
+        )
         self.manager = ModelManager(
             self.registry,
             memory_budget_bytes=budget * 1024 * 1024 if budget else None,
-            listener=self.status.on_event,
+            listener=self._model_event,
+            pinned=lambda key: self.workers.pending(key) > 0,
+            eviction=settings.models.eviction,
         )
         batching = settings.batching
         self.workers = ModelWorkers(
-            self.manager, self.tracing, max_batch=batching.max_batch, concurrency=batching.model_concurrency
+            self.manager,
+            self.tracing,
+            max_batch=batching.max_batch,
+            concurrency=batching.model_concurrency,
+            health=self.health,
+            on_batch=self.metrics.observe_batch,
+        )
+        self.cache = (
+            ResultCache(
+                max_bytes=int(settings.cache.max_mb * 1024 * 1024),
+                ttl_s=settings.cache.ttl_s,
+                redis_url=settings.cache.redis_url,
+            )
+            if settings.cache.enabled
+            else None
         )
         self._decode_pool = ThreadPoolExecutor(
             max_workers=batching.decode_threads, thread_name_prefix="decode"
@@ -109,11 +148,20 @@ class Orchestrator:
         pipelines, unavailable = load_pipelines(limits)
         for task, reason in unavailable.items():
             log.warning("pipeline %s unavailable (%s); install its extra", task, reason)
+        self.planner = Planner(
+            self.registry,
+            pipelines,
+            self.health,
+            self.manager,
+            default_strategies=routing.default_strategy,
+            load_penalty_ms=routing.load_penalty_ms,
+        )
         self.context = ProcessorContext(
             codec=self.codec,
-            registry=self.registry,
+            planner=self.planner,
+            executor=MultiModelExecutor(self.workers, self._decode_pool, routing.attempt_timeout_s),
             workers=self.workers,
-            pipelines=pipelines,
+            cache=self.cache,
             topics=settings.topics,
             decode_pool=self._decode_pool,
             decode_threads=batching.decode_threads,
@@ -122,6 +170,7 @@ class Orchestrator:
             tracing=self.tracing,
             instance_id=settings.instance_id,
             group_prefix=settings.kafka.group_id,
+            observe=self.metrics.observe_outcome,
         )
         self.streams: dict[str, StreamWorker] = {}
         self.commands = CommandHandler(
@@ -165,8 +214,95 @@ class Orchestrator:
             self.streams[modality] = StreamWorker(
                 consumer, RequestProcessor(modality, self.context), self.publisher
             )
+        if self.endpoints is not None:
+            try:
+                port = await self.endpoints.start()
+                log.info("metrics and health on http://%s:%d", s.metrics.host, port)
+            except OSError as exc:  # a taken port must not keep the service from serving Kafka
+                log.error("metrics endpoint not started on %s:%s: %s", s.metrics.host, s.metrics.port, exc)
+                self.endpoints = None
         self.started.set()
         log.info("altlas started", extra={"instance": s.instance_id, "modalities": s.modalities})
+
+    # ------------------------------------------------------------ observability
+    def _model_event(self, event: ModelEvent) -> None:
+        self.status.on_event(event)
+        self.metrics.observe_model(event)
+
+    async def _monitor(self) -> None:
+        """Every interval: resources, consumer lag, and a status heartbeat per loaded model."""
+        interval = self.settings.metrics.monitor_interval_s
+        while not self.stop_event.is_set():
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), interval)
+                return
+            except TimeoutError:
+                pass
+            snapshot = await asyncio.to_thread(self.sampler.sample, self.manager.memory_used)
+            self.metrics.observe_resources(snapshot)
+            for key in self.manager.loaded():
+                self.status.report(self.manager.status(key), {"heartbeat": "true"}, resources=snapshot)
+            for worker in self.streams.values():
+                for lag in await self._lag(worker):
+                    self.metrics.consumer_lag.labels(*lag[:2]).set(lag[2])
+
+    @staticmethod
+    async def _lag(worker: StreamWorker) -> list[tuple[str, str, int]]:
+        client = worker.consumer.client
+        out = []
+        for tp in client.assignment():
+            high = client.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = await client.position(tp)
+            except Exception:
+                continue
+            out.append((tp.topic, str(tp.partition), max(0, high - position)))
+        return out
+
+    async def _metrics_page(self) -> tuple[int, str, bytes]:
+        return 200, "text/plain; version=0.0.4", self.metrics.render()
+
+    async def _healthz(self) -> tuple[int, str, bytes]:
+        return json_response(200, {"status": "ok", "instance": self.settings.instance_id})
+
+    async def _readyz(self) -> tuple[int, str, bytes]:
+        """Ready when started, the broker answers, every modality owns partitions, and defaults are usable."""
+        checks: dict[str, object] = {"started": self.started.is_set() and not self.stop_event.is_set()}
+        try:
+            await asyncio.wait_for(self.publisher.client.client.fetch_all_metadata(), 3)
+            checks["broker"] = True
+        except Exception as exc:
+            checks["broker"] = f"unreachable: {exc}"
+        assigned = {m: len(w.consumer.assignment()) for m, w in self.streams.items()}
+        checks["consumers_assigned"] = all(assigned.values()) and bool(assigned)
+        models: dict[str, object] = {}
+        for task, ref in self.registry.defaults.items():
+            spec = self.registry.get(ref)
+            state = self.manager.status(spec.key).state
+            usable = (
+                state != "failed"
+                and not self.health.is_open(spec)
+                and (spec.path is None or spec.path.exists())
+            )
+            models[f"{task}={spec.key}"] = usable or f"not loadable (state {state})"
+        checks["default_models"] = all(v is True for v in models.values())
+        ready = all(v is True for v in checks.values())
+        return json_response(
+            200 if ready else 503, {"ready": ready, **checks, "partitions": assigned, "models": models}
+        )
+
+    async def _stop_endpoints(self) -> None:
+        if self.endpoints is not None:
+            await self.endpoints.stop()
+
+    def _circuit_changed(self, spec: ModelSpec, opened: bool, why: str) -> None:
+        """Circuit transitions are model-status events like loads and evictions."""
+        log.warning("circuit %s for %s: %s", "opened" if opened else "closed", spec.key, why)
+        self.status.report(
+            ModelEvent(spec.id, spec.version, "circuit_open" if opened else "circuit_closed", message=why)
+        )
 
     def _register_output_schemas(self) -> None:
         """With Confluent framing, register what we write up front: fail visibly, warm the id cache."""
@@ -190,6 +326,7 @@ class Orchestrator:
             asyncio.create_task(w.run(self.stop_event), name=f"stream-{m}") for m, w in self.streams.items()
         ]
         tasks.append(asyncio.create_task(self.commands.run(self.stop_event), name="commands"))
+        tasks.append(asyncio.create_task(self._monitor(), name="monitor"))
         stopper = asyncio.create_task(self.stop_event.wait())
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -218,7 +355,9 @@ class Orchestrator:
             ("stop model lanes", self.workers.close),
             ("unload models", self.manager.close),
             ("flush status", self.status.close),
+            ("close cache", self._close_cache),
             ("stop producer", self.publisher.stop),
+            ("stop endpoints", self._stop_endpoints),
         ]
         for name, step in steps:
             try:
@@ -228,6 +367,10 @@ class Orchestrator:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self.tracing.shutdown()
         log.info("altlas stopped", extra={"instance": self.settings.instance_id})
+
+    async def _close_cache(self) -> None:
+        if self.cache is not None:
+            await self.cache.close()
 
     @staticmethod
     async def _drain(worker: StreamWorker, grace_s: float) -> None:

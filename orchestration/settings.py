@@ -123,6 +123,46 @@ class ModelSettings(BaseModel):
     memory_budget_mb: int | None = Field(
         None, description="Evict idle models beyond this; unlimited if unset."
     )
+    eviction: Literal["cost", "lru"] = Field(
+        "cost", description="Which idle model goes first: cheapest to reload (cost) or least recently used."
+    )
+
+
+class RoutingSettings(BaseModel):
+    """How a model is chosen when a request names only a task."""
+
+    default_strategy: dict[str, str] = Field(
+        default_factory=dict,
+        description="Task -> strategy (default, performance, accuracy, cost, fallback, ensemble).",
+    )
+    attempt_timeout_s: float = Field(
+        60.0, gt=0, description="Longest a request waits for one model's answer."
+    )
+    circuit_failures: int = Field(5, ge=1, description="Consecutive model failures that open its circuit.")
+    circuit_cooldown_s: float = Field(30.0, gt=0, description="How long an open circuit skips the model.")
+    latency_alpha: float = Field(
+        0.2, gt=0, le=1, description="Weight of a new sample in the latency average."
+    )
+    load_penalty_ms: float = Field(
+        1000.0, ge=0, description="Added to unloaded models' latency by `performance`."
+    )
+
+
+class CacheSettings(BaseModel):
+    """The result cache (requests can opt out with params.cache = false)."""
+
+    enabled: bool = True
+    max_mb: float = Field(64.0, gt=0, description="In-process cache size bound.")
+    ttl_s: float = Field(600.0, gt=0)
+    redis_url: str | None = Field(None, description="Share the cache between instances through Redis.")
+
+
+class MetricsSettings(BaseModel):
+    """The HTTP endpoint for Prometheus metrics (and health checks)."""
+
+    port: int | None = Field(9464, description="0 picks a free port; unset disables the endpoint.")
+    host: str = "127.0.0.1"
+    monitor_interval_s: float = Field(15.0, gt=0, description="Resource sampling and heartbeat period.")
 
 
 class TracingSettings(BaseModel):
@@ -181,6 +221,9 @@ class Settings(BaseSettings):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     local_broker: LocalBrokerSettings = Field(default_factory=LocalBrokerSettings)
     log: LogSettings = Field(default_factory=LogSettings)

@@ -8,7 +8,7 @@ from contextlib import suppress
 
 from altlas.models.manager import ModelEvent
 from altlas.producers.publisher import Publisher
-from altlas.schemas.types import ModelState, ModelStatus
+from altlas.schemas.types import ModelState, ModelStatus, ResourceSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,12 @@ class StatusReporter:
         """Manager listener (called on the event loop)."""
         self.report(event)
 
-    def report(self, event: ModelEvent, attributes: dict[str, str] | None = None) -> None:
+    def report(
+        self,
+        event: ModelEvent,
+        attributes: dict[str, str] | None = None,
+        resources: ResourceSnapshot | None = None,
+    ) -> None:
         """Queue one event for publishing."""
         self._queue.put_nowait(
             ModelStatus(
@@ -44,6 +49,7 @@ class StatusReporter:
                 message=event.message,
                 command_id=event.command_id,
                 attributes=attributes or {},
+                resources=resources,
             )
         )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from opentelemetry.trace import SpanContext
 from altlas.models.manager import ModelManager
 from altlas.models.registry import ModelSpec
 from altlas.models.runtime import ModelRuntime
+from altlas.orchestration.health import ModelHealth
 from altlas.orchestration.tracing import Tracing
 from altlas.pipelines.base import Output, Pipeline, Prepared
 from altlas.schemas.types import Record
@@ -59,8 +61,12 @@ class _Lane:
         tracing: Tracing,
         max_batch: int,
         concurrency: int,
+        health: ModelHealth | None = None,
+        on_batch: Callable[[str, int, float], None] | None = None,
     ) -> None:
         self.spec = spec
+        self.health = health
+        self.on_batch = on_batch
         self.pipeline = pipeline
         self.manager = manager
         self.tracing = tracing
@@ -103,6 +109,10 @@ class _Lane:
             raise
         except Exception as exc:  # load failure, budget: every job of the batch gets it
             outputs, inference_ms = [exc] * len(batch), 0.0
+        if self.health is not None:
+            self.health.observe(self.spec, list(outputs), inference_ms)
+        if self.on_batch is not None and inference_ms > 0:
+            self.on_batch(self.spec.key, len(batch), inference_ms)
         for job, out in zip(batch, outputs, strict=True):
             if not job.future.done():
                 job.future.set_result(JobResult(out, started, inference_ms, len(batch)))
@@ -147,12 +157,26 @@ class _Lane:
 class ModelWorkers:
     """All lanes of one process."""
 
-    def __init__(self, manager: ModelManager, tracing: Tracing, *, max_batch: int, concurrency: int) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        tracing: Tracing,
+        *,
+        max_batch: int,
+        concurrency: int,
+        health: ModelHealth | None = None,
+        on_batch: Callable[[str, int, float], None] | None = None,
+    ) -> None:
         self.manager = manager
+        self.on_batch = on_batch
         self.tracing = tracing
         self.max_batch = max_batch
         self.concurrency = concurrency
+        self.health = health
         self._lanes: dict[tuple[str, str], _Lane] = {}
+        # Requests consumed and routed to a model but not answered yet: the manager
+        # never evicts a model with demand (its requests are waiting in our buffers).
+        self.demand: Counter[str] = Counter()
 
     def submit(
         self,
@@ -169,15 +193,20 @@ class ModelWorkers:
             max_batch = max(1, min(self.max_batch, spec.metadata.max_batch))
             concurrency = spec.metadata.concurrency or self.concurrency
             lane = self._lanes[key] = _Lane(
-                spec, pipeline, self.manager, self.tracing, max_batch, concurrency
+                spec, pipeline, self.manager, self.tracing, max_batch, concurrency, self.health, self.on_batch
             )
         future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
         lane.queue.put_nowait(_Job(prepared, future, span, on_chunk))
         return future
 
+    def health_failure(self, spec: ModelSpec, error: BaseException) -> None:
+        """Count a failure the lanes did not see (a request that timed out waiting)."""
+        if self.health is not None:
+            self.health.observe(spec, [error], 0.0)
+
     def pending(self, model_key: str) -> int:
-        """Requests waiting for a model (all its tasks)."""
-        return sum(lane.queue.qsize() for (key, _), lane in self._lanes.items() if key == model_key)
+        """Requests routed to a model and not answered yet (queued, running or still decoding)."""
+        return self.demand[model_key]
 
     async def close(self) -> None:
         """Stop all runners; queued jobs are cancelled."""

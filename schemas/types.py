@@ -27,7 +27,10 @@ def utcnow() -> datetime:
 class Record(BaseModel):
     """Base of every mirrored Avro record."""
 
-    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+    # bytes as base64 in JSON (audio, images): JSON is how cached outputs travel through Redis.
+    model_config = ConfigDict(
+        extra="forbid", use_enum_values=False, ser_json_bytes="base64", val_json_bytes="base64"
+    )
     avro_name: ClassVar[str] = ""
 
 
@@ -384,6 +387,7 @@ class TextResult(Result):
 
     avro_name = "altlas.events.TextResult"
     output: TextGeneration | TextChunk | Embedding | Classification | Speech | None = None
+    members: list[TextResult] = Field(default_factory=list)
 
 
 class VisionResult(Result):
@@ -391,6 +395,7 @@ class VisionResult(Result):
 
     avro_name = "altlas.events.VisionResult"
     output: Classification | Detection | Ocr | Segmentation | None = None
+    members: list[VisionResult] = Field(default_factory=list)
 
 
 class AudioResult(Result):
@@ -398,12 +403,37 @@ class AudioResult(Result):
 
     avro_name = "altlas.events.AudioResult"
     output: Transcription | Speech | AudioClassification | Diarization | None = None
+    members: list[AudioResult] = Field(default_factory=list)
 
 
 AnyResult = TextResult | VisionResult | AudioResult
 
 
 # ---------------------------------------------------------------- lifecycle
+class GpuSnapshot(Record):
+    """One GPU as NVML reports it."""
+
+    avro_name = "altlas.events.GpuSnapshot"
+    index: int
+    name: str
+    memory_used_bytes: int
+    memory_total_bytes: int
+    utilization_percent: float
+
+
+class ResourceSnapshot(Record):
+    """Resource use of one orchestrator process and its machine."""
+
+    avro_name = "altlas.events.ResourceSnapshot"
+    process_cpu_percent: float
+    process_rss_bytes: int
+    system_cpu_percent: float
+    system_memory_used_bytes: int
+    system_memory_total_bytes: int
+    models_memory_bytes: int = 0
+    gpus: list[GpuSnapshot] = Field(default_factory=list)
+
+
 class ModelStatus(Record):
     """A change in a model's state."""
 
@@ -418,6 +448,7 @@ class ModelStatus(Record):
     command_id: str | None = None
     timestamp: datetime = Field(default_factory=utcnow)
     attributes: dict[str, str] = Field(default_factory=dict)
+    resources: ResourceSnapshot | None = None
 
 
 class ModelCommand(Record):
@@ -497,6 +528,8 @@ RECORD_TYPES: dict[str, type[Record]] = {
         ModelCommand,
         Header,
         DeadLetter,
+        GpuSnapshot,
+        ResourceSnapshot,
     )
 }
 

@@ -42,9 +42,13 @@ async def test_50_malformed_messages_each_get_a_dead_letter_and_valid_ones_still
     for i in range(8):
         body = valid(2000 + i)
         bad.append(("unknown fingerprint", b"\xc3\x01" + os.urandom(8) + body[10:], None, "UNKNOWN_SCHEMA"))
-    for i in range(6):
+    wav = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(28)
+    for i in range(3):  # task auto cannot turn audio on the vision topic into a vision task
+        req = make_request("vision", "auto", wav, request_id=f"task-{i}")
+        bad.append(("wrong task for the payload", codec.encode_record(req), f"task-{i}", "UNKNOWN_TASK"))
+    for i in range(3, 6):  # a task no configured model serves
         req = make_request("vision", "segment", good_png, request_id=f"task-{i}")
-        bad.append(("unserved task", codec.encode_record(req), f"task-{i}", "UNKNOWN_TASK"))
+        bad.append(("task without a model", codec.encode_record(req), f"task-{i}", "UNKNOWN_MODEL"))
     for i in range(6):
         req = make_request("text", "generate", "hello", request_id=f"schema-{i}")
         bad.append(

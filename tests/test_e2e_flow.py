@@ -21,7 +21,10 @@ async def test_backpressure_pauses_partitions_and_bounds_in_flight_records(
     kafka_bootstrap: str, registry_file
 ) -> None:  # type: ignore[no-untyped-def]
     settings = isolated_settings(
-        kafka_bootstrap, registry_file, batching={"max_inflight": 16, "fetch_max_records": 8, "max_batch": 4}
+        kafka_bootstrap,
+        registry_file,
+        batching={"max_inflight": 16, "fetch_max_records": 8, "max_batch": 4},
+        cache={"enabled": False},  # every request must really run, or nothing ever piles up
     )
     run = await Running(Orchestrator(settings)).start()
     worker = run.orchestrator.streams["vision"]

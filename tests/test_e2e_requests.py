@@ -52,6 +52,9 @@ async def test_200_mixed_requests_get_200_correct_results_in_batches(
             assert output.labels[0].label == MEAN_COLOR_LABELS[int(np.argmax(want))]
             got = {lab.index: lab.score for lab in output.labels}
             assert np.allclose([got[i] for i in range(4)], want, atol=1e-6)
+        if "cache" in result.attributes:  # an identical request was answered (or running) already
+            assert result.attributes["cache"] in ("hit", "shared") and result.timings.batch_size == 0
+            continue
         batch_sizes.append(result.timings.batch_size)
         assert result.timings.inference_ms > 0
     # With a 200-request backlog, the model lanes must have batched.

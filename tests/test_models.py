@@ -136,7 +136,10 @@ async def test_manager_evicts_the_least_recently_used_idle_model(models_dir: Pat
     mb = {"metadata": {"memory_mb": 10}}
     rec = _Recorder()
     manager = ModelManager(
-        _registry(models_dir, dyn=mb, b1=mb, b4=mb), memory_budget_bytes=25 * 2**20, listener=rec
+        _registry(models_dir, dyn=mb, b1=mb, b4=mb),
+        memory_budget_bytes=25 * 2**20,
+        listener=rec,
+        eviction="lru",
     )
     reg = manager.registry
     async with manager.use(reg.get("dyn")):
@@ -191,3 +194,18 @@ async def test_failed_load_is_reported_and_retried_on_next_use(models_dir: Path)
                 pass
     assert rec.states("broken") == ["loading", "failed", "loading", "failed"]
     assert "cannot load" in rec.events[-1].message
+
+
+async def test_cost_aware_eviction_drops_the_cheapest_model_to_reload_first(models_dir: Path) -> None:
+    slow = {"metadata": {"memory_mb": 10, "load_ms": 5000}}
+    cheap = {"metadata": {"memory_mb": 10, "load_ms": 20}}
+    rec = _Recorder()
+    manager = ModelManager(
+        _registry(models_dir, dyn=slow, b1=cheap, b4=cheap), memory_budget_bytes=25 * 2**20, listener=rec
+    )
+    reg = manager.registry
+    for name in ("dyn", "b1", "b4"):  # dyn is the least recently used, but the dearest to reload
+        async with manager.use(reg.get(name)):
+            pass
+    assert rec.states("b1")[-1] == "evicted" and rec.states("dyn")[-1] == "ready"
+    assert manager.reload_cost_ms(reg.get("dyn")) == 5000

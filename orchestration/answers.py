@@ -1,0 +1,377 @@
+"""Building the messages that answer a request: results, error results, dead letters.
+
+Everything that turns an outcome into bytes for Kafka lives here, so the
+processor only decides *what* happened. Error results go to the caller's
+reply topic when it is a legal, non-internal name (a request cannot direct
+output into altlas's own command or request topics); every error also
+produces a dead letter carrying the original record untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from opentelemetry.trace import Span
+
+from altlas.consumers.records import InboundRecord
+from altlas.models.errors import ModelError
+from altlas.models.registry import ModelSpec
+from altlas.orchestration.settings import MODALITIES, TopicSettings
+from altlas.orchestration.tracing import Tracing
+from altlas.orchestration.workers import JobResult
+from altlas.producers.publisher import OutboundMessage
+from altlas.schemas.codec import AvroCodec
+from altlas.schemas.errors import AltlasError, ErrorCode
+from altlas.schemas.types import (
+    AnyRequest,
+    AudioResult,
+    DeadLetter,
+    ErrorInfo,
+    Header,
+    Record,
+    Result,
+    ResultStatus,
+    TextResult,
+    Timings,
+    VisionResult,
+)
+
+log = logging.getLogger(__name__)
+
+RESULT_TYPES: dict[str, type[Result]] = {"text": TextResult, "vision": VisionResult, "audio": AudioResult}
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+@dataclass
+class Outcome:
+    """The messages answering one consumed record."""
+
+    record: InboundRecord
+    messages: list[OutboundMessage]
+    request: AnyRequest | None = None
+    error: ErrorInfo | None = None
+    chunks: Any = None  # a ChunkStream whose partial results are already being published
+    result: Result | None = None  # the result record sent, for metrics
+    dead_letter: bool = False
+
+
+@dataclass
+class Salvage:
+    """What can be read of a request that failed validation."""
+
+    request_id: str
+    task: str = "unknown"
+    reply_topic: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class MemberAnswer:
+    """One ensemble or fallback member's part, as it appears in the result."""
+
+    spec: ModelSpec
+    output: Record | BaseException
+    job: JobResult | None
+
+
+def error_info(exc: BaseException, *, default: ErrorCode = ErrorCode.INTERNAL) -> ErrorInfo:
+    """The wire form of an exception: stable code, message, retriable flag."""
+    if isinstance(exc, AltlasError):
+        return ErrorInfo(code=exc.code.value, message=exc.message, retriable=exc.retriable)
+    if isinstance(exc, ModelError):
+        return ErrorInfo(code=exc.code, message=str(exc), retriable=exc.retriable)
+    return ErrorInfo(code=default.value, message=f"{type(exc).__name__}: {exc}", retriable=False)
+
+
+class Answers:
+    """Builds and encodes the answers of one modality."""
+
+    def __init__(
+        self,
+        modality: str,
+        *,
+        codec: AvroCodec,
+        topics: TopicSettings,
+        tracing: Tracing,
+        instance_id: str,
+        group_id: str,
+        max_message_bytes: int,
+    ) -> None:
+        self.result_type = RESULT_TYPES[modality]
+        self.codec = codec
+        self.topics = topics
+        self.tracing = tracing
+        self.instance_id = instance_id
+        self.group_id = group_id
+        self.max_message_bytes = max_message_bytes
+        self.default_results = topics.results(modality)  # type: ignore[arg-type]
+        self._forbidden_replies = {topics.requests(m) for m in MODALITIES} | {
+            topics.model_commands,
+            topics.model_status,
+            topics.dead_letter,
+        }
+
+    # ------------------------------------------------------------ results
+    def result(
+        self,
+        rec: InboundRecord,
+        request: AnyRequest,
+        spec: ModelSpec | None,
+        output: Record,
+        job: JobResult | None,
+        span: Span | None,
+        *,
+        status: ResultStatus = ResultStatus.OK,
+        attributes: dict[str, str] | None = None,
+        members: Sequence[MemberAnswer] = (),
+        task: str | None = None,
+    ) -> Outcome:
+        """A successful (or partial) result."""
+        result = self._result(
+            request.request_id,
+            task or str(request.task),
+            status,
+            spec,
+            output,
+            None,
+            job,
+            request,
+            request.metadata,
+            attributes,
+            members,
+        )
+        topic = self.reply_topic(request.reply_topic)
+        msg = self.message(
+            result, topic, request.request_id, self.tracing.produce_headers(span, topic, rec.headers)
+        )
+        self.tracing.end(span)
+        return Outcome(rec, [msg], request, result=result)
+
+    def expired(self, rec: InboundRecord, request: AnyRequest, span: Span | None) -> Outcome:
+        """The deadline passed before the request ran: an ``expired`` result, no dead letter."""
+        info = ErrorInfo(
+            code=ErrorCode.DEADLINE_EXCEEDED.value,
+            message=f"deadline {request.deadline} passed before it ran",
+        )
+        result = self._result(
+            request.request_id,
+            str(request.task),
+            ResultStatus.EXPIRED,
+            None,
+            None,
+            info,
+            None,
+            request,
+            request.metadata,
+            None,
+            (),
+        )
+        topic = self.reply_topic(request.reply_topic)
+        msg = self.message(
+            result, topic, request.request_id, self.tracing.produce_headers(span, topic, rec.headers)
+        )
+        self.tracing.end(span, "expired")
+        return Outcome(rec, [msg], request, info, result=result)
+
+    def partial(
+        self, request: AnyRequest, spec: ModelSpec, chunk: Record, headers: list[tuple[str, bytes]]
+    ) -> OutboundMessage:
+        """One streamed chunk, as a ``partial`` result."""
+        result = self._result(
+            request.request_id,
+            str(request.task),
+            ResultStatus.PARTIAL,
+            spec,
+            chunk,
+            None,
+            None,
+            request,
+            request.metadata,
+            None,
+            (),
+        )
+        return self.message(result, self.reply_topic(request.reply_topic), request.request_id, headers)
+
+    def failure(
+        self,
+        rec: InboundRecord,
+        exc: BaseException,
+        request: AnyRequest | None,
+        *,
+        span: Span | None = None,
+        spec: ModelSpec | None = None,
+        job: JobResult | None = None,
+        default: ErrorCode = ErrorCode.INTERNAL,
+        attributes: dict[str, str] | None = None,
+        members: Sequence[MemberAnswer] = (),
+        task: str | None = None,
+    ) -> Outcome:
+        """An error result (when a request id is readable) and always a dead letter."""
+        info = error_info(exc, default=default)
+        messages: list[OutboundMessage] = []
+        result = None
+        salvage = self._salvage_from(request) if request is not None else self.salvage(rec)
+        if salvage is not None:
+            result = self._result(
+                salvage.request_id,
+                task or salvage.task,
+                ResultStatus.ERROR,
+                spec,
+                None,
+                info,
+                job,
+                request,
+                salvage.metadata,
+                attributes,
+                members,
+            )
+            topic = self.reply_topic(salvage.reply_topic)
+            headers = self.tracing.produce_headers(span, topic, rec.headers)
+            messages.append(self.message(result, topic, salvage.request_id, headers))
+        messages.append(
+            self.dead_letter(rec, info, type(exc).__name__, salvage.request_id if salvage else None)
+        )
+        self.tracing.end(span, info.code)
+        log.info(
+            "request failed",
+            extra={"code": info.code, "topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
+        )
+        return Outcome(rec, messages, request, info, result=result, dead_letter=True)
+
+    def dead_letter(
+        self,
+        rec: InboundRecord,
+        info: ErrorInfo,
+        error_class: str,
+        request_id: str | None,
+        *,
+        with_value: bool = True,
+    ) -> OutboundMessage:
+        """A dead letter carrying the original record untouched (or without its value if it cannot fit)."""
+        letter = DeadLetter(
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            timestamp=datetime.fromtimestamp(rec.timestamp_ms / 1000, UTC) if rec.timestamp_ms > 0 else None,
+            key=rec.key,
+            value=rec.value if with_value else None,
+            headers=[Header(key=k, value=v) for k, v in rec.headers],
+            error_code=info.code,
+            error_class=error_class,
+            error_message=info.message
+            if with_value
+            else f"{info.message} (original value omitted: too large)",
+            request_id=request_id,
+            consumer_group=self.group_id,
+            instance_id=self.instance_id,
+        )
+        topic = self.topics.dead_letter
+        return OutboundMessage(topic, self.codec.encode_record(letter, topic=topic), rec.key, ())
+
+    # ------------------------------------------------------------ pieces
+    def _result(
+        self,
+        request_id: str,
+        task: str,
+        status: ResultStatus,
+        spec: ModelSpec | None,
+        output: Record | None,
+        error: ErrorInfo | None,
+        job: JobResult | None,
+        request: AnyRequest | None,
+        metadata: dict[str, str],
+        attributes: dict[str, str] | None,
+        members: Sequence[MemberAnswer],
+    ) -> Result:
+        return self.result_type.model_validate(
+            {
+                "request_id": request_id,
+                "task": task,
+                "status": status,
+                "model_id": spec.id if spec else "",
+                "model_version": spec.version if spec else "",
+                "output": output,
+                "error": error,
+                "timings": self.timings(request, job),
+                "metadata": metadata,
+                "attributes": attributes or {},
+                "members": [self._member(request_id, task, m, request) for m in members],
+            }
+        )
+
+    def _member(self, request_id: str, task: str, member: MemberAnswer, request: AnyRequest | None) -> Result:
+        failed = isinstance(member.output, BaseException)
+        return self._result(
+            request_id,
+            task,
+            ResultStatus.ERROR if failed else ResultStatus.OK,
+            member.spec,
+            None if failed else member.output,  # type: ignore[arg-type]
+            error_info(member.output, default=ErrorCode.MODEL_FAILED) if failed else None,  # type: ignore[arg-type]
+            member.job,
+            request,
+            {},
+            None,
+            (),
+        )
+
+    def salvage(self, rec: InboundRecord) -> Salvage | None:
+        """Read the request id of a record that failed to decode as our request type."""
+        if rec.value is None or len(rec.value) > self.max_message_bytes:
+            return None
+        try:
+            writer = self.codec.writer_of(rec.value)
+            datum: dict[str, Any] = self.codec.decode(rec.value, writer.name)
+        except Exception:
+            return None
+        request_id = datum.get("request_id")
+        if not isinstance(request_id, str) or not request_id:
+            return None
+        reply = datum.get("reply_topic")
+        meta = datum.get("metadata")
+        return Salvage(
+            request_id=request_id,
+            task=str(datum.get("task", "unknown")),
+            reply_topic=reply if isinstance(reply, str) else None,
+            metadata=meta if isinstance(meta, dict) else {},
+        )
+
+    @staticmethod
+    def _salvage_from(request: AnyRequest) -> Salvage:
+        return Salvage(request.request_id, str(request.task), request.reply_topic, request.metadata)
+
+    def reply_topic(self, requested: str | None) -> str:
+        """The caller's reply topic when it is a legal, non-internal name; else the default."""
+        if not requested:
+            return self.default_results
+        if not _TOPIC_NAME.match(requested) or requested in self._forbidden_replies:
+            log.warning("refusing reply_topic %r; answering on %s", requested, self.default_results)
+            return self.default_results
+        return requested
+
+    @staticmethod
+    def timings(request: AnyRequest | None, job: JobResult | None) -> Timings:
+        """Where the time went, from the request's created_at to now."""
+        now = time.time()
+        created = request.created_at.timestamp() if request is not None else now
+        started = job.started_at if job is not None else now
+        return Timings(
+            queued_ms=max(0.0, (started - created) * 1000),
+            inference_ms=job.inference_ms if job is not None else 0.0,
+            batch_size=job.batch_size if job is not None else 0,
+            total_ms=max(0.0, (now - created) * 1000),
+        )
+
+    def message(
+        self, record: Record, topic: str, key: str, headers: list[tuple[str, bytes]]
+    ) -> OutboundMessage:
+        """Encode a record for ``topic``, keyed by ``key``."""
+        return OutboundMessage(
+            topic, self.codec.encode_record(record, topic=topic), key.encode(), tuple(headers)
+        )

@@ -1,0 +1,109 @@
+"""Prometheus metrics, one registry per orchestrator (tests run several in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from altlas.models.manager import ModelEvent
+from altlas.orchestration.answers import Outcome
+from altlas.schemas.types import ResourceSnapshot
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    """The counters, histograms and gauges altlas exports."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "altlas_requests",
+            "Requests answered, by outcome.",
+            ["modality", "task", "model", "status", "code"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "altlas_request_seconds", "From created_at to the answer.", ["modality", "model"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inference_seconds = Histogram(
+            "altlas_inference_seconds",
+            "Model time per batch.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "altlas_batch_size", "Requests per model call.", ["model"], buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.cache = Counter("altlas_cache", "Result cache look-ups.", ["outcome"], registry=r)
+        self.dead_letters = Counter(
+            "altlas_dead_letters", "Dead letters written.", ["modality", "code"], registry=r
+        )
+        self.model_events = Counter(
+            "altlas_model_events", "Model state changes.", ["model", "state"], registry=r
+        )
+        self.model_loaded = Gauge("altlas_model_loaded", "1 while a model is loaded.", ["model"], registry=r)
+        self.model_memory = Gauge(
+            "altlas_model_memory_bytes", "Memory held by a loaded model.", ["model"], registry=r
+        )
+        self.circuit_open = Gauge(
+            "altlas_circuit_open", "1 while a model's circuit is open.", ["model"], registry=r
+        )
+        self.consumer_lag = Gauge(
+            "altlas_consumer_lag", "Records behind the log end.", ["topic", "partition"], registry=r
+        )
+        self.process_cpu = Gauge("altlas_process_cpu_percent", "CPU of this process.", registry=r)
+        self.process_rss = Gauge("altlas_process_rss_bytes", "Resident memory of this process.", registry=r)
+        self.system_memory = Gauge(
+            "altlas_system_memory_used_bytes", "Memory used on the machine.", registry=r
+        )
+        self.gpu_memory = Gauge("altlas_gpu_memory_used_bytes", "GPU memory used.", ["gpu"], registry=r)
+        self.gpu_util = Gauge("altlas_gpu_utilization_percent", "GPU utilisation.", ["gpu"], registry=r)
+
+    def observe_outcome(self, modality: str, outcome: Outcome) -> None:
+        """Count one answered record."""
+        result = outcome.result
+        code = outcome.error.code if outcome.error is not None else ""
+        if outcome.dead_letter:
+            self.dead_letters.labels(modality, code).inc()
+        if result is None:
+            return
+        model = f"{result.model_id}@{result.model_version}" if result.model_id else ""
+        self.requests.labels(modality, result.task, model, result.status.value, code).inc()
+        self.request_seconds.labels(modality, model).observe(result.timings.total_ms / 1000)
+        how = result.attributes.get("cache")
+        if how is not None:
+            self.cache.labels(how).inc()
+
+    def observe_batch(self, model: str, size: int, inference_ms: float) -> None:
+        """One model call."""
+        self.batch_size.labels(model).observe(size)
+        self.inference_seconds.labels(model).observe(inference_ms / 1000)
+
+    def observe_model(self, event: ModelEvent) -> None:
+        """A model state change."""
+        model = f"{event.model_id}@{event.model_version}"
+        self.model_events.labels(model, event.state).inc()
+        if event.state == "ready":
+            self.model_loaded.labels(model).set(1)
+            self.model_memory.labels(model).set(event.memory_bytes)
+        elif event.state in ("unloaded", "evicted", "failed"):
+            self.model_loaded.labels(model).set(0)
+            self.model_memory.labels(model).set(0)
+        elif event.state in ("circuit_open", "circuit_closed"):
+            self.circuit_open.labels(model).set(1 if event.state == "circuit_open" else 0)
+
+    def observe_resources(self, snap: ResourceSnapshot) -> None:
+        """A resource sample."""
+        self.process_cpu.set(snap.process_cpu_percent)
+        self.process_rss.set(snap.process_rss_bytes)
+        self.system_memory.set(snap.system_memory_used_bytes)
+        for gpu in snap.gpus:
+            self.gpu_memory.labels(str(gpu.index)).set(gpu.memory_used_bytes)
+            self.gpu_util.labels(str(gpu.index)).set(gpu.utilization_percent)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
