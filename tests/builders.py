@@ -53,3 +53,67 @@ def expected_mean_color(rgb: tuple[int, int, int]) -> np.ndarray:
     logits = mean @ MEAN_COLOR_W + MEAN_COLOR_B
     e = np.exp(logits - logits.max())
     return np.asarray(e / e.sum(), dtype=np.float32)
+
+
+def mean_color_variant(
+    path: Path,
+    *,
+    permute: list[int] | None = None,
+    slow_layers: int = 0,
+    slow_width: int = 256,
+    batch: int | str = "N",
+) -> Path:
+    """The mean-colour classifier with its weights' classes permuted and/or extra work that changes nothing.
+
+    ``slow_layers`` adds input-dependent square matrix products whose result is
+    multiplied by zero: real compute the runtime cannot fold away, so the model
+    is measurably slower while answering exactly like the plain one.
+    """
+    w, b = MEAN_COLOR_W, MEAN_COLOR_B
+    if permute is not None:
+        w, b = w[:, permute], b[permute]
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, 4, 4])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, 4])
+    nodes = [
+        helper.make_node("ReduceMean", ["image", "axes"], ["mean4d"], keepdims=1),
+        helper.make_node("Flatten", ["mean4d"], ["mean"], axis=1),
+        helper.make_node("MatMul", ["mean", "W"], ["logits0"]),
+        helper.make_node("Add", ["logits0", "B"], ["logits1"]),
+    ]
+    rng = np.random.default_rng(1)
+    inits = [
+        numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"),
+        numpy_helper.from_array(w.astype(np.float32), "W"),
+        numpy_helper.from_array(b.astype(np.float32), "B"),
+    ]
+    last = "logits1"
+    if slow_layers:
+        inits += [
+            numpy_helper.from_array(np.ones((3, slow_width), dtype=np.float32), "widen"),
+            # Orthogonal, so thousands of products neither overflow nor vanish (inf * 0 would be NaN).
+            numpy_helper.from_array(
+                np.linalg.qr(rng.normal(size=(slow_width, slow_width)))[0].astype(np.float32), "H"
+            ),
+            numpy_helper.from_array(np.ones((slow_width, 4), dtype=np.float32), "narrow"),
+            numpy_helper.from_array(np.zeros((1,), dtype=np.float32), "zero"),
+        ]
+        nodes.append(helper.make_node("MatMul", ["mean", "widen"], ["h0"]))
+        for i in range(slow_layers):
+            nodes.append(helper.make_node("MatMul", [f"h{i}", "H"], [f"h{i + 1}"]))
+        nodes += [
+            helper.make_node("MatMul", [f"h{slow_layers}", "narrow"], ["busy"]),
+            helper.make_node("Mul", ["busy", "zero"], ["nothing"]),
+            helper.make_node("Add", ["logits1", "nothing"], ["logits2"]),
+        ]
+        last = "logits2"
+    nodes.append(helper.make_node("Softmax", [last], ["probs"], axis=-1))
+    model = helper.make_model(
+        helper.make_graph(nodes, "mean_color_variant", [x], [y], inits),
+        opset_imports=[helper.make_opsetid("", 18)],
+    )
+    model.ir_version = 9
+    # Labels are not permuted with the weights: a permuted model really answers differently.
+    helper.set_model_props(model, {"labels": "\n".join(MEAN_COLOR_LABELS)})
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
