@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from altlas.models.errors import UnknownModelError
@@ -61,7 +61,7 @@ class Planner:
         manager: ModelManager,
         *,
         default_strategies: dict[str, str] | None = None,
-        load_penalty_ms: float = 1000.0,
+        load_penalty_ms: float = 200.0,
     ) -> None:
         self.registry = registry
         self.pipelines = pipelines
@@ -70,6 +70,7 @@ class Planner:
         self.default_strategies = dict(default_strategies or {})
         self.load_penalty_ms = load_penalty_ms
         self._preloading: set[str] = set()
+        self.manager_demand: Callable[[str], int] = lambda key: 0  # set by the wiring: requests in flight
 
     def available_tasks(self) -> set[str]:
         """Tasks with a pipeline and at least one model here."""
@@ -177,7 +178,8 @@ class Planner:
         if strategy == "default":
             return [usable[0]]
         if strategy == "performance":
-            return [min(usable, key=self._expected_ms)]
+            backlog = sum(self.manager_demand(s.key) for s in candidates)
+            return [min(usable, key=lambda s: self._expected_ms(s, backlog))]
         if strategy == "accuracy":
             return [
                 max(usable, key=lambda s: s.metadata.accuracy if s.metadata.accuracy is not None else -1.0)
@@ -190,10 +192,16 @@ class Planner:
             )
         return [min(good, key=lambda s: (s.metadata.cost, -(s.metadata.accuracy or 0.0)))]
 
-    def _expected_ms(self, spec: ModelSpec) -> float:
-        """Per-item latency, plus a load penalty for models not resident (prefer loaded ones)."""
-        penalty = 0.0 if self.manager.is_loaded(spec.key) else self.load_penalty_ms
-        return self.health.latency_ms(spec) + penalty
+    def _expected_ms(self, spec: ModelSpec, backlog: int) -> float:
+        """Per-item latency, plus the cost of loading it shared over the requests waiting.
+
+        With one request in sight a loaded model wins unless the other is much
+        faster; with a backlog, loading the faster model pays for itself.
+        """
+        if self.manager.is_loaded(spec.key):
+            return self.health.latency_ms(spec)
+        load = max(self.load_penalty_ms, self.manager.reload_cost_ms(spec))
+        return self.health.latency_ms(spec) + load / (1 + backlog)
 
     def _preload(self, spec: ModelSpec) -> None:
         """Start loading a model as soon as its requests arrive, not when their batch runs."""

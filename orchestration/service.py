@@ -156,6 +156,7 @@ class Orchestrator:
             default_strategies=routing.default_strategy,
             load_penalty_ms=routing.load_penalty_ms,
         )
+        self.planner.manager_demand = self.workers.pending
         self.context = ProcessorContext(
             codec=self.codec,
             planner=self.planner,

@@ -144,7 +144,7 @@ class RoutingSettings(BaseModel):
         0.2, gt=0, le=1, description="Weight of a new sample in the latency average."
     )
     load_penalty_ms: float = Field(
-        1000.0, ge=0, description="Added to unloaded models' latency by `performance`."
+        200.0, ge=0, description="Least load cost `performance` assumes for a model that is not loaded."
     )
 
 
