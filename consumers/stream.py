@@ -62,10 +62,13 @@ class BatchingConsumer:
         client_kwargs: dict[str, Any],
         config: BatchingConfig | None = None,
         consumer_kwargs: dict[str, Any] | None = None,
+        transactional: bool = False,
     ) -> None:
         self.topics = list(topics)
         self.group_id = group_id
         self.config = config or BatchingConfig()
+        # Exactly-once: offsets are committed inside the producer's transactions, never here.
+        self.transactional = transactional
         self._consumer = AIOKafkaConsumer(
             group_id=group_id,
             enable_auto_commit=False,
@@ -169,6 +172,8 @@ class BatchingConsumer:
 
     async def commit(self) -> None:
         """Commit finished prefixes of owned partitions; concurrent calls coalesce."""
+        if self.transactional:
+            return
         if self._commit_lock.locked():
             self._commit_again = True
             return
@@ -205,5 +210,25 @@ class BatchingConsumer:
                 await asyncio.wait_for(self._progress.wait_for(drained), self.config.revoke_timeout_s)
             except TimeoutError:
                 log.warning("rebalance: in-flight records not finished in time; they will be redelivered")
-        await self._commit_once()
+        if not self.transactional:
+            await self._commit_once()
         self._tracker.forget(revoked)
+
+    async def rewind(self) -> None:
+        """Forget everything in flight and go back to the committed offsets (after an aborted transaction)."""
+        self._tracker = OffsetTracker()
+        self._inflight = 0
+        self._carry = []
+        assigned = list(self._consumer.assignment())
+        for tp in assigned:
+            # Not seek_to_committed: it leaves partitions without a committed offset where they are.
+            committed = await self._consumer.committed(tp)
+            if committed is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, committed)
+        if self._paused:
+            self._consumer.resume(*assigned)
+            self._paused = False
+        async with self._progress:
+            self._progress.notify_all()

@@ -61,7 +61,9 @@ def run(
     """Serve: consume requests, run models, publish results, until SIGINT/SIGTERM."""
     from altlas.orchestration.service import serve
 
-    asyncio.run(serve(_settings(config, bootstrap_servers, registry)))
+    code = asyncio.run(serve(_settings(config, bootstrap_servers, registry)))
+    if code:
+        raise typer.Exit(code)
 
 
 # ---------------------------------------------------------------- broker

@@ -39,6 +39,7 @@ from altlas.orchestration.tracing import Tracing, build_provider
 from altlas.orchestration.workers import ModelWorkers
 from altlas.pipelines import PipelineLimits, load_pipelines
 from altlas.producers.publisher import ProducerConfig, Publisher
+from altlas.producers.transactions import TransactionalPublisher
 from altlas.schemas.catalog import SchemaCatalog
 from altlas.schemas.codec import AvroCodec, WireFormat
 from altlas.schemas.confluent import SchemaIdMap, SchemaRegistryClient
@@ -183,6 +184,8 @@ class Orchestrator:
         )
         self.stop_event = asyncio.Event()
         self.started = asyncio.Event()
+        self.exit_code = 0
+        self._transactions: list[TransactionalPublisher] = []
 
     async def start(self) -> None:
         """Create topics, connect clients, join consumer groups."""
@@ -203,17 +206,37 @@ class Orchestrator:
             max_wait_ms=s.batching.max_wait_ms,
             max_inflight=s.batching.max_inflight,
         )
+        exactly_once = s.delivery == "exactly_once"
         for modality in s.modalities:
+            consumer_kwargs: dict[str, object] = {
+                "max_partition_fetch_bytes": max(1024 * 1024, s.limits.max_message_bytes)
+            }
+            if exactly_once:
+                consumer_kwargs["isolation_level"] = "read_committed"
             consumer = BatchingConsumer(
                 [s.topics.requests(modality)],
                 group_id=f"{s.kafka.group_id}.{modality}",
                 client_kwargs=client_kwargs(s.kafka, client_suffix=modality),
                 config=config,
-                consumer_kwargs={"max_partition_fetch_bytes": max(1024 * 1024, s.limits.max_message_bytes)},
+                consumer_kwargs=consumer_kwargs,
+                transactional=exactly_once,
             )
+            transactions = None
+            if exactly_once:
+                transactions = TransactionalPublisher(
+                    client_kwargs(s.kafka, client_suffix=f"txn-{modality}"),
+                    f"{s.kafka.transactional_id or s.instance_id}.{modality}",
+                    max_request_size=s.limits.max_result_bytes,
+                )
+                await transactions.start()
+                self._transactions.append(transactions)
             await consumer.start()
             self.streams[modality] = StreamWorker(
-                consumer, RequestProcessor(modality, self.context), self.publisher
+                consumer,
+                RequestProcessor(modality, self.context),
+                self.publisher,
+                transactions=transactions,
+                max_message_bytes=s.limits.max_result_bytes,
             )
         if self.endpoints is not None:
             try:
@@ -334,6 +357,7 @@ class Orchestrator:
             for task in done:
                 if task is not stopper and task.exception() is not None:
                     log.error("%s failed", task.get_name(), exc_info=task.exception())
+                    self.exit_code = 3
                     self.stop_event.set()
         finally:
             self.stop_event.set()
@@ -358,6 +382,7 @@ class Orchestrator:
             ("flush status", self.status.close),
             ("close cache", self._close_cache),
             ("stop producer", self.publisher.stop),
+            ("stop transactional producers", self._stop_transactions),
             ("stop endpoints", self._stop_endpoints),
         ]
         for name, step in steps:
@@ -369,6 +394,10 @@ class Orchestrator:
         self.tracing.shutdown()
         log.info("altlas stopped", extra={"instance": self.settings.instance_id})
 
+    async def _stop_transactions(self) -> None:
+        for transactions in self._transactions:
+            await transactions.stop()
+
     async def _close_cache(self) -> None:
         if self.cache is not None:
             await self.cache.close()
@@ -379,10 +408,11 @@ class Orchestrator:
             log.warning("in-flight batches abandoned at shutdown; they will be redelivered")
 
 
-async def serve(settings: Settings) -> None:
-    """Run one orchestrator until SIGINT or SIGTERM."""
+async def serve(settings: Settings) -> int:
+    """Run one orchestrator until SIGINT or SIGTERM; returns the process exit code."""
     orchestrator = Orchestrator(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, orchestrator.stop)
     await orchestrator.run()
+    return orchestrator.exit_code

@@ -58,6 +58,11 @@ class KafkaSettings(BaseModel):
     )
     schema_registry_url: str | None = Field(None, description="Confluent-compatible schema registry.")
     schema_registry_subject_strategy: SubjectStrategy = SubjectStrategy.TOPIC
+    transactional_id: str | None = Field(
+        None,
+        description="Exactly-once: stable id of this instance's transactional producers "
+        "(instance_id if unset); a restarted instance with the same id fences its zombie.",
+    )
     schema_ids: dict[int, str] = Field(
         default_factory=dict, description="Static Confluent schema ids: id -> record name or .avsc path."
     )
@@ -212,6 +217,10 @@ class Settings(BaseSettings):
     instance_id: str = Field(
         default_factory=_default_instance,
         description="Names this process in events; <hostname>-<pid> by default.",
+    )
+    delivery: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="exactly_once: answers and input offsets commit in one transaction per batch.",
     )
     modalities: list[Modality] = Field(
         default_factory=lambda: list(MODALITIES), description="Request topics to serve."

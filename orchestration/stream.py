@@ -3,9 +3,14 @@
 Batches overlap: while batch N waits for its acknowledgements, batch N+1 is
 already being decoded and run. Publishing stays in batch order (batch N+1's
 messages are queued only after batch N's), so results for one key leave in
-the order their requests came. A batch's offsets are marked finished only
-when every message answering it was acknowledged, and the consumer commits
-only contiguous finished prefixes: at-least-once, never at-most-once.
+the order their requests came.
+
+At-least-once (default): a batch's offsets are marked finished only when every
+message answering it was acknowledged, and the consumer commits only
+contiguous finished prefixes. Exactly-once: a batch's answers and its offsets
+go out in one transaction; when a transaction aborts, every later batch in
+flight is dropped and the consumer rewinds to the committed offsets, so the
+same records are answered again and only one answer ever becomes visible.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from altlas.consumers.records import InboundRecord
 from altlas.consumers.stream import BatchingConsumer
 from altlas.orchestration.processor import Outcome, RequestProcessor
 from altlas.producers.publisher import OutboundMessage, PermanentSendError, Publisher
+from altlas.producers.transactions import Fenced, TransactionAborted, TransactionalPublisher
 from altlas.schemas.errors import ErrorCode, PayloadTooLargeError
 
 log = logging.getLogger(__name__)
@@ -34,14 +40,20 @@ class StreamWorker:
         *,
         max_batches_in_flight: int = 8,
         retry_backoff_s: float = 0.5,
+        transactions: TransactionalPublisher | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         self.consumer = consumer
         self.processor = processor
         self.publisher = publisher
+        self.transactions = transactions
+        self.max_message_bytes = max_message_bytes
         self.max_batches_in_flight = max_batches_in_flight
         self.retry_backoff_s = retry_backoff_s
         self._tasks: set[asyncio.Task[None]] = set()
-        self._last_queued: asyncio.Event | None = None
+        self._rewind_needed = False
+        self._rewind_backoff = retry_backoff_s
+        self.fatal: BaseException | None = None
         self.batches = 0
         self.records = 0
 
@@ -50,6 +62,13 @@ class StreamWorker:
         previous = asyncio.Event()
         previous.set()
         while not stop.is_set():
+            if self.fatal is not None:
+                raise self.fatal
+            if self._rewind_needed:
+                await self._rewind()
+                previous = asyncio.Event()
+                previous.set()
+                continue
             if len(self._tasks) >= self.max_batches_in_flight:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                 continue
@@ -57,7 +76,8 @@ class StreamWorker:
             if not records:
                 continue
             queued = asyncio.Event()
-            task = asyncio.create_task(self._handle(records, previous, queued))
+            handler = self._handle_transactional if self.transactions is not None else self._handle
+            task = asyncio.create_task(handler(records, previous, queued))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             previous = queued
@@ -89,6 +109,68 @@ class StreamWorker:
         await asyncio.gather(*(self._deliver(o, m, f) for o, m, f in sends))
         await asyncio.gather(*chunk_acks, return_exceptions=True)  # streamed chunks: best effort
         await self.consumer.finished(records)
+
+    async def _handle_transactional(
+        self, records: list[InboundRecord], previous: asyncio.Event, queued: asyncio.Event
+    ) -> None:
+        assert self.transactions is not None
+        try:
+            outcomes = await self._answer(records)
+            for outcome in outcomes:  # streamed chunks travel outside transactions (best effort)
+                if outcome.chunks is not None:
+                    await outcome.chunks.close()
+            await previous.wait()
+            if self._rewind_needed:
+                return  # an earlier batch aborted: these records will be fetched and answered again
+            messages = [msg for outcome in outcomes for msg in self._fit(outcome)]
+            offsets: dict[tuple[str, int], int] = {}
+            for rec in records:
+                tp = (rec.topic, rec.partition)
+                offsets[tp] = max(offsets.get(tp, 0), rec.offset + 1)
+            await self.transactions.publish(messages, offsets, self.consumer.group_id)
+            self._rewind_backoff = self.retry_backoff_s
+        except TransactionAborted:
+            self._rewind_needed = True
+            return
+        except Fenced as exc:
+            log.error("%s; stopping this instance", exc)
+            self.fatal = exc
+            return
+        finally:
+            queued.set()
+        await self.consumer.finished(records)
+
+    async def _rewind(self) -> None:
+        """Drop every batch in flight and resume from the committed offsets."""
+        current = asyncio.current_task()
+        others = [t for t in self._tasks if t is not current]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        await asyncio.sleep(self._rewind_backoff)
+        self._rewind_backoff = min(self._rewind_backoff * 2, 30.0)
+        await self.consumer.rewind()
+        self._rewind_needed = False
+        log.warning("rewound to the committed offsets after an aborted transaction")
+
+    def _fit(self, outcome: Outcome) -> list[OutboundMessage]:
+        """The outcome's messages, too large ones replaced: a transaction must not fail on them."""
+        limit = self.max_message_bytes
+        if limit is None or all(_size(m) <= limit for m in outcome.messages):
+            return outcome.messages
+        error = PayloadTooLargeError("result too large to publish", code=ErrorCode.RESULT_TOO_LARGE)
+        replacement = self.processor.failure(outcome.record, error, outcome.request)
+        fitted = []
+        for msg in replacement.messages:
+            if _size(msg) <= limit:
+                fitted.append(msg)
+            elif msg.topic == self.processor.ctx.topics.dead_letter and replacement.error is not None:
+                fitted.append(
+                    self.processor.dead_letter(
+                        outcome.record, replacement.error, "PayloadTooLargeError", None, with_value=False
+                    )
+                )
+        return fitted
 
     async def _answer(self, records: list[InboundRecord]) -> list[Outcome]:
         """Outcomes for a batch, retried with backoff while a dependency is down.
@@ -154,3 +236,8 @@ class StreamWorker:
             await self.publisher.deliver(msg)
         except PermanentSendError as exc:
             log.error("dropping unpublishable dead letter for %s: %s", msg.topic, exc)
+
+
+def _size(msg: OutboundMessage) -> int:
+    """Bytes a record takes in a produce request, with room for the record overhead."""
+    return len(msg.value) + len(msg.key or b"") + sum(len(k) + len(v) for k, v in msg.headers) + 128

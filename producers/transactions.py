@@ -1,0 +1,117 @@
+"""Exactly-once output: a micro-batch's answers and its input offsets in one Kafka transaction.
+
+Readers with ``isolation_level=read_committed`` see a batch's results only if
+its offsets were committed with them, so a crash anywhere yields either both or
+neither: no lost and no duplicated answers. One transaction per micro-batch
+(not per message, not per fixed interval) keeps the cost (tens of ms) shared
+by the whole batch and the latency bounded by one batch.
+
+aiokafka has rough edges here: some retriable coordinator errors during
+``send_offsets_to_transaction`` leave the producer in a state where even
+``abort_transaction`` fails. Any failure therefore aborts if it can and
+otherwise replaces the producer (same transactional id: the broker bumps the
+epoch and discards the open transaction); the caller then rewinds its
+consumer to the committed offsets and tries again. Only being fenced by
+another producer with the same transactional id is fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import ProducerFenced
+
+from altlas.producers.publisher import OutboundMessage
+
+log = logging.getLogger(__name__)
+
+
+class Fenced(Exception):
+    """Another instance took over this transactional id: this one is a zombie and must stop."""
+
+
+class TransactionAborted(Exception):
+    """The batch's transaction did not commit; nothing of it is visible. Rewind and retry."""
+
+
+class TransactionalPublisher:
+    """One transactional producer; transactions run one at a time."""
+
+    def __init__(
+        self,
+        client_kwargs: dict[str, Any],
+        transactional_id: str,
+        *,
+        max_request_size: int = 1024 * 1024,
+        linger_ms: int = 2,
+        transaction_timeout_ms: int = 60_000,
+    ) -> None:
+        self.transactional_id = transactional_id
+        self._kwargs = {
+            **client_kwargs,
+            "transactional_id": transactional_id,
+            "enable_idempotence": True,
+            "acks": "all",
+            "max_request_size": max_request_size,
+            "max_batch_size": max(max_request_size, 1024 * 1024),
+            "linger_ms": linger_ms,
+            "transaction_timeout_ms": transaction_timeout_ms,
+        }
+        self._producer = AIOKafkaProducer(**self._kwargs)
+        self._lock = asyncio.Lock()
+        self.commits = 0
+        self.aborts = 0
+
+    async def start(self) -> None:
+        """Connect and initialise the transactional id (fencing older producers with it)."""
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        """Close (an open transaction is aborted by the broker after its timeout)."""
+        await self._producer.stop()
+
+    async def publish(
+        self, messages: Sequence[OutboundMessage], offsets: dict[tuple[str, int], int], group_id: str
+    ) -> None:
+        """Produce ``messages`` and commit ``offsets`` for ``group_id`` atomically."""
+        async with self._lock:
+            producer = self._producer
+            try:
+                await producer.begin_transaction()
+                for msg in messages:
+                    await producer.send(msg.topic, msg.value, key=msg.key, headers=list(msg.headers))
+                if offsets:
+                    await producer.send_offsets_to_transaction(
+                        {TopicPartition(t, p): off for (t, p), off in offsets.items()}, group_id
+                    )
+                await producer.commit_transaction()
+                self.commits += 1
+            except ProducerFenced as exc:
+                raise Fenced(f"transactional id {self.transactional_id} was taken over: {exc}") from exc
+            except asyncio.CancelledError:
+                await self._abort_or_replace()
+                raise
+            except Exception as exc:
+                self.aborts += 1
+                log.warning(
+                    "transaction aborted (%s: %s); the batch will be retried", type(exc).__name__, exc
+                )
+                await self._abort_or_replace()
+                raise TransactionAborted(str(exc)) from exc
+
+    async def _abort_or_replace(self) -> None:
+        try:
+            await asyncio.wait_for(self._producer.abort_transaction(), 30)
+            return
+        except Exception as exc:
+            log.warning("abort failed (%s); replacing the transactional producer", exc)
+        try:
+            await self._producer.stop()
+        except Exception as exc:
+            log.debug("stopping the broken producer: %s", exc)
+        self._producer = AIOKafkaProducer(**self._kwargs)
+        await self._producer.start()
