@@ -1,4 +1,4 @@
-"""Exactly-once mode: answers and offsets commit together; aborted transactions are retried, zombies fenced."""
+"""Exactly-once: answers and offsets commit together; aborts are retried, zombies fenced."""
 
 from __future__ import annotations
 
