@@ -71,7 +71,10 @@ class ModelSpec:
         return self.task.split(".", 1)[0]
 
     def config_hash(self) -> str:
-        """Short hash of everything that changes outputs (for lineage and caching)."""
+        """Short hash of everything that changes outputs (for lineage and caching); computed once."""
+        cached: str | None = self.__dict__.get("_config_hash")
+        if cached is not None:
+            return cached
         blob = json.dumps(
             {
                 "id": self.id,
@@ -83,7 +86,9 @@ class ModelSpec:
             sort_keys=True,
             default=str,
         )
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        object.__setattr__(self, "_config_hash", digest)  # frozen dataclass: cache via object
+        return digest
 
 
 @dataclass(frozen=True)

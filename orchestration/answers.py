@@ -111,6 +111,10 @@ class Answers:
         self.group_id = group_id
         self.max_message_bytes = max_message_bytes
         self.default_results = topics.results(modality)  # type: ignore[arg-type]
+        # Replays write every answer to one output topic, with no dead letters, and mark them.
+        self.forced_topic: str | None = None
+        self.dead_letters = True
+        self.extra_headers: tuple[tuple[str, bytes], ...] = ()
         self._forbidden_replies = {topics.requests(m) for m in MODALITIES} | {
             topics.model_commands,
             topics.model_status,
@@ -147,9 +151,7 @@ class Answers:
             members,
         )
         topic = self.reply_topic(request.reply_topic)
-        msg = self.message(
-            result, topic, request.request_id, self.tracing.produce_headers(span, topic, rec.headers)
-        )
+        msg = self.message(result, topic, request.request_id, self.headers(span, topic, rec, spec))
         self.tracing.end(span)
         return Outcome(rec, [msg], request, result=result)
 
@@ -173,9 +175,7 @@ class Answers:
             (),
         )
         topic = self.reply_topic(request.reply_topic)
-        msg = self.message(
-            result, topic, request.request_id, self.tracing.produce_headers(span, topic, rec.headers)
-        )
+        msg = self.message(result, topic, request.request_id, self.headers(span, topic, rec, None))
         self.tracing.end(span, "expired")
         return Outcome(rec, [msg], request, info, result=result)
 
@@ -232,17 +232,19 @@ class Answers:
                 members,
             )
             topic = self.reply_topic(salvage.reply_topic)
-            headers = self.tracing.produce_headers(span, topic, rec.headers)
-            messages.append(self.message(result, topic, salvage.request_id, headers))
-        messages.append(
-            self.dead_letter(rec, info, type(exc).__name__, salvage.request_id if salvage else None)
-        )
+            messages.append(
+                self.message(result, topic, salvage.request_id, self.headers(span, topic, rec, spec))
+            )
+        if self.dead_letters:
+            messages.append(
+                self.dead_letter(rec, info, type(exc).__name__, salvage.request_id if salvage else None)
+            )
         self.tracing.end(span, info.code)
         log.info(
             "request failed",
             extra={"code": info.code, "topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
         )
-        return Outcome(rec, messages, request, info, result=result, dead_letter=True)
+        return Outcome(rec, messages, request, info, result=result, dead_letter=self.dead_letters)
 
     def dead_letter(
         self,
@@ -346,8 +348,28 @@ class Answers:
     def _salvage_from(request: AnyRequest) -> Salvage:
         return Salvage(request.request_id, str(request.task), request.reply_topic, request.metadata)
 
+    def headers(
+        self, span: Span | None, topic: str, rec: InboundRecord, spec: ModelSpec | None
+    ) -> list[tuple[str, bytes]]:
+        """Trace context plus lineage: which record and which model configuration produced this."""
+        headers = self.tracing.produce_headers(span, topic, rec.headers)
+        headers += [
+            ("altlas.source.topic", rec.topic.encode()),
+            ("altlas.source.partition", str(rec.partition).encode()),
+            ("altlas.source.offset", str(rec.offset).encode()),
+        ]
+        if spec is not None:
+            headers += [
+                ("altlas.model.id", spec.id.encode()),
+                ("altlas.model.version", spec.version.encode()),
+                ("altlas.model.config", spec.config_hash().encode()),
+            ]
+        return headers + list(self.extra_headers)
+
     def reply_topic(self, requested: str | None) -> str:
         """The caller's reply topic when it is a legal, non-internal name; else the default."""
+        if self.forced_topic is not None:
+            return self.forced_topic
         if not requested:
             return self.default_results
         if not _TOPIC_NAME.match(requested) or requested in self._forbidden_replies:

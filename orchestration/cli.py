@@ -277,6 +277,66 @@ def models_status(
     _command("status", model, config, bootstrap_servers, wait)
 
 
+# ---------------------------------------------------------------- replay
+@app.command()
+def replay(
+    topic: Annotated[str, typer.Option("--topic", help="Request topic to reprocess.")],
+    start: Annotated[
+        str, typer.Option("--from", help="Offset, earliest, an ISO time, or epoch millis + 'ms'.")
+    ],
+    model: Annotated[str, typer.Option("--model", help="Model id[@version] that answers every request.")],
+    output_topic: Annotated[str, typer.Option("--output-topic", help="Where the results go (compacted).")],
+    end: Annotated[
+        str, typer.Option("--to", help="Stop before this offset/time (default: the end now).")
+    ] = "latest",
+    config: ConfigOpt = None,
+    bootstrap_servers: BootstrapOpt = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """Reprocess a range of an old request topic with a chosen model version into a new topic."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from altlas.orchestration.replay import parse_position
+    from altlas.orchestration.replay import replay as run_replay
+
+    settings = _settings(config, bootstrap_servers, registry)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+        job = bar.add_task(f"replaying {topic} with {model}", total=None)
+        summary = asyncio.run(
+            run_replay(
+                settings,
+                topic,
+                parse_position(start),
+                parse_position(end),
+                model,
+                output_topic,
+                progress=lambda done, total: bar.update(job, completed=done, total=total),
+            )
+        )
+    table = Table(
+        "replay", "source", "model", "output", "records", "answered", "skipped", "outcomes", "seconds"
+    )
+    outcomes = ", ".join(f"{k}={v}" for k, v in sorted(summary.outcomes.items()))
+    table.add_row(
+        summary.replay_id,
+        summary.source,
+        summary.model,
+        summary.output_topic,
+        str(summary.records),
+        str(summary.answered),
+        str(summary.skipped),
+        outcomes,
+        f"{summary.elapsed_s:.1f}",
+    )
+    out.print(table)
+
+
 # ---------------------------------------------------------------- misc
 @app.command()
 def demo(config: ConfigOpt = None) -> None:

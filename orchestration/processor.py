@@ -86,6 +86,14 @@ class ProcessorContext:
     observe: Callable[[str, Outcome], None] | None = None  # metrics hook
 
 
+@dataclass(frozen=True)
+class Overrides:
+    """How a replay changes processing: the model to use, and deadlines that no longer apply."""
+
+    model: str | None = None
+    ignore_deadlines: bool = False
+
+
 @dataclass
 class _Work:
     """One decoded, planned request on its way through the batch."""
@@ -101,9 +109,10 @@ class _Work:
 class RequestProcessor:
     """Turns consumed records of one modality into outcomes."""
 
-    def __init__(self, modality: Modality, ctx: ProcessorContext) -> None:
+    def __init__(self, modality: Modality, ctx: ProcessorContext, overrides: Overrides | None = None) -> None:
         self.modality = modality
         self.ctx = ctx
+        self.overrides = overrides or Overrides()
         self.request_type: type[AnyRequest] = REQUEST_TYPES[modality]
         self.group_id = f"{ctx.group_prefix}.{modality}"
         self.answers = Answers(
@@ -163,6 +172,10 @@ class RequestProcessor:
                     rec.headers,
                     {"altlas.request_id": request.request_id, "altlas.task": str(request.task)},
                 )
+                if self.overrides.model is not None:
+                    request = request.model_copy(update={"model": self.overrides.model})
+                if self.overrides.ignore_deadlines and request.deadline is not None:
+                    request = request.model_copy(update={"deadline": None})
                 if request.deadline is not None and request.deadline < now:
                     outcomes[i] = self.answers.expired(rec, request, span)
                     continue
