@@ -8,12 +8,12 @@ STAMP := $(VENV)/.installed
 # Extras installed by `make setup`: everything, so `make test` exercises every backend.
 EXTRAS ?= dev,all
 # Debian packages the backends and tests use (installed by `make system-deps` when missing).
-APT_PACKAGES ?= kcat
+APT_PACKAGES ?= kcat espeak-ng ffmpeg redis-server tesseract-ocr tesseract-ocr-eng fonts-dejavu-core
 # llama-cpp-python has no wheel on PyPI: build a portable one (pip caches it in ~/.cache/pip).
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: run test setup system-deps kafka-jars lint typecheck pytest bench clean
+.PHONY: run test test-chaos setup system-deps kafka-jars lint typecheck pytest bench clean
 
 run: setup kafka-jars ## local Kafka + orchestrator + sample requests, results as a table
 	$(BIN)/altlas demo
@@ -59,6 +59,9 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-chaos: setup kafka-jars ## crashes, broker restarts, rebalances and fuzzing (minutes)
+	$(BIN)/python -m pytest -q -m chaos $(PYTEST_ARGS)
 
 bench: setup kafka-jars ## the benchmarks (minutes; not part of test)
 	$(BIN)/python -m bench.throughput

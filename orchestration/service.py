@@ -209,7 +209,9 @@ class Orchestrator:
         exactly_once = s.delivery == "exactly_once"
         for modality in s.modalities:
             consumer_kwargs: dict[str, object] = {
-                "max_partition_fetch_bytes": max(1024 * 1024, s.limits.max_message_bytes)
+                "max_partition_fetch_bytes": max(1024 * 1024, s.limits.max_message_bytes),
+                "session_timeout_ms": s.kafka.session_timeout_ms,
+                "heartbeat_interval_ms": max(100, s.kafka.session_timeout_ms // 3),
             }
             if exactly_once:
                 consumer_kwargs["isolation_level"] = "read_committed"

@@ -58,6 +58,7 @@ class KafkaSettings(BaseModel):
     )
     schema_registry_url: str | None = Field(None, description="Confluent-compatible schema registry.")
     schema_registry_subject_strategy: SubjectStrategy = SubjectStrategy.TOPIC
+    session_timeout_ms: int = Field(10_000, description="Consumer-group session timeout (dead member detection).")
     transactional_id: str | None = Field(
         None,
         description="Exactly-once: stable id of this instance's transactional producers "

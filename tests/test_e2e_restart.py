@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,17 +12,7 @@ from altlas.orchestration.settings import Settings
 from altlas.schemas.types import ResultStatus
 from tests.conftest import create_topics, write_config
 from tests.images import rotated_page
-
-
-def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "ALTLAS_LOG__LEVEL": "INFO"}
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "altlas.orchestration", "run", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+from tests.processes import start_altlas
 
 
 async def test_sigterm_mid_stream_then_restart_loses_nothing(
@@ -43,7 +30,7 @@ async def test_sigterm_mid_stream_then_restart_loses_nothing(
     seen: dict[str, int] = {}
     async with client.reader(client.topics.results("vision")) as reader:
         await client.send_many(requests)
-        first = _start(config, log)
+        first = start_altlas(config, log)
         try:
             deadline = time.monotonic() + 90
             while len(seen) < 100 and time.monotonic() < deadline:
@@ -57,7 +44,7 @@ async def test_sigterm_mid_stream_then_restart_loses_nothing(
             if first.poll() is None:
                 first.kill()
         stopped_at = len(seen)
-        second = _start(config, log)
+        second = start_altlas(config, log)
         try:
             deadline = time.monotonic() + 120
             while ids - set(seen) and time.monotonic() < deadline:
