@@ -1,4 +1,4 @@
-"""Orchestration through the real broker: strategies, routes, fallback, ensembles, circuits, cache, eviction."""
+"""Orchestration on the real broker: strategies, routes, fallback, ensembles, circuits, cache, eviction."""
 
 from __future__ import annotations
 
@@ -167,7 +167,10 @@ async def test_an_ensemble_deadline_answers_with_what_finished_flagged_partial(s
     request = make_request("vision", "classify", solid(RED), params=params)
     result = (await _ask(client, [request]))[request.request_id]
     assert result.status is ResultStatus.PARTIAL, result
-    assert result.model_id == "fast" and _top(result) == MEAN_COLOR_LABELS[int(np.argmax(expected_mean_color(RED)))]
+    assert (
+        result.model_id == "fast"
+        and _top(result) == MEAN_COLOR_LABELS[int(np.argmax(expected_mean_color(RED)))]
+    )
     failed = [m for m in result.members if m.status is ResultStatus.ERROR]
     assert [m.model_id for m in failed] == ["glacial"] and failed[0].error.code == "DEADLINE_EXCEEDED"
 
