@@ -226,6 +226,30 @@ class ModelRegistry:
         return len(self._specs)
 
 
+#: Weight formats that execute code when loaded (Python pickle inside).
+PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
+
+
+def check_pickle_paths(registry: ModelRegistry, trusted_dirs: list[Path]) -> None:
+    """Refuse pickle-based weights outside the trusted model directories.
+
+    Loading a pickle runs code from the file, so such weights may only come
+    from directories the operator vouches for; other formats (ONNX, GGUF,
+    safetensors, CTranslate2) are plain data and may live anywhere.
+    """
+    roots = [d.expanduser().resolve() for d in trusted_dirs]
+    for spec in registry:
+        if spec.path is None or spec.path.suffix.lower() not in PICKLE_SUFFIXES:
+            continue
+        real = spec.path.resolve()
+        if not any(real.is_relative_to(root) for root in roots):
+            allowed = ", ".join(str(r) for r in roots) or "none"
+            raise ValueError(
+                f"model {spec.key}: pickle-based weights {real} are outside "
+                f"the trusted model directories ({allowed})"
+            )
+
+
 def _version_key(version: str) -> tuple[tuple[int, Any], ...]:
     """Order versions numerically where they are numbers ("10" > "9")."""
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-]", version))

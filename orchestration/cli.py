@@ -47,9 +47,9 @@ def _settings(config: Path | None, bootstrap: str | None = None, registry: Path 
     if registry:
         overrides["models"] = {"registry": str(registry)}
     settings = load_settings(config, **overrides)
-    from altlas.orchestration.logs import setup_logging
+    from altlas.orchestration.logs import secrets_of, setup_logging
 
-    setup_logging(settings.log.level, settings.log.format)
+    setup_logging(settings.log.level, settings.log.format, secrets_of(settings))
     return settings
 
 

@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,24 @@ def new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+@dataclass(frozen=True)
+class SaslUsers:
+    """Users of a SASL_PLAINTEXT listener: PLAIN ones in the JAAS config, SCRAM ones added at format."""
+
+    plain: dict[str, str] = field(default_factory=dict)
+    scram_sha_256: dict[str, str] = field(default_factory=dict)
+    admin: tuple[str, str] = ("admin", "admin-secret")
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """aiokafka arguments for the admin user (readiness checks)."""
+        return {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "PLAIN",
+            "sasl_plain_username": self.admin[0],
+            "sasl_plain_password": self.admin[1],
+        }
+
+
 @dataclass
 class BrokerState:
     """What another process needs to find and stop a running broker."""
@@ -93,6 +111,7 @@ class LocalBroker:
         jvm_opts: str = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1",
         log_level: str = "WARN",
         extra_config: dict[str, str] | None = None,
+        sasl: SaslUsers | None = None,
     ) -> None:
         self.dist = dist
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="altlas-kafka-"))
@@ -100,6 +119,7 @@ class LocalBroker:
         self.jvm_opts = jvm_opts
         self.log_level = log_level
         self.extra_config = extra_config or {}
+        self.sasl = sasl
         self.state: BrokerState | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -117,6 +137,40 @@ class LocalBroker:
             raise RuntimeError("java not found: install a JDK 17+ or set JAVA_HOME")
         return str(java)
 
+    @property
+    def _protocol(self) -> str:
+        return "SASL_PLAINTEXT" if self.sasl is not None else "PLAINTEXT"
+
+    def _sasl_config(self) -> dict[str, str]:
+        if self.sasl is None:
+            return {}
+        users = {self.sasl.admin[0]: self.sasl.admin[1], **self.sasl.plain}
+        plain = " ".join(f'user_{name}="{password}"' for name, password in users.items())
+        return {
+            "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256",
+            "sasl.mechanism.inter.broker.protocol": "PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'username="{self.sasl.admin[0]}" password="{self.sasl.admin[1]}" {plain};'
+            ),
+            "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+        }
+
+    def _scram_args(self) -> list[str]:
+        if self.sasl is None:
+            return []
+        args = []
+        for name, password in self.sasl.scram_sha_256.items():
+            args += ["--add-scram", f"SCRAM-SHA-256=[name={name},password={password}]"]
+        return args
+
+    @property
+    def _admin_kwargs(self) -> dict[str, Any]:
+        return self.sasl.client_kwargs() if self.sasl is not None else {}
+
     def _write_config(self, port: int, cport: int) -> tuple[Path, list[str]]:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -124,10 +178,11 @@ class LocalBroker:
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{cport}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "listeners": f"{self._protocol}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+            "advertised.listeners": f"{self._protocol}://127.0.0.1:{port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
+            "inter.broker.listener.name": self._protocol,
+            **self._sasl_config(),
             "log.dirs": str(logs.resolve()),
             "offsets.topic.replication.factor": "1",
             "offsets.topic.num.partitions": "1",
@@ -171,6 +226,7 @@ class LocalBroker:
                 f"--cluster-id={new_cluster_id()}",
                 "-c",
                 str(server),
+                *self._scram_args(),
             ],
             capture_output=True,
             text=True,
@@ -189,7 +245,9 @@ class LocalBroker:
         log_file.close()
         self.state = BrokerState(self._proc.pid, port, cport, str(self.data_dir), self.dist.version)
         try:
-            wait_until_ready(self.state.bootstrap, timeout_s, process=self._proc)
+            wait_until_ready(
+                self.state.bootstrap, timeout_s, process=self._proc, client_kwargs=self._admin_kwargs
+            )
         except Exception:
             self.stop()
             raise
@@ -224,7 +282,9 @@ class LocalBroker:
         self.state = BrokerState(
             self._proc.pid, state.port, state.controller_port, state.data_dir, state.version
         )
-        wait_until_ready(self.state.bootstrap, timeout_s, process=self._proc)
+        wait_until_ready(
+            self.state.bootstrap, timeout_s, process=self._proc, client_kwargs=self._admin_kwargs
+        )
         return self.state
 
     def save_state(self, path: Path) -> None:
@@ -266,7 +326,10 @@ def _alive(pid: int) -> bool:
 
 
 def wait_until_ready(
-    bootstrap: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None
+    bootstrap: str,
+    timeout_s: float,
+    process: subprocess.Popen[bytes] | None = None,
+    client_kwargs: dict[str, Any] | None = None,
 ) -> None:
     """Block until the broker answers a metadata request (or fail with its log tail)."""
     deadline = time.monotonic() + timeout_s
@@ -278,7 +341,7 @@ def wait_until_ready(
             host, _, port = bootstrap.rpartition(":")
             with socket.create_connection((host, int(port)), timeout=1):
                 pass  # listening; now ask for metadata
-            _run_coroutine(_metadata(bootstrap))
+            _run_coroutine(_metadata(bootstrap, client_kwargs))
             return
         except Exception as exc:  # not up yet
             last = exc
@@ -297,10 +360,10 @@ def _run_coroutine(coro: Any) -> None:
         pool.submit(asyncio.run, coro).result()
 
 
-async def _metadata(bootstrap: str) -> None:
+async def _metadata(bootstrap: str, client_kwargs: dict[str, Any] | None = None) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000, **(client_kwargs or {}))
     try:
         await asyncio.wait_for(admin.start(), 3)
         await asyncio.wait_for(admin.describe_cluster(), 3)

@@ -93,9 +93,33 @@ class RepeatFilter(logging.Filter):
         return True
 
 
-def setup_logging(level: str = "WARNING", fmt: str = "text") -> None:
-    """Configure the root logger once per process."""
+class SecretFilter(logging.Filter):
+    """Keeps credentials out of every log line, whoever logs them.
+
+    aiokafka's DEBUG output includes the raw SASL PLAIN exchange (user and
+    password); those records are dropped, and any configured secret that still
+    appears in a message is masked.
+    """
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "SaslAuthenticateRequest" in text or "sasl_auth_bytes=b'\\x00" in text:
+            return False
+        if any(secret in text for secret in self.secrets):
+            for secret in self.secrets:
+                text = text.replace(secret, "***")
+            record.msg, record.args = text, None
+        return True
+
+
+def setup_logging(level: str = "WARNING", fmt: str = "text", secrets: list[str] | None = None) -> None:
+    """Configure the root logger once per process (``secrets`` are masked wherever they appear)."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(SecretFilter(secrets or []))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -107,3 +131,18 @@ def setup_logging(level: str = "WARNING", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+def secrets_of(settings: object) -> list[str]:
+    """Every SecretStr value in a settings tree."""
+    from pydantic import BaseModel, SecretStr
+
+    found: list[str] = []
+    if isinstance(settings, BaseModel):
+        for name in type(settings).model_fields:
+            value = getattr(settings, name)
+            if isinstance(value, SecretStr):
+                found.append(value.get_secret_value())
+            elif isinstance(value, BaseModel):
+                found += secrets_of(value)
+    return found

@@ -16,11 +16,12 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
+from aiokafka.errors import KafkaConnectionError
 from opentelemetry.sdk.trace import TracerProvider
 
 from altlas.consumers.stream import BatchingConfig, BatchingConsumer
 from altlas.models.manager import ModelEvent, ModelManager
-from altlas.models.registry import ModelRegistry, ModelSpec
+from altlas.models.registry import ModelRegistry, ModelSpec, check_pickle_paths
 from altlas.orchestration.cache import ResultCache
 from altlas.orchestration.commands import CommandHandler
 from altlas.orchestration.endpoints import HttpEndpoints, json_response
@@ -31,7 +32,7 @@ from altlas.orchestration.metrics import Metrics
 from altlas.orchestration.planning import Planner
 from altlas.orchestration.processor import ProcessorContext, RequestProcessor
 from altlas.orchestration.resources import ResourceSampler
-from altlas.orchestration.settings import Settings
+from altlas.orchestration.settings import Settings, cache_dir
 from altlas.orchestration.status import StatusReporter
 from altlas.orchestration.stream import StreamWorker
 from altlas.orchestration.topics import ensure_topics, topic_plan
@@ -67,7 +68,10 @@ def load_registry(settings: Settings) -> ModelRegistry:
     if settings.models.registry is None:
         log.warning("no model registry configured (models.registry); every request will be UNKNOWN_MODEL")
         return ModelRegistry([])
-    return ModelRegistry.from_file(settings.models.registry)
+    registry = ModelRegistry.from_file(settings.models.registry)
+    trusted = [settings.models.registry.parent, cache_dir(), *settings.models.trusted_dirs]
+    check_pickle_paths(registry, trusted)
+    return registry
 
 
 class Orchestrator:
@@ -190,15 +194,24 @@ class Orchestrator:
     async def start(self) -> None:
         """Create topics, connect clients, join consumer groups."""
         s = self.settings
-        if s.topics.create:
-            await ensure_topics(
-                self._kwargs,
-                topic_plan(s),
-                partitions=s.topics.partitions,
-                replication_factor=s.topics.replication_factor,
-            )
+        try:
+            if s.topics.create:
+                await ensure_topics(
+                    self._kwargs,
+                    topic_plan(s),
+                    partitions=s.topics.partitions,
+                    replication_factor=s.topics.replication_factor,
+                )
+            await self.publisher.start()
+        except KafkaConnectionError as exc:
+            who = f"{s.kafka.security_protocol}"
+            if s.kafka.security_protocol.startswith("SASL"):
+                who += f", {s.kafka.sasl_mechanism} user {s.kafka.sasl_username}"
+            raise ConnectionError(
+                f"cannot connect to Kafka at {s.kafka.bootstrap_servers} ({who}): {exc}; check the address, "
+                "the security protocol and the credentials (a refused authentication looks like this too)"
+            ) from exc
         await asyncio.to_thread(self._register_output_schemas)
-        await self.publisher.start()
         self.status.start()
         await self.commands.start()
         config = BatchingConfig(

@@ -58,7 +58,9 @@ class KafkaSettings(BaseModel):
     )
     schema_registry_url: str | None = Field(None, description="Confluent-compatible schema registry.")
     schema_registry_subject_strategy: SubjectStrategy = SubjectStrategy.TOPIC
-    session_timeout_ms: int = Field(10_000, description="Consumer-group session timeout (dead member detection).")
+    session_timeout_ms: int = Field(
+        10_000, description="Consumer-group session timeout (dead member detection)."
+    )
     transactional_id: str | None = Field(
         None,
         description="Exactly-once: stable id of this instance's transactional producers "
@@ -128,6 +130,11 @@ class ModelSettings(BaseModel):
     registry: Path | None = Field(None, description="Model registry YAML.")
     memory_budget_mb: int | None = Field(
         None, description="Evict idle models beyond this; unlimited if unset."
+    )
+    trusted_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Where pickle-based weights (.pt, .pkl...) may load from; the registry's folder and "
+        "~/.cache/altlas are always trusted.",
     )
     eviction: Literal["cost", "lru"] = Field(
         "cost", description="Which idle model goes first: cheapest to reload (cost) or least recently used."

@@ -209,3 +209,28 @@ async def test_cost_aware_eviction_drops_the_cheapest_model_to_reload_first(mode
             pass
     assert rec.states("b1")[-1] == "evicted" and rec.states("dyn")[-1] == "ready"
     assert manager.reload_cost_ms(reg.get("dyn")) == 5000
+
+
+def test_pickle_weights_load_only_from_trusted_directories(tmp_path: Path) -> None:
+    from altlas.models.registry import check_pickle_paths
+
+    trusted, elsewhere = tmp_path / "models", tmp_path / "downloads"
+    trusted.mkdir()
+    elsewhere.mkdir()
+    doc = {
+        "models": [
+            {"id": "ok", "task": "vision.detect", "backend": "ultralytics", "path": str(trusted / "y.pt")},
+            {"id": "data", "task": "vision.classify", "backend": "onnx", "path": str(elsewhere / "m.onnx")},
+        ]
+    }
+    check_pickle_paths(ModelRegistry.from_dict(doc), [trusted])  # ONNX anywhere is fine
+    doc["models"].append(
+        {
+            "id": "evil",
+            "task": "vision.detect",
+            "backend": "ultralytics",
+            "path": str(trusted / ".." / "downloads" / "x.pt"),
+        }
+    )
+    with pytest.raises(ValueError, match="outside the trusted model directories"):
+        check_pickle_paths(ModelRegistry.from_dict(doc), [trusted])
