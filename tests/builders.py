@@ -117,3 +117,52 @@ def mean_color_variant(
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+def white_intolerant_classifier(path: Path) -> Path:
+    """The mean-colour classifier, except that ONNX Runtime raises when a batch holds a pure-white image.
+
+    A real runtime failure (an impossible Reshape, 97 rows of 48N values),
+    triggered by input data, as a real model's kernel would fail on one
+    pathological input and take its whole batch down with it.
+    """
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 4, 4])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 4])
+    nodes = [
+        helper.make_node("ReduceMin", ["image", "item_axes"], ["darkest_each"], keepdims=0),
+        helper.make_node("ReduceMax", ["darkest_each"], ["darkest"], keepdims=0),
+        helper.make_node("Greater", ["darkest", "almost_one"], ["white"]),
+        helper.make_node("Cast", ["white"], ["flag"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["flag", "ninety_six"], ["extra"]),
+        helper.make_node("Add", ["extra", "one"], ["rows"]),
+        helper.make_node("Unsqueeze", ["rows", "axis0"], ["rows1"]),
+        helper.make_node("Concat", ["rows1", "minus_one"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["image", "shape"], ["folded"]),
+        helper.make_node("Shape", ["image"], ["original"]),
+        helper.make_node("Reshape", ["folded", "original"], ["unfolded"]),
+        helper.make_node("ReduceMean", ["unfolded", "axes"], ["mean4d"], keepdims=1),
+        helper.make_node("Flatten", ["mean4d"], ["mean"], axis=1),
+        helper.make_node("MatMul", ["mean", "W"], ["logits0"]),
+        helper.make_node("Add", ["logits0", "B"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(0.999, dtype=np.float32), "almost_one"),
+        numpy_helper.from_array(np.array([1, 2, 3], dtype=np.int64), "item_axes"),
+        numpy_helper.from_array(np.array(96, dtype=np.int64), "ninety_six"),
+        numpy_helper.from_array(np.array(1, dtype=np.int64), "one"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "minus_one"),
+        numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"),
+        numpy_helper.from_array(MEAN_COLOR_W, "W"),
+        numpy_helper.from_array(MEAN_COLOR_B, "B"),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "white_intolerant", [x], [y], inits),
+        opset_imports=[helper.make_opsetid("", 18)],
+    )
+    model.ir_version = 9
+    helper.set_model_props(model, {"labels": "\n".join(MEAN_COLOR_LABELS)})
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path

@@ -1,0 +1,117 @@
+"""Models that raise or hang: their requests fail cleanly, circuits open, the rest of the stream goes on."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+
+from altlas.orchestration.client import AltlasClient, make_request
+from altlas.orchestration.kafka_clients import client_kwargs
+from altlas.orchestration.service import Orchestrator, build_codec
+from altlas.schemas.types import ModelState, ResultStatus
+from tests.builders import mean_color_variant, white_intolerant_classifier
+from tests.conftest import Running, isolated_settings
+from tests.images import solid
+
+PARAMS = {"preprocess": {"resize": 4}, "labels_metadata_key": "labels"}
+
+
+def _registry(tmp: Path, models_dir: Path) -> Path:
+    entry = {"task": "vision.classify", "backend": "onnx", "params": PARAMS}
+    doc = {
+        "models": [
+            {
+                "id": "picky",
+                "path": str(white_intolerant_classifier(tmp / "picky.onnx")),
+                **entry,
+                "metadata": {"max_batch": 64},
+            },
+            {
+                "id": "stuck",
+                "path": str(mean_color_variant(tmp / "stuck.onnx", slow_layers=600, slow_width=2048)),
+                **entry,
+            },
+            {"id": "fine", "path": str(models_dir / "mean_color.onnx"), **entry},
+        ]
+    }
+    path = tmp / "models.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+async def test_a_model_raising_on_some_inputs_fails_only_those(
+    kafka_bootstrap: str, tmp_path: Path, models_dir: Path
+) -> None:
+    settings = isolated_settings(
+        kafka_bootstrap, _registry(tmp_path, models_dir), modalities=["vision"], cache={"enabled": False}
+    )
+    run = await Running(Orchestrator(settings)).start()
+    try:
+        async with AltlasClient(
+            client_kwargs(settings.kafka), build_codec(settings), settings.topics
+        ) as client:
+            requests = [
+                make_request(
+                    "vision",
+                    "classify",
+                    solid((255, 255, 255) if i % 10 == 3 else (i, 40, 40)),
+                    model="picky",
+                    request_id=f"p{i}",
+                )
+                for i in range(30)
+            ]
+            async with (
+                client.reader(settings.topics.results("vision")) as results,
+                client.reader(settings.topics.dead_letter) as dlq,
+            ):
+                await client.send_many(requests)
+                answers = await client.collect(results, "vision", [r.request_id for r in requests], 60)
+                letters = [client.decode_dead_letter(r.value) for r in await dlq.read(2)]
+    finally:
+        await run.stop()
+    failed = {rid for rid, r in answers.items() if r.status is ResultStatus.ERROR}
+    assert failed == {"p3", "p13", "p23"}
+    assert all(
+        answers[rid].error.code == "MODEL_FAILED" and "Reshape" in answers[rid].error.message
+        for rid in failed
+    )
+    assert {d.request_id for d in letters} == failed
+    assert sum(r.status is ResultStatus.OK for r in answers.values()) == 27
+
+
+async def test_a_hanging_model_times_out_opens_its_circuit_and_others_keep_answering(
+    kafka_bootstrap: str, tmp_path: Path, models_dir: Path
+) -> None:
+    settings = isolated_settings(
+        kafka_bootstrap,
+        _registry(tmp_path, models_dir),
+        modalities=["vision"],
+        cache={"enabled": False},
+        routing={"attempt_timeout_s": 0.3, "circuit_failures": 2, "circuit_cooldown_s": 60},
+    )
+    run = await Running(Orchestrator(settings)).start()
+    await run.orchestrator.manager.load("stuck")  # loading is not what we are timing
+    try:
+        async with AltlasClient(
+            client_kwargs(settings.kafka), build_codec(settings), settings.topics
+        ) as client:
+            async with client.reader(settings.topics.model_status) as statuses:
+                stuck = [
+                    await client.request(make_request("vision", "classify", solid((9, i, 9)), model="stuck"))
+                    for i in range(3)
+                ]
+                fine = await client.request(
+                    make_request("vision", "classify", solid((9, 9, 9)), model="fine")
+                )
+                states = []
+                deadline = time.monotonic() + 10
+                while ModelState.CIRCUIT_OPEN not in states and time.monotonic() < deadline:
+                    states += [client.decode_status(r.value).state for r in await statuses.read(0.5)]
+    finally:
+        await run.stop()
+    assert [r.error.code for r in stuck[:2]] == ["DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED"]
+    assert stuck[2].error.code == "MODEL_UNAVAILABLE" and "circuit is open" in stuck[2].error.message
+    assert fine is not None and fine.status is ResultStatus.OK
+    assert ModelState.CIRCUIT_OPEN in states
