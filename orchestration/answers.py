@@ -354,6 +354,7 @@ class Answers:
         """Trace context plus lineage: which record and which model configuration produced this."""
         headers = self.tracing.produce_headers(span, topic, rec.headers)
         headers += [
+            ("altlas.instance", self.instance_id.encode()),
             ("altlas.source.topic", rec.topic.encode()),
             ("altlas.source.partition", str(rec.partition).encode()),
             ("altlas.source.offset", str(rec.offset).encode()),

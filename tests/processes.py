@@ -31,11 +31,11 @@ def start_altlas(config: Path, log: Path, **env: str) -> subprocess.Popen[bytes]
         )
 
 
-async def wait_started(log: Path, timeout_s: float = 60, occurrence: int = 1) -> None:
-    """Until the log says the orchestrator started (``occurrence`` times, for a shared log)."""
+async def wait_started(log: Path, timeout_s: float = 60, marker: str = "altlas started") -> None:
+    """Until the log shows ``marker`` (by default: the orchestrator started)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if log.exists() and log.read_text(errors="replace").count("altlas started") >= occurrence:
+        if log.exists() and marker in log.read_text(errors="replace"):
             return
         await asyncio.sleep(0.1)
     raise TimeoutError(

@@ -1,0 +1,144 @@
+"""Throughput with 1, 2 and 3 orchestrator processes in one consumer group (6 partitions).
+
+Each process is one Python interpreter: its event loop, Avro decoding and
+result encoding are single-threaded, while model inference runs on other
+threads. More processes help until the machine's cores are busy; on a 2-core
+machine the broker, the benchmark's own reader and every orchestrator share
+those two cores, and the table says where that limit is reached.
+Ends with ``RESULT rps_1=... rps_2=... rps_3=... scale_2=... scale_3=... cores=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import psutil
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from bench.common import broker, collect, create_topics, preload
+
+console = Console(stderr=True)
+
+
+def _requests(n: int) -> list[tuple[bytes, bytes]]:
+    from altlas.orchestration.client import make_request
+    from altlas.schemas.codec import AvroCodec
+    from tests.images import solid
+
+    rng, codec = random.Random(9), AvroCodec()
+    out = []
+    for i in range(n):
+        image = solid((rng.randrange(256), rng.randrange(256), rng.randrange(256)), size=4)
+        req = make_request(
+            "vision", "classify", image, model="busy", request_id=f"x{i}-{uuid.uuid4().hex[:6]}"
+        )
+        out.append((req.request_id.encode(), codec.encode_record(req)))
+    return out
+
+
+async def _run(bootstrap: str, n: int, processes: int, registry: Path, workdir: Path) -> tuple[float, float]:
+    tag = uuid.uuid4().hex[:6]
+    topic_in, topic_out = f"scale.{tag}.in", f"scale.{tag}.out"
+    await create_topics(bootstrap, {topic_in: 6, topic_out: 6}, log_append_time={topic_out})
+    await preload(bootstrap, topic_in, _requests(n))
+    group = f"scale-{tag}"
+    procs = []
+    for k in range(processes):
+        config = {
+            "instance_id": f"{group}-{k}",
+            "modalities": ["vision"],
+            "kafka": {"bootstrap_servers": bootstrap, "group_id": group},
+            "topics": {
+                "vision_requests": topic_in,
+                "vision_results": topic_out,
+                "model_status": f"{topic_in}.status",
+                "model_commands": f"{topic_in}.commands",
+                "dead_letter": f"{topic_in}.dlq",
+            },
+            "models": {"registry": str(registry)},
+            "cache": {"enabled": False},
+            "metrics": {"port": None},
+            "batching": {"max_batch": 64, "fetch_max_records": 512, "max_wait_ms": 0},
+        }
+        path = workdir / f"{group}-{k}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        procs.append(
+            subprocess.Popen([sys.executable, "-m", "altlas.orchestration", "run", "--config", str(path)])
+        )
+    psutil.cpu_percent(None)
+    try:
+        got = await collect(bootstrap, topic_out, n, 600, key_of=lambda r: r.key.decode())
+        busy = psutil.cpu_percent(None)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(60)
+    assert got.unique == n, f"lost {n - got.unique}"
+    return got.rps, busy
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=12_000)
+    args = parser.parse_args()
+    from tests.builders import mean_color_variant
+
+    with tempfile.TemporaryDirectory() as tmp, broker() as bootstrap:
+        workdir = Path(tmp)
+        model = mean_color_variant(workdir / "busy.onnx", slow_layers=30, slow_width=512)
+        registry = workdir / "models.yaml"
+        registry.write_text(
+            yaml.safe_dump(
+                {
+                    "models": [
+                        {
+                            "id": "busy",
+                            "task": "vision.classify",
+                            "backend": "onnx",
+                            "path": str(model),
+                            "params": {
+                                "preprocess": {"resize": 4},
+                                "labels_metadata_key": "labels",
+                                "intra_op_threads": 1,
+                            },
+                            "metadata": {"max_batch": 64},
+                        }
+                    ]
+                }
+            )
+        )
+        console.print("warming the broker up (not measured) ...")
+        await _run(bootstrap, 2000, 1, registry, workdir)
+        rows = {}
+        for processes in (1, 2, 3):
+            console.print(f"{processes} process(es), {args.requests} requests ...")
+            rows[processes] = await _run(bootstrap, args.requests, processes, registry, workdir)
+    cores = os.cpu_count() or 1
+    table = Table(
+        title=f"scaling.py: {args.requests} requests, 6 partitions, {cores} cores shared with the broker"
+    )
+    for col in ("processes", "requests/s", "vs 1 process", "machine CPU %"):
+        table.add_column(col)
+    for k, (rps, cpu) in rows.items():
+        table.add_row(str(k), f"{rps:.0f}", f"{rps / rows[1][0]:.2f}x", f"{cpu:.0f}")
+    Console().print(table)
+    r1, r2, r3 = (rows[k][0] for k in (1, 2, 3))
+    print(
+        f"RESULT rps_1={r1:.0f} rps_2={r2:.0f} rps_3={r3:.0f} scale_2={r2 / r1:.2f} scale_3={r3 / r1:.2f} cores={cores}"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
