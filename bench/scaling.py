@@ -136,7 +136,8 @@ async def main() -> None:
     Console().print(table)
     r1, r2, r3 = (rows[k][0] for k in (1, 2, 3))
     print(
-        f"RESULT rps_1={r1:.0f} rps_2={r2:.0f} rps_3={r3:.0f} scale_2={r2 / r1:.2f} scale_3={r3 / r1:.2f} cores={cores}"
+        f"RESULT rps_1={r1:.0f} rps_2={r2:.0f} rps_3={r3:.0f} "
+        f"scale_2={r2 / r1:.2f} scale_3={r3 / r1:.2f} cores={cores}"
     )
 
 
