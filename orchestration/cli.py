@@ -277,6 +277,53 @@ def models_status(
     _command("status", model, config, bootstrap_servers, wait)
 
 
+# ---------------------------------------------------------------- status
+@app.command()
+def status(
+    config: ConfigOpt = None,
+    bootstrap_servers: BootstrapOpt = None,
+    errors: Annotated[int, typer.Option(help="How many recent dead letters to show.")] = 10,
+) -> None:
+    """Consumer lag per partition, models per instance (with memory), and recent errors."""
+    from altlas.orchestration.inspect import consumer_lag, model_states, recent_errors
+
+    settings = _settings(config, bootstrap_servers)
+
+    async def gather() -> tuple[Any, Any, Any]:
+        return (
+            await consumer_lag(settings),
+            await model_states(settings),
+            await recent_errors(settings, errors),
+        )
+
+    lags, models, recent = asyncio.run(gather())
+    lag_table = Table("group", "topic", "partition", "committed", "end", "lag", title="consumer lag")
+    for lag in lags:
+        committed = "-" if lag.committed is None else str(lag.committed)
+        lag_table.add_row(lag.group, lag.topic, str(lag.partition), committed, str(lag.end), str(lag.lag))
+    out.print(lag_table)
+    model_table = Table(
+        "model", "version", "instance", "state", "memory MiB", "rss MiB", "cpu %", "at", title="models"
+    )
+    for s in models:
+        res = s.resources
+        model_table.add_row(
+            s.model_id,
+            s.model_version,
+            s.instance_id,
+            s.state.value,
+            f"{s.memory_bytes / 2**20:.1f}",
+            f"{res.process_rss_bytes / 2**20:.0f}" if res else "",
+            f"{res.process_cpu_percent:.0f}" if res else "",
+            s.timestamp.strftime("%H:%M:%S"),
+        )
+    out.print(model_table)
+    error_table = Table("at", "code", "source", "request", "message", title="recent errors")
+    for e in recent:
+        error_table.add_row(e.when.strftime("%H:%M:%S"), e.code, e.source, e.request_id or "", e.message)
+    out.print(error_table)
+
+
 # ---------------------------------------------------------------- replay
 @app.command()
 def replay(

@@ -259,6 +259,8 @@ class RequestProcessor:
         cache, request = self.ctx.cache, work.request
         if cache is None or request.params.get("cache") is False or request.params.get("stream") is True:
             return None
+        if _sampled(request.params):  # a random answer is not the answer: never reuse it
+            return None
         key = cache_key(request.payload, work.plan.task, work.plan.specs[0], request.params)
         state, value = await cache.lookup(key)
         if state == "miss":
@@ -421,6 +423,13 @@ class RequestProcessor:
             attributes=attributes if attributes is not None else work.attributes, members=members,
             task=_short(work.plan),
         )  # fmt: skip
+
+
+def _sampled(params: dict[str, Any]) -> bool:
+    """Whether the output is drawn at random: temperature above zero and no seed to replay it."""
+    temperature = params.get("temperature")
+    hot = isinstance(temperature, int | float) and not isinstance(temperature, bool) and temperature > 0
+    return hot and params.get("seed") is None
 
 
 def _short(plan: Plan) -> str:

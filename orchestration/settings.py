@@ -266,8 +266,8 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _deep_merge(out[key], value)
-        elif value is not None:
-            out[key] = value
+        else:
+            out[key] = value  # an explicit None (e.g. metrics.port) means "unset", not "ignore"
     return out
 
 
