@@ -134,14 +134,19 @@ def test_settings_precedence_is_flags_then_env_then_file(
     monkeypatch.delenv("ALTLAS_CONFIG")
 
 
-async def test_status_shows_lag_models_and_recent_errors(settings: Settings, running: Running, tmp_path: Path) -> None:
+async def test_status_shows_lag_models_and_recent_errors(
+    settings: Settings, running: Running, tmp_path: Path
+) -> None:
     from altlas.orchestration.client import AltlasClient, make_request
     from altlas.orchestration.kafka_clients import client_kwargs
     from altlas.orchestration.service import build_codec
     from tests.images import solid
 
     async with AltlasClient(client_kwargs(settings.kafka), build_codec(settings), settings.topics) as client:
-        assert await client.request(make_request("vision", "classify", solid((5, 5, 5)), model="mean-color")) is not None
+        assert (
+            await client.request(make_request("vision", "classify", solid((5, 5, 5)), model="mean-color"))
+            is not None
+        )
         bad = make_request("vision", "classify", b"\x89PNG broken", model="mean-color", request_id="broken-1")
         assert (await client.request(bad)).status.value == "error"
     config = write_config(settings, tmp_path / "altlas.yaml")
