@@ -1,0 +1,146 @@
+"""What a llama.cpp generation is asked for and what it returns, plus its text assembly.
+
+Kept apart from the runtime so pipelines can build requests without loading
+llama.cpp, and so the byte-level text handling (stop sequences across token
+boundaries, UTF-8 characters split over tokens, streamed chunks that must add
+up to the final text) is testable on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from altlas.models.errors import InferenceError, InvalidInputError
+
+
+class ContextOverflowError(InvalidInputError):
+    """The prompt does not fit the model's context: rejected, never truncated."""
+
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class InvalidGrammarError(InvalidInputError):
+    """The GBNF grammar (given, or made from a JSON schema) does not parse."""
+
+    code = "INVALID_PARAMS"
+
+
+class ChatTemplateError(InferenceError):
+    """The model has no chat template, or its template rejected the messages."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Per-request decoding parameters (llama.cpp's names and defaults)."""
+
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    grammar: str | None = None  # GBNF
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A prompt (``generate``) or a list of chat messages (``chat``), and how to sample."""
+
+    prompt: str | None = None
+    messages: tuple[dict[str, str], ...] | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    max_prompt_tokens: int | None = None  # a deployment-wide cap below the model's context
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Generated text with its token accounting."""
+
+    text: str
+    finish_reason: str  # "stop" (EOS or a stop sequence) or "length"
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float  # prompt evaluation plus generation
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Completion tokens per second of this request's generation."""
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def _utf8_safe_end(data: bytes | bytearray, start: int, end: int) -> int:
+    """``end``, or less when the bytes before it end inside an unfinished UTF-8 character."""
+    lead = end - 1
+    while lead >= start and end - lead <= 4 and (data[lead] & 0xC0) == 0x80:
+        lead -= 1  # back over continuation bytes to the character's first byte
+    if lead < start or end - lead > 4 or data[lead] < 0x80:
+        return end  # ASCII, or not valid UTF-8 anyway: nothing to wait for
+    first = data[lead]
+    need = 2 if first < 0xE0 else 3 if first < 0xF0 else 4
+    return end if end - lead >= need else lead
+
+
+class TextAssembler:
+    """Accumulates token bytes, finds stop sequences, and hands out safe-to-publish text.
+
+    Streamed chunks and the final text come from the same bytes, cut only at
+    character boundaries, so the chunks of a request always concatenate to its
+    final text. Text that might be the start of a stop sequence is held back
+    until it is known not to be one.
+    """
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self._stops = [s.encode("utf-8") for s in stop if s]
+        self._longest = max((len(s) for s in self._stops), default=0)
+        self._buf = bytearray()
+        self._sent = 0  # bytes already handed out as chunks
+        self.stopped = False
+
+    def feed(self, piece: bytes) -> bool:
+        """Add one token's bytes; True when a stop sequence completed (the text ends before it)."""
+        if self.stopped:
+            return True
+        search_from = max(self._sent, len(self._buf) - self._longest + 1)
+        self._buf += piece
+        if self._stops:
+            hits = [i for s in self._stops if (i := self._buf.find(s, search_from)) >= 0]
+            if hits:
+                del self._buf[min(hits) :]
+                self.stopped = True
+        return self.stopped
+
+    def _held_back(self) -> int:
+        """Bytes at the end that could still grow into a stop sequence."""
+        if self.stopped:
+            return 0
+        longest = 0
+        tail = bytes(self._buf[-self._longest :]) if self._longest else b""
+        for stop in self._stops:
+            for n in range(min(len(stop) - 1, len(tail)), longest, -1):
+                if tail.endswith(stop[:n]):
+                    longest = n
+                    break
+        return longest
+
+    def ready(self) -> str:
+        """New text that is safe to publish now ("" when none)."""
+        cut = _utf8_safe_end(self._buf, self._sent, len(self._buf) - self._held_back())
+        if cut <= self._sent:
+            return ""
+        chunk = bytes(self._buf[self._sent : cut]).decode("utf-8", errors="ignore")
+        self._sent = cut
+        return chunk
+
+    def rest(self) -> str:
+        """Everything not yet handed out (call once generation has ended)."""
+        chunk = bytes(self._buf[self._sent :]).decode("utf-8", errors="ignore")
+        self._sent = len(self._buf)
+        return chunk
+
+    @property
+    def text(self) -> str:
+        """The whole text so far (an unfinished last character is dropped)."""
+        return bytes(self._buf).decode("utf-8", errors="ignore")

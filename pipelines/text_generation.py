@@ -1,0 +1,93 @@
+"""``text.generate``: a prompt in, generated text out, on a llama.cpp model.
+
+Each item runs through the runtime's pool of contexts; with ``stream: true``
+the text is also published in pieces (``TextChunk``, numbered from 0) while it
+is generated, and the chunks of a request always concatenate to its final text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from altlas.models.llama import LlamaRuntime
+from altlas.models.llama_text import GenerationRequest, GenerationResult
+from altlas.models.registry import ModelSpec
+from altlas.models.runtime import ModelRuntime
+from altlas.pipelines.base import Output, PipelineLimits, Prepared
+from altlas.pipelines.text_params import bool_param, sampling_from
+from altlas.schemas.errors import InvalidRequestError, PayloadTooLargeError
+from altlas.schemas.types import ParamValue, Record, TextChunk, TextGeneration
+
+
+def text_payload(payload: bytes | str, limits: PipelineLimits) -> str:
+    """The request's text, within the character limit, never empty."""
+    if not isinstance(payload, str):
+        raise InvalidRequestError("text payload must be a string")
+    if len(payload) > limits.max_text_chars:
+        raise PayloadTooLargeError(
+            f"text of {len(payload)} characters exceeds the limit of {limits.max_text_chars}"
+        )
+    if not payload.strip():
+        raise InvalidRequestError("text payload is empty")
+    return payload
+
+
+def to_record(result: GenerationResult) -> TextGeneration:
+    """The wire record of a generation."""
+    return TextGeneration(
+        text=result.text,
+        finish_reason=result.finish_reason,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        tokens_per_second=result.tokens_per_second,
+    )
+
+
+def llama_runtime(runtime: ModelRuntime) -> LlamaRuntime:
+    """The runtime, which must be llama.cpp's (the registry may say otherwise)."""
+    if not isinstance(runtime, LlamaRuntime):
+        raise TypeError(
+            f"{runtime.spec.key} uses backend {runtime.spec.backend!r}; text generation needs llama.cpp"
+        )
+    return runtime
+
+
+class TextGenerationPipeline:
+    """``text.generate`` on a llama.cpp model."""
+
+    task = "text.generate"
+
+    def __init__(self, limits: PipelineLimits | None = None) -> None:
+        self.limits = limits or PipelineLimits()
+
+    def request(self, payload: bytes | str) -> GenerationRequest:
+        """The generation request without sampling (overridden by chat)."""
+        return GenerationRequest(prompt=text_payload(payload, self.limits))
+
+    def prepare(self, payload: bytes | str, params: Mapping[str, ParamValue], spec: ModelSpec) -> Prepared:
+        """Check the prompt and every param before the model sees anything."""
+        base = self.request(payload)
+        bool_param(params, "stream")
+        request = GenerationRequest(
+            prompt=base.prompt,
+            messages=base.messages,
+            sampling=sampling_from(params),
+            max_prompt_tokens=self.limits.max_prompt_tokens,
+        )
+        return Prepared(request, params)
+
+    def run(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
+        """Generate for a batch; output i answers item i."""
+        raw = llama_runtime(runtime).predict_batch([item.data for item in items])
+        return [out if isinstance(out, Exception) else to_record(out) for out in raw]
+
+    def run_stream(self, runtime: ModelRuntime, item: Prepared, emit: Callable[[Record], None]) -> Output:
+        """Generate one request, emitting numbered chunks as the text grows."""
+        sequence = 0
+
+        def on_text(text: str) -> None:
+            nonlocal sequence
+            emit(TextChunk(sequence=sequence, text=text))
+            sequence += 1
+
+        return to_record(llama_runtime(runtime).generate(item.data, on_text))

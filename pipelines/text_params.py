@@ -1,0 +1,108 @@
+"""Reading and checking the sampling params of ``generate`` and ``chat`` requests.
+
+Params arrive as a map of null, bool, long, double, string or list of strings.
+Every value is checked here, on the decode thread, so a bad request is answered
+with INVALID_PARAMS before it ever waits for the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+
+from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+from altlas.models.llama_text import Sampling
+from altlas.pipelines.base import int_param
+from altlas.schemas.errors import ErrorCode, InvalidRequestError
+from altlas.schemas.types import ParamValue
+
+MAX_NEW_TOKENS = 32_768
+MAX_STOPS = 16
+MAX_STOP_CHARS = 256
+MAX_GRAMMAR_CHARS = 64 * 1024
+
+
+def _bad(message: str) -> InvalidRequestError:
+    return InvalidRequestError(message, code=ErrorCode.INVALID_PARAMS)
+
+
+def float_param(
+    params: Mapping[str, ParamValue], name: str, default: float, *, lo: float, hi: float
+) -> float:
+    """A finite number within [lo, hi]; integers are accepted too."""
+    value = params.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _bad(f"param {name} must be a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise _bad(f"param {name} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or not lo <= number <= hi:
+        raise _bad(f"param {name} must be in [{lo}, {hi}], got {value!r}")
+    return number
+
+
+def bool_param(params: Mapping[str, ParamValue], name: str, default: bool = False) -> bool:
+    """A boolean (true/false), nothing else."""
+    value = params.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _bad(f"param {name} must be true or false, got {value!r}")
+    return value
+
+
+def stop_param(params: Mapping[str, ParamValue]) -> tuple[str, ...]:
+    """``stop``: a string or a list of up to 16 non-empty strings."""
+    value = params.get("stop")
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise _bad("param stop must be a string or a list of strings")
+    if len(stops) > MAX_STOPS:
+        raise _bad(f"param stop has {len(stops)} entries; at most {MAX_STOPS}")
+    if any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+        raise _bad(f"param stop entries must be 1 to {MAX_STOP_CHARS} characters")
+    return tuple(stops)
+
+
+def grammar_param(params: Mapping[str, ParamValue]) -> str | None:
+    """GBNF from ``grammar``, or made from ``json_schema`` (a JSON string); not both."""
+    grammar, schema = params.get("grammar"), params.get("json_schema")
+    if grammar is not None and schema is not None:
+        raise _bad("give either grammar or json_schema, not both")
+    for name, value in (("grammar", grammar), ("json_schema", schema)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise _bad(f"param {name} must be a non-empty string")
+        if isinstance(value, str) and len(value) > MAX_GRAMMAR_CHARS:
+            raise _bad(f"param {name} is longer than {MAX_GRAMMAR_CHARS} characters")
+    if isinstance(grammar, str):
+        return grammar
+    if isinstance(schema, str):
+        try:
+            json.loads(schema)
+            return str(json_schema_to_gbnf(schema))
+        except Exception as exc:  # JSONDecodeError, or a schema the converter cannot express
+            raise _bad(f"param json_schema is not a usable JSON schema: {exc}") from exc
+    return None
+
+
+def sampling_from(params: Mapping[str, ParamValue]) -> Sampling:
+    """The Sampling a request's params ask for (llama.cpp's defaults for the rest)."""
+    seed = params.get("seed")
+    return Sampling(
+        max_tokens=int_param(params, "max_tokens", 256, lo=1, hi=MAX_NEW_TOKENS),
+        temperature=float_param(params, "temperature", 0.8, lo=0.0, hi=5.0),
+        top_p=float_param(params, "top_p", 0.95, lo=0.0, hi=1.0),
+        top_k=int_param(params, "top_k", 40, lo=0, hi=1_000_000),
+        min_p=float_param(params, "min_p", 0.05, lo=0.0, hi=1.0),
+        repeat_penalty=float_param(params, "repeat_penalty", 1.0, lo=0.0, hi=10.0),
+        seed=None if seed is None else int_param(params, "seed", 0, lo=0, hi=2**32 - 1),
+        stop=stop_param(params),
+        grammar=grammar_param(params),
+    )
