@@ -38,8 +38,8 @@ from altlas.schemas.types import (
     Result,
     ResultStatus,
     TextResult,
-    Timings,
     VisionResult,
+    to_datum,
 )
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,32 @@ class Outcome:
     request: AnyRequest | None = None
     error: ErrorInfo | None = None
     chunks: Any = None  # a ChunkStream whose partial results are already being published
-    result: Result | None = None  # the result record sent, for metrics
+    result: ResultSummary | None = None  # what was sent, for metrics and replays
     dead_letter: bool = False
+
+
+@dataclass(frozen=True)
+class ResultSummary:
+    """What metrics and replays need of a result, without decoding it again."""
+
+    status: ResultStatus
+    task: str
+    model_id: str
+    model_version: str
+    total_ms: float
+    attributes: dict[str, str]
+
+    @classmethod
+    def of(cls, datum: dict[str, Any]) -> ResultSummary:
+        """Summarise a result datum."""
+        return cls(
+            ResultStatus(datum["status"]),
+            datum["task"],
+            datum["model_id"],
+            datum["model_version"],
+            datum["timings"]["total_ms"],
+            datum["attributes"],
+        )
 
 
 @dataclass
@@ -153,7 +177,7 @@ class Answers:
         topic = self.reply_topic(request.reply_topic)
         msg = self.message(result, topic, request.request_id, self.headers(span, topic, rec, spec))
         self.tracing.end(span)
-        return Outcome(rec, [msg], request, result=result)
+        return Outcome(rec, [msg], request, result=ResultSummary.of(result))
 
     def expired(self, rec: InboundRecord, request: AnyRequest, span: Span | None) -> Outcome:
         """The deadline passed before the request ran: an ``expired`` result, no dead letter."""
@@ -177,7 +201,7 @@ class Answers:
         topic = self.reply_topic(request.reply_topic)
         msg = self.message(result, topic, request.request_id, self.headers(span, topic, rec, None))
         self.tracing.end(span, "expired")
-        return Outcome(rec, [msg], request, info, result=result)
+        return Outcome(rec, [msg], request, info, result=ResultSummary.of(result))
 
     def partial(
         self, request: AnyRequest, spec: ModelSpec, chunk: Record, headers: list[tuple[str, bytes]]
@@ -244,7 +268,8 @@ class Answers:
             "request failed",
             extra={"code": info.code, "topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
         )
-        return Outcome(rec, messages, request, info, result=result, dead_letter=self.dead_letters)
+        summary = ResultSummary.of(result) if result is not None else None
+        return Outcome(rec, messages, request, info, result=summary, dead_letter=self.dead_letters)
 
     def dead_letter(
         self,
@@ -290,24 +315,33 @@ class Answers:
         metadata: dict[str, str],
         attributes: dict[str, str] | None,
         members: Sequence[MemberAnswer],
-    ) -> Result:
-        return self.result_type.model_validate(
-            {
-                "request_id": request_id,
-                "task": task,
-                "status": status,
-                "model_id": spec.id if spec else "",
-                "model_version": spec.version if spec else "",
-                "output": output,
-                "error": error,
-                "timings": self.timings(request, job),
-                "metadata": metadata,
-                "attributes": attributes or {},
-                "members": [self._member(request_id, task, m, request) for m in members],
-            }
-        )
+    ) -> dict[str, Any]:
+        """The result as the Avro datum itself.
 
-    def _member(self, request_id: str, task: str, member: MemberAnswer, request: AnyRequest | None) -> Result:
+        Built as a plain dict rather than a pydantic Result: it runs once per
+        answer, and model construction plus conversion cost more than the Avro
+        encoding. The schema tests keep the two shapes identical.
+        """
+        return {
+            "request_id": request_id,
+            "task": task,
+            "status": status.value,
+            "model_id": spec.id if spec else "",
+            "model_version": spec.version if spec else "",
+            "output": None if output is None else (output.avro_name, to_datum(output)),
+            "error": None
+            if error is None
+            else {"code": error.code, "message": error.message, "retriable": error.retriable},
+            "timings": self.timings(request, job),
+            "created_at": datetime.now(UTC),
+            "attributes": attributes or {},
+            "metadata": metadata,
+            "members": [self._member(request_id, task, m, request) for m in members],
+        }
+
+    def _member(
+        self, request_id: str, task: str, member: MemberAnswer, request: AnyRequest | None
+    ) -> dict[str, Any]:
         failed = isinstance(member.output, BaseException)
         return self._result(
             request_id,
@@ -379,22 +413,21 @@ class Answers:
         return requested
 
     @staticmethod
-    def timings(request: AnyRequest | None, job: JobResult | None) -> Timings:
-        """Where the time went, from the request's created_at to now."""
+    def timings(request: AnyRequest | None, job: JobResult | None) -> dict[str, Any]:
+        """Where the time went, from the request's created_at to now (a Timings datum)."""
         now = time.time()
         created = request.created_at.timestamp() if request is not None else now
         started = job.started_at if job is not None else now
-        return Timings(
-            queued_ms=max(0.0, (started - created) * 1000),
-            inference_ms=job.inference_ms if job is not None else 0.0,
-            batch_size=job.batch_size if job is not None else 0,
-            total_ms=max(0.0, (now - created) * 1000),
-        )
+        return {
+            "queued_ms": max(0.0, (started - created) * 1000),
+            "inference_ms": job.inference_ms if job is not None else 0.0,
+            "batch_size": job.batch_size if job is not None else 0,
+            "total_ms": max(0.0, (now - created) * 1000),
+        }
 
     def message(
-        self, record: Record, topic: str, key: str, headers: list[tuple[str, bytes]]
+        self, datum: dict[str, Any], topic: str, key: str, headers: list[tuple[str, bytes]]
     ) -> OutboundMessage:
-        """Encode a record for ``topic``, keyed by ``key``."""
-        return OutboundMessage(
-            topic, self.codec.encode_record(record, topic=topic), key.encode(), tuple(headers)
-        )
+        """Encode a result datum for ``topic``, keyed by ``key``."""
+        value = self.codec.encode(self.result_type.avro_name, datum, topic=topic)
+        return OutboundMessage(topic, value, key.encode(), tuple(headers))

@@ -27,6 +27,8 @@ schemas_app = typer.Typer(help="The Avro contracts.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
 app.add_typer(models_app, name="models")
 app.add_typer(schemas_app, name="schemas")
+docs_app = typer.Typer(help="Generated documentation.", no_args_is_help=True)
+app.add_typer(docs_app, name="docs")
 
 console = Console(stderr=True)
 # Piped output keeps whole table cells (rich would otherwise wrap at 80 columns).
@@ -411,6 +413,48 @@ def schemas_export(target: Path) -> None:
     for name in catalog.names():
         (target / f"{name}.avsc").write_text(json.dumps(catalog.bundled(name), indent=2) + "\n")
         console.print(f"{name}: fingerprint {catalog.get(name).fingerprint_hex}")
+
+
+@docs_app.command("asyncapi")
+def docs_asyncapi(
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", "-o", help="Write here (e.g. docs/asyncapi.yaml) instead of stdout."),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """The AsyncAPI 3.0 document of every topic, generated from the Avro schemas and topic settings."""
+    from altlas.orchestration.asyncapi import render_asyncapi
+
+    text = render_asyncapi(_settings(config))
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    console.print(f"wrote {output}")
+
+
+# ---------------------------------------------------------------- gateway
+@app.command()
+def gateway(
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    timeout: Annotated[float, typer.Option(help="Default seconds to wait for a result (then 504).")] = 60.0,
+    config: ConfigOpt = None,
+    bootstrap_servers: BootstrapOpt = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """HTTP gateway for the old REST endpoints: publishes request events and waits for their results."""
+    try:
+        import uvicorn
+
+        from altlas.orchestration.gateway import create_app
+    except ImportError as exc:
+        console.print(f"[red]the gateway needs its extra: pip install 'altlas[gateway]' ({exc})[/red]")
+        raise typer.Exit(1) from exc
+    settings = _settings(config, bootstrap_servers, registry)
+    uvicorn.run(create_app(settings, timeout_s=timeout), host=host, port=port, log_level="warning")
 
 
 def main() -> None:

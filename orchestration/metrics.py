@@ -72,7 +72,7 @@ class Metrics:
             return
         model = f"{result.model_id}@{result.model_version}" if result.model_id else ""
         self.requests.labels(modality, result.task, model, result.status.value, code).inc()
-        self.request_seconds.labels(modality, model).observe(result.timings.total_ms / 1000)
+        self.request_seconds.labels(modality, model).observe(result.total_ms / 1000)
         how = result.attributes.get("cache")
         if how is not None:
             self.cache.labels(how).inc()

@@ -537,38 +537,59 @@ RECORD_TYPES: dict[str, type[Record]] = {
 def to_datum(record: Record) -> dict[str, Any]:
     """The dict fastavro writes for ``record``.
 
-    Fields whose type is a union of several records get fastavro's
-    ``(name, value)`` form, so the branch is named rather than guessed
-    (guessing is slow and picks the wrong branch when two records share fields).
+    pydantic's (Rust) ``model_dump`` does the bulk; then fields whose type is a
+    union of several records get fastavro's ``(name, value)`` form, so the
+    branch is named rather than guessed (guessing is slow and picks the wrong
+    branch when two records share fields). This runs for every result altlas
+    publishes, hence the per-class plan of which fields need that.
     """
-    named = _named_union_fields(type(record))
-    out: dict[str, Any] = {}
-    for name in type(record).model_fields:
-        value = _value_to_datum(getattr(record, name))
-        if name in named and isinstance(value, dict):
-            value = (getattr(record, name).avro_name, value)
-        out[name] = value
-    return out
+    datum = record.model_dump()
+    _name_unions(record, datum)
+    return datum
+
+
+def _name_unions(record: Record, datum: dict[str, Any]) -> None:
+    for name, kind in _plan(type(record)):
+        value = getattr(record, name)
+        if value is None:
+            continue
+        if kind == "named":
+            _name_unions(value, datum[name])
+            datum[name] = (value.avro_name, datum[name])
+        elif kind == "record":
+            _name_unions(value, datum[name])
+        else:  # a list of records that contain named unions
+            for item, item_datum in zip(value, datum[name], strict=True):
+                _name_unions(item, item_datum)
 
 
 @cache
-def _named_union_fields(cls: type[Record]) -> frozenset[str]:
-    fields = set()
+def _plan(cls: type[Record]) -> tuple[tuple[str, str], ...]:
+    """Fields of ``cls`` that need union names, directly ("named") or inside ("record", "list")."""
+    plan = []
     for name, info in cls.model_fields.items():
-        args = get_args(info.annotation) if get_origin(info.annotation) in (Union, UnionType) else ()
-        if sum(isinstance(a, type) and issubclass(a, Record) for a in args) > 1:
-            fields.add(name)
-    return frozenset(fields)
+        annotation = info.annotation
+        origin = get_origin(annotation)
+        args = get_args(annotation) if origin in (Union, UnionType) else ()
+        records = [a for a in args if isinstance(a, type) and issubclass(a, Record)]
+        if len(records) > 1:
+            plan.append((name, "named"))
+        elif origin is list and _holds_named(get_args(annotation)[0], cls):
+            plan.append((name, "list"))
+        elif len(records) == 1 and _holds_named(records[0], cls):
+            plan.append((name, "record"))
+        elif isinstance(annotation, type) and issubclass(annotation, Record) and _holds_named(annotation, cls):
+            plan.append((name, "record"))
+    return tuple(plan)
 
 
-def _value_to_datum(value: Any) -> Any:
-    if isinstance(value, Record):
-        return to_datum(value)
-    if isinstance(value, list):
-        return [_value_to_datum(v) for v in value]
-    if isinstance(value, StrEnum):
-        return value.value
-    return value
+def _holds_named(inner: Any, outer: type[Record]) -> bool:
+    """Whether records of type ``inner`` contain named unions (a result's ``members`` are results)."""
+    if not (isinstance(inner, type) and issubclass(inner, Record)):
+        return False
+    if inner is outer:
+        return True
+    return bool(_plan(inner))
 
 
 def from_datum(cls: type[Record], datum: dict[str, Any]) -> Any:
