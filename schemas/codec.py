@@ -144,6 +144,8 @@ class AvroCodec:
                 writer.parsed,
                 None if writer.fingerprint == reader.fingerprint else reader.parsed,
                 return_record_name=True,
+                # Names only where a union has several records: the only place they are needed.
+                return_record_name_override=True,
             )
         except (EOFError, StopIteration) as exc:
             raise DecodeError(f"truncated {writer.name} record") from exc

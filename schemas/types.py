@@ -593,7 +593,7 @@ def _holds_named(inner: Any, outer: type[Record]) -> bool:
 
 
 def from_datum(cls: type[Record], datum: dict[str, Any]) -> Any:
-    """Build ``cls`` from a datum read with ``return_record_name=True``."""
+    """Build ``cls`` from a datum read with ``return_record_name`` (and its override) on."""
     if not _plan(cls):  # no union of records anywhere inside (requests): nothing to unwrap
         return cls.model_validate(datum)
     return cls.model_validate(_strip_names(datum))

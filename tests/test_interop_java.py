@@ -160,6 +160,7 @@ def test_a_vision_result_encoded_by_python_decodes_in_java_avro_with_its_fingerp
         "created_at": 1767323046789,  # 2026-01-02T03:04:06.789Z in timestamp-millis
         "attributes": {"cache": "miss"},
         "metadata": {"tenant": "acme"},
+        "members": [],  # the recursive array (ensemble members) decodes in Java too
     }
     # Java's BinaryMessageEncoder writes the very bytes we wrote, header included.
     assert bytes.fromhex(decoded["reencoded"]) == data
