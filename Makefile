@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Extras installed by `make setup`: everything, so `make test` exercises every backend.
 EXTRAS ?= dev,all
 # Debian packages the backends and tests use (installed by `make system-deps` when missing).
-APT_PACKAGES ?= kcat espeak-ng ffmpeg redis-server tesseract-ocr tesseract-ocr-eng fonts-dejavu-core
+APT_PACKAGES ?= kcat espeak-ng ffmpeg redis-server tesseract-ocr tesseract-ocr-eng fonts-dejavu-core docker-compose
 # llama-cpp-python has no wheel on PyPI: build a portable one (pip caches it in ~/.cache/pip).
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
@@ -65,6 +65,9 @@ test-chaos: setup kafka-jars ## crashes, broker restarts, rebalances and fuzzing
 
 bench: setup kafka-jars ## the benchmarks (minutes; not part of test)
 	$(BIN)/python -m bench.throughput
+
+bench-peers: setup kafka-jars ## altlas vs Quix Streams, FastStream, MLServer, raw aiokafka (~10 min; peers install into ~/.cache/altlas/peers)
+	$(BIN)/python -m bench.peers $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

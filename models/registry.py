@@ -34,6 +34,7 @@ class ModelMetadata:
     max_batch: int = 32
     concurrency: int | None = None  # batches at once on this model (else the global setting)
     load_ms: float | None = None  # declared reload cost (else measured) for cost-aware eviction
+    timeout_s: float | None = None  # longest wait for this model's answer (else routing.attempt_timeout_s)
     memory_mb: float | None = None
     labels: tuple[str, ...] = ()
 
@@ -239,15 +240,33 @@ def check_pickle_paths(registry: ModelRegistry, trusted_dirs: list[Path]) -> Non
     """
     roots = [d.expanduser().resolve() for d in trusted_dirs]
     for spec in registry:
-        if spec.path is None or spec.path.suffix.lower() not in PICKLE_SUFFIXES:
-            continue
-        real = spec.path.resolve()
-        if not any(real.is_relative_to(root) for root in roots):
+        for path in _weight_paths(spec):
+            real = path.resolve()
+            if any(real.is_relative_to(root) for root in roots):
+                continue
             allowed = ", ".join(str(r) for r in roots) or "none"
             raise ValueError(
                 f"model {spec.key}: pickle-based weights {real} are outside "
                 f"the trusted model directories ({allowed})"
             )
+
+
+def _weight_paths(spec: ModelSpec) -> list[Path]:
+    """Pickle-format files a spec names: its path, and any param value that is such a file."""
+    found = [spec.path] if spec.path is not None else []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str) and Path(value).suffix.lower() in PICKLE_SUFFIXES:
+            found.append(Path(value).expanduser())
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(spec.params)
+    return [p for p in found if p.suffix.lower() in PICKLE_SUFFIXES]
 
 
 def _version_key(version: str) -> tuple[tuple[int, Any], ...]:

@@ -73,9 +73,11 @@ class MultiModelExecutor:
             return await self._ensemble(request, plan, span)
         return await self._fallback(request, plan, span)
 
-    def budget(self, request: AnyRequest) -> float:
-        """Seconds this request may still spend."""
+    def budget(self, request: AnyRequest, spec: ModelSpec | None = None) -> float:
+        """Seconds this request may still spend (a model's ``metadata.timeout_s`` overrides the setting)."""
         budget = self.attempt_timeout_s
+        if spec is not None and spec.metadata.timeout_s is not None:
+            budget = spec.metadata.timeout_s
         timeout_ms = request.params.get("timeout_ms")
         if isinstance(timeout_ms, int | float) and not isinstance(timeout_ms, bool) and timeout_ms > 0:
             budget = min(budget, timeout_ms / 1000)
@@ -108,6 +110,7 @@ class MultiModelExecutor:
         deadline = time.monotonic() + self.budget(request)
         health = self.workers.health
         for spec in plan.specs:
+            deadline = min(deadline, time.monotonic() + self.budget(request, spec))
             if health is not None and health.is_open(spec):
                 tried.append(
                     Member(
@@ -140,8 +143,10 @@ class MultiModelExecutor:
         return Execution(last.output, last.spec, last.job, tried, False, attributes)
 
     async def _ensemble(self, request: AnyRequest, plan: Plan, span: SpanContext | None) -> Execution:
-        budget = self.budget(request)
-        tasks = [asyncio.create_task(self._attempt(request, plan, spec, span, budget)) for spec in plan.specs]
+        tasks = [
+            asyncio.create_task(self._attempt(request, plan, spec, span, self.budget(request, spec)))
+            for spec in plan.specs
+        ]
         members = list(await asyncio.gather(*tasks))
         good = [m for m in members if not isinstance(m.output, BaseException)]
         missed = [m for m in members if isinstance(m.output, DeadlineExceeded)]

@@ -24,8 +24,10 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from typing import Any, Literal
 
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
@@ -297,6 +299,8 @@ class Gateway:
             return request, await asyncio.wait_for(future, timeout)
         except TimeoutError:
             return request, None
+        except KafkaError as exc:  # the request was not published: the caller may retry
+            raise GatewayError(503, "KAFKA_UNAVAILABLE", f"cannot publish the request: {exc}") from exc
         finally:
             waiter.forget(request.request_id)
 
@@ -382,6 +386,21 @@ def parse_param(raw: str) -> ParamValue:
     return raw  # an object has no param form: keep the text
 
 
+def to_json(value: Any) -> Any:
+    """A dumped record as JSON data; bytes (audio, images) as standard base64, which any client decodes."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
@@ -422,7 +441,7 @@ def _answer(
     output = getattr(result, "output", None)  # each modality's Result subclass narrows its own output
     if isinstance(output, Speech) and result.status is ResultStatus.OK and _wants_audio(accept):
         return Response(output.audio, media_type=f"audio/{output.format}", headers=headers)
-    return JSONResponse(result.model_dump(mode="json", exclude_none=True), http_status(result), headers)
+    return JSONResponse(to_json(result.model_dump(exclude_none=True)), http_status(result), headers)
 
 
 def _modality_and_task(body: InferenceBody, data: bytes | str) -> tuple[Modality, str]:

@@ -10,7 +10,7 @@ Input errors (a corrupt image) say nothing about the model and do not count.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from altlas.models.errors import ModelError
@@ -111,7 +111,7 @@ class ModelHealth:
             rec.open_until = self._clock() + self.cooldown_s
             self._notify(spec, True, f"{rec.failures} consecutive failures, last {code}: {message}"[:500])
 
-    def observe(self, spec: ModelSpec, outputs: list[object], inference_ms: float) -> None:
+    def observe(self, spec: ModelSpec, outputs: Sequence[object], inference_ms: float) -> None:
         """Learn from one batch: per-item latency when it ran, and each item's success or failure."""
         good = [o for o in outputs if not isinstance(o, BaseException)]
         if good and inference_ms > 0:

@@ -317,7 +317,7 @@ class RequestProcessor:
                 streams[i] = self._chunk_stream(records[i], work)
                 on_chunk = streams[i].push
             futures[i] = self.ctx.workers.submit(spec, work.plan.pipeline, prep, ctx, on_chunk)
-        timed_out = await self._await_with_deadlines(futures, {w.index: w.request for w in singles})
+        timed_out = await self._await_with_deadlines(futures, {w.index: w for w in singles})
         for work in singles:
             i = work.index
             if i not in futures:
@@ -343,13 +343,14 @@ class RequestProcessor:
             outcomes[i].chunks = streams.get(i)  # type: ignore[union-attr]
 
     async def _await_with_deadlines(
-        self, futures: dict[int, asyncio.Future[JobResult]], requests: dict[int, AnyRequest]
+        self, futures: dict[int, asyncio.Future[JobResult]], works: dict[int, _Work]
     ) -> set[int]:
         """Wait for the jobs, each until its own time budget; returns the indexes that ran out."""
         if not futures:
             return set()
         loop = asyncio.get_running_loop()
-        deadline_of = {i: loop.time() + self.ctx.executor.budget(requests[i]) for i in futures}
+        budget = self.ctx.executor.budget
+        deadline_of = {i: loop.time() + budget(works[i].request, works[i].plan.specs[0]) for i in futures}
         pending = set(futures)
         timed_out: set[int] = set()
         for deadline in sorted(set(deadline_of.values())):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -24,7 +25,8 @@ def _default(info: FieldInfo) -> str:
         value = info.default
     if value is None:
         return "unset"
-    return f"`{value}`"
+    text = str(value).replace(str(Path.home()), "~")  # the reference must not show this machine's home
+    return f"`{text}`".replace("|", "\\|")
 
 
 def _rows(model: type[BaseModel], env: str, path: str) -> list[tuple[str, str, str, str]]:
@@ -35,6 +37,7 @@ def _rows(model: type[BaseModel], env: str, path: str) -> list[tuple[str, str, s
             rows += _rows(annotation, f"{env}{name.upper()}__", f"{path}{name}.")
             continue
         type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        type_name = type_name.replace("|", "\\|")  # a bare | would split the markdown table cell
         rows.append(
             (
                 f"{path}{name}",

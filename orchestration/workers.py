@@ -110,7 +110,11 @@ class _Lane:
         except Exception as exc:  # load failure, budget: every job of the batch gets it
             outputs, inference_ms = [exc] * len(batch), 0.0
         if self.health is not None:
-            self.health.observe(self.spec, list(outputs), inference_ms)
+            # Jobs whose callers gave up (timed out) were already counted as failures;
+            # their late answers must not count as successes and close an open circuit.
+            live = [out for job, out in zip(batch, outputs, strict=True) if not job.future.done()]
+            if live:
+                self.health.observe(self.spec, live, inference_ms * len(live) / len(batch))
         if self.on_batch is not None and inference_ms > 0:
             self.on_batch(self.spec.key, len(batch), inference_ms)
         for job, out in zip(batch, outputs, strict=True):

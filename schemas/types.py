@@ -576,10 +576,10 @@ def _plan(cls: type[Record]) -> tuple[tuple[str, str], ...]:
             plan.append((name, "named"))
         elif origin is list and _holds_named(get_args(annotation)[0], cls):
             plan.append((name, "list"))
-        elif len(records) == 1 and _holds_named(records[0], cls):
-            plan.append((name, "record"))
-        elif isinstance(annotation, type) and issubclass(annotation, Record) and _holds_named(annotation, cls):
-            plan.append((name, "record"))
+        else:
+            single = records[0] if len(records) == 1 else annotation  # Optional[Record] or Record
+            if _holds_named(single, cls):
+                plan.append((name, "record"))
     return tuple(plan)
 
 
