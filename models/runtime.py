@@ -42,6 +42,17 @@ RuntimeFactory = Callable[[ModelSpec], ModelRuntime]
 #: needed when a model of that backend is actually configured.
 BACKENDS: dict[str, str] = {
     "onnx": "altlas.models.onnx:OnnxRuntime",
+    "ultralytics": "altlas.models.yolo:UltralyticsRuntime",
+    "opencv-cascade": "altlas.models.cascade:CascadeRuntime",
+    "tesseract": "altlas.models.tesseract:TesseractRuntime",
+    "llama.cpp": "altlas.models.llama:LlamaRuntime",
+    "silero-vad": "altlas.models.silero_vad:SileroVadRuntime",
+    "ge2e": "altlas.models.speaker_embedding:SpeakerEmbeddingRuntime",
+    "faster-whisper": "altlas.models.whisper:WhisperRuntime",
+    "espeak-ng": "altlas.models.espeak:EspeakRuntime",
+    "piper": "altlas.models.piper:PiperRuntime",
+    "coqui": "altlas.models.coqui:CoquiRuntime",
+    "pyannote": "altlas.models.pyannote:PyannoteRuntime",
 }
 
 

@@ -15,6 +15,18 @@ from altlas.pipelines.base import Output, Pipeline, PipelineLimits, Prepared
 #: optional dependency is missing is left out, and its task answers UNKNOWN_TASK.
 PIPELINES: dict[str, str] = {
     "vision.classify": "altlas.pipelines.image_classification:ImageClassificationPipeline",
+    "vision.detect": "altlas.pipelines.detection:DetectionPipeline",
+    "vision.ocr": "altlas.pipelines.ocr:OcrPipeline",
+    "vision.segment": "altlas.pipelines.segmentation:SegmentationPipeline",
+    "audio.transcribe": "altlas.pipelines.transcription:TranscriptionPipeline",
+    "audio.tts": "altlas.pipelines.tts:SpeechPipeline",
+    "text.tts": "altlas.pipelines.tts:TextSpeechPipeline",
+    "audio.classify": "altlas.pipelines.audio_classification:AudioClassificationPipeline",
+    "audio.diarize": "altlas.pipelines.diarization:DiarizationPipeline",
+    "text.generate": "altlas.pipelines.text_generation:TextGenerationPipeline",
+    "text.chat": "altlas.pipelines.text_chat:TextChatPipeline",
+    "text.embed": "altlas.pipelines.text_embedding:TextEmbeddingPipeline",
+    "text.classify": "altlas.pipelines.text_classification:TextClassificationPipeline",
 }
 
 

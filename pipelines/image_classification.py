@@ -1,9 +1,11 @@
-"""Image classification on ONNX Runtime: resize, crop, normalise, top-k.
+"""Image classification on ONNX Runtime or ultralytics: resize, crop, normalise, top-k.
 
 Preprocessing is data in the registry entry (``params.preprocess``), because
 every classifier was trained with its own recipe and getting it wrong silently
 degrades accuracy. Labels come from the registry, or from a key of the ONNX
-file's metadata where the model carries them.
+file's metadata where the model carries them. An ultralytics classifier
+(``backend: ultralytics``, YOLO-cls) brings its own preprocessing and class
+names; ``params.imgsz`` sets its input size.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from PIL import Image
 from altlas.models.onnx import OnnxRuntime
 from altlas.models.registry import ModelSpec
 from altlas.models.runtime import ModelRuntime
+from altlas.models.yolo import UltralyticsRuntime, YoloInput
 from altlas.pipelines.base import Output, PipelineLimits, Prepared, int_param, model_param
 from altlas.pipelines.image import decode_image
 from altlas.schemas.errors import InvalidRequestError
@@ -47,10 +50,12 @@ def preprocess(image: Image.Image, recipe: Mapping[str, Any], model_hw: tuple[in
         short = int(recipe["resize_short"])
         w, h = image.size
         ratio = short / min(w, h)
-        image = image.resize((max(1, round(w * ratio)), max(1, round(h * ratio))), resample)
+        # reducing_gap: shrink by an integer factor first, then resample: several times faster on
+        # large images and, at a gap of 3, indistinguishable from a full resample (Pillow's docs).
+        image = image.resize((max(1, round(w * ratio)), max(1, round(h * ratio))), resample, reducing_gap=3.0)
     elif (size := _size(recipe.get("resize"))) or model_hw:
         target = size or (model_hw[1], model_hw[0])  # type: ignore[index]
-        image = image.resize(target, resample)
+        image = image.resize(target, resample, reducing_gap=3.0)
     crop = _size(recipe.get("crop"))
     if crop is not None:
         cw, ch = crop
@@ -93,6 +98,8 @@ class ImageClassificationPipeline:
             raise InvalidRequestError("vision payload must be bytes")
         int_param(params, "top_k", 5, lo=1, hi=1000)
         image = decode_image(payload, max_pixels=self.limits.max_image_pixels)
+        if spec.backend == "ultralytics":  # ultralytics resizes and normalises itself, from BGR pixels
+            return Prepared(np.ascontiguousarray(np.asarray(image)[..., ::-1]), params)
         recipe = dict(model_param(spec, "preprocess", {}) or {})
         model_hw = _size(model_param(spec, "input_size"))
         tensor = preprocess(image, recipe, (model_hw[1], model_hw[0]) if model_hw else None)
@@ -101,31 +108,42 @@ class ImageClassificationPipeline:
     def run(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
         """Classify a batch; output i answers item i."""
         spec = runtime.spec
+        if isinstance(runtime, UltralyticsRuntime):
+            raw = runtime.predict_batch([YoloInput(item.data) for item in items])
+            return self._top_k(
+                items, [o if isinstance(o, Exception) else o.probs for o in raw], runtime.names
+            )
         input_name = model_param(spec, "input_name")
         if input_name is None and isinstance(runtime, OnnxRuntime):
             input_name = runtime.input_names[0]
         raw = runtime.predict_batch([{input_name: item.data} for item in items])
-        labels = self._labels(runtime)
         apply_softmax = str(model_param(spec, "output", "probabilities")) == "logits"
-        outputs: list[Output] = []
-        for item, out in zip(items, raw, strict=True):
+        scores: list[Any] = []
+        for out in raw:
             if isinstance(out, Exception):
-                outputs.append(out)
+                scores.append(out)
                 continue
-            scores = np.asarray(next(iter(out.values())) if isinstance(out, dict) else out, dtype=np.float32)
-            scores = scores.reshape(-1)
-            if apply_softmax:
-                scores = softmax(scores)
+            values = np.asarray(next(iter(out.values())) if isinstance(out, dict) else out, dtype=np.float32)
+            scores.append(softmax(values.reshape(-1)) if apply_softmax else values.reshape(-1))
+        return self._top_k(items, scores, dict(enumerate(self._labels(runtime))))
+
+    @staticmethod
+    def _top_k(
+        items: Sequence[Prepared], all_scores: Sequence[Any], labels: Mapping[int, str]
+    ) -> list[Output]:
+        """Best-first labels per item; an exception in a slot stays that item's answer."""
+        outputs: list[Output] = []
+        for item, scores in zip(items, all_scores, strict=True):
+            if isinstance(scores, Exception):
+                outputs.append(scores)
+                continue
+            scores = np.asarray(scores, dtype=np.float32).reshape(-1)
             k = min(int_param(item.params, "top_k", 5, lo=1, hi=1000), scores.size)
             top = np.argsort(-scores, kind="stable")[:k]
             outputs.append(
                 Classification(
                     labels=[
-                        Label(
-                            index=int(i),
-                            label=labels[i] if i < len(labels) else str(int(i)),
-                            score=float(scores[i]),
-                        )
+                        Label(index=int(i), label=labels.get(int(i), str(int(i))), score=float(scores[i]))
                         for i in top
                     ]
                 )

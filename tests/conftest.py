@@ -28,6 +28,9 @@ from altlas.orchestration.service import Orchestrator, build_codec
 from altlas.orchestration.settings import Settings, load_settings
 from altlas.orchestration.topics import ensure_topics, topic_plan
 from tests.builders import mean_color_classifier
+from tests.fixtures_audio import *  # noqa: F403 - audio models (tiny.en, Piper, GE2E, Silero) and speech
+from tests.fixtures_text import *  # noqa: F403 - text models (tiny GGUF, SmolLM2, MiniLM)
+from tests.fixtures_vision import *  # noqa: F403 - vision models (YOLO built on disk, Haar, layout, DBNet)
 from tests.registry import schema_registry_url  # noqa: F401 - session fixture: a real schema registry
 
 KAFKA_VERSION = os.environ.get("ALTLAS_TEST_KAFKA_VERSION", "4.1.2")
@@ -140,6 +143,7 @@ def isolated_settings(bootstrap: str, registry: Path | None, **overrides: Any) -
         "topics": topics,
         "models": {"registry": str(registry) if registry else None},
         "instance_id": f"test-{tag}",
+        "metrics": {"port": 0},
     }
     for key, value in overrides.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
