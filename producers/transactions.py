@@ -30,6 +30,11 @@ from altlas.producers.publisher import OutboundMessage
 log = logging.getLogger(__name__)
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class Fenced(Exception):
     """Another instance took over this transactional id: this one is a zombie and must stop."""
 
@@ -83,7 +88,10 @@ class TransactionalPublisher:
             try:
                 await producer.begin_transaction()
                 for msg in messages:
-                    await producer.send(msg.topic, msg.value, key=msg.key, headers=list(msg.headers))
+                    sent = await producer.send(msg.topic, msg.value, key=msg.key, headers=list(msg.headers))
+                    # The commit below is what we wait on; an aborted send's own error is
+                    # read here so that it is not reported as "never retrieved".
+                    sent.add_done_callback(_retrieve)
                 if offsets:
                     await producer.send_offsets_to_transaction(
                         {TopicPartition(t, p): off for (t, p), off in offsets.items()}, group_id
