@@ -26,7 +26,7 @@ from altlas.models.runtime import ModelRuntime
 from altlas.models.yolo import UltralyticsRuntime, YoloInput, YoloOutput
 from altlas.pipelines.base import Output, PipelineLimits, Prepared, model_param
 from altlas.pipelines.image import decode_image
-from altlas.pipelines.image_classification import preprocess
+from altlas.pipelines.image_classification import Recipe, preprocess
 from altlas.pipelines.picodet import decode_picodet
 from altlas.pipelines.vision_params import (
     class_filter,
@@ -129,7 +129,7 @@ class DetectionPipeline:
         if spec.backend == "opencv-cascade":
             pixels = np.asarray(image.convert("L"))
         elif spec.backend == "onnx":
-            pixels = preprocess(image, dict(model_param(spec, "preprocess", {}) or {}), None)
+            pixels = preprocess(image, Recipe.parse(dict(model_param(spec, "preprocess", {}) or {}), None))
         else:
             pixels = np.ascontiguousarray(rgb[..., ::-1])
         width, height = image.size

@@ -20,6 +20,8 @@ from altlas.schemas.errors import ErrorCode, InvalidRequestError, PayloadTooLarg
 # reported with the declared size.
 Image.MAX_IMAGE_PIXELS = None
 
+_ORIENTATION = 0x0112  # the EXIF tag
+
 #: Container formats accepted on the wire (Pillow's names).
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
 
@@ -40,7 +42,9 @@ def decode_image(data: bytes, *, max_pixels: int, mode: str = "RGB") -> Image.Im
                     f"image declares {width}x{height} = {width * height} pixels, limit is {max_pixels}"
                 )
             opened.load()
-            image: Image.Image = ImageOps.exif_transpose(opened)
+            image: Image.Image = opened
+            if opened.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even when upright
+                image = ImageOps.exif_transpose(opened)
             if image.mode != mode:
                 image = image.convert(mode)
     except (InvalidRequestError, PayloadTooLargeError):

@@ -11,6 +11,7 @@ names; ``params.imgsz`` sets its input size.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,36 +44,62 @@ def _size(value: Any) -> tuple[int, int] | None:
     return int(w), int(h)
 
 
-def preprocess(image: Image.Image, recipe: Mapping[str, Any], model_hw: tuple[int, int] | None) -> np.ndarray:
-    """Apply a registry recipe to an RGB image; returns CHW (or HWC) float32."""
-    resample = _RESAMPLE[str(recipe.get("interpolation", "bilinear"))]
-    if "resize_short" in recipe:
-        short = int(recipe["resize_short"])
+@dataclass(frozen=True)
+class Recipe:
+    """A registry ``preprocess`` recipe, parsed once per model instead of once per image."""
+
+    resample: Image.Resampling
+    resize_short: int | None
+    resize: tuple[int, int] | None
+    crop: tuple[int, int] | None
+    bgr: bool
+    nchw: bool
+    scale: np.float32
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def parse(cls, recipe: Mapping[str, Any], model_hw: tuple[int, int] | None) -> Recipe:
+        """From the registry's mapping; ``model_hw`` (h, w) is the fallback resize target."""
+        size = _size(recipe.get("resize"))
+        return cls(
+            resample=_RESAMPLE[str(recipe.get("interpolation", "bilinear"))],
+            resize_short=int(recipe["resize_short"]) if "resize_short" in recipe else None,
+            resize=size or ((model_hw[1], model_hw[0]) if model_hw else None),
+            crop=_size(recipe.get("crop")),
+            bgr=str(recipe.get("channel_order", "RGB")).upper() == "BGR",
+            nchw=str(recipe.get("layout", "NCHW")).upper() == "NCHW",
+            scale=np.float32(recipe.get("scale", 1.0 / 255.0)),
+            mean=np.asarray(recipe.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32),
+            std=np.asarray(recipe.get("std", [1.0, 1.0, 1.0]), dtype=np.float32),
+        )
+
+
+def preprocess(image: Image.Image, recipe: Recipe) -> np.ndarray:
+    """Apply a recipe to an RGB image; returns CHW (or HWC) float32."""
+    if recipe.resize_short is not None:
         w, h = image.size
-        ratio = short / min(w, h)
+        ratio = recipe.resize_short / min(w, h)
         # reducing_gap: shrink by an integer factor first, then resample: several times faster on
         # large images and, at a gap of 3, indistinguishable from a full resample (Pillow's docs).
-        image = image.resize((max(1, round(w * ratio)), max(1, round(h * ratio))), resample, reducing_gap=3.0)
-    elif (size := _size(recipe.get("resize"))) or model_hw:
-        target = size or (model_hw[1], model_hw[0])  # type: ignore[index]
-        image = image.resize(target, resample, reducing_gap=3.0)
-    crop = _size(recipe.get("crop"))
-    if crop is not None:
-        cw, ch = crop
+        target = (max(1, round(w * ratio)), max(1, round(h * ratio)))
+        if target != image.size:
+            image = image.resize(target, recipe.resample, reducing_gap=3.0)
+    elif recipe.resize is not None and recipe.resize != image.size:
+        image = image.resize(recipe.resize, recipe.resample, reducing_gap=3.0)
+    if recipe.crop is not None:
+        cw, ch = recipe.crop
         w, h = image.size
         if w < cw or h < ch:
-            image = image.resize((max(w, cw), max(h, ch)), resample)
+            image = image.resize((max(w, cw), max(h, ch)), recipe.resample)
             w, h = image.size
         left, top = (w - cw) // 2, (h - ch) // 2
         image = image.crop((left, top, left + cw, top + ch))
     arr = np.asarray(image, dtype=np.float32)
-    if str(recipe.get("channel_order", "RGB")).upper() == "BGR":
+    if recipe.bgr:
         arr = arr[..., ::-1]
-    arr = arr * np.float32(recipe.get("scale", 1.0 / 255.0))
-    mean = np.asarray(recipe.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32)
-    std = np.asarray(recipe.get("std", [1.0, 1.0, 1.0]), dtype=np.float32)
-    arr = (arr - mean) / std
-    if str(recipe.get("layout", "NCHW")).upper() == "NCHW":
+    arr = (arr * recipe.scale - recipe.mean) / recipe.std
+    if recipe.nchw:
         arr = arr.transpose(2, 0, 1)
     return np.ascontiguousarray(arr, dtype=np.float32)
 
@@ -91,6 +118,7 @@ class ImageClassificationPipeline:
 
     def __init__(self, limits: PipelineLimits | None = None) -> None:
         self.limits = limits or PipelineLimits()
+        self._recipes: dict[str, Recipe] = {}
 
     def prepare(self, payload: bytes | str, params: Mapping[str, ParamValue], spec: ModelSpec) -> Prepared:
         """Decode and preprocess one image to the model's input tensor."""
@@ -100,10 +128,18 @@ class ImageClassificationPipeline:
         image = decode_image(payload, max_pixels=self.limits.max_image_pixels)
         if spec.backend == "ultralytics":  # ultralytics resizes and normalises itself, from BGR pixels
             return Prepared(np.ascontiguousarray(np.asarray(image)[..., ::-1]), params)
-        recipe = dict(model_param(spec, "preprocess", {}) or {})
-        model_hw = _size(model_param(spec, "input_size"))
-        tensor = preprocess(image, recipe, (model_hw[1], model_hw[0]) if model_hw else None)
-        return Prepared(tensor, params)
+        return Prepared(preprocess(image, self._recipe(spec)), params)
+
+    def _recipe(self, spec: ModelSpec) -> Recipe:
+        recipe = self._recipes.get(spec.key)
+        if recipe is None:
+            model_hw = _size(model_param(spec, "input_size"))
+            recipe = Recipe.parse(
+                dict(model_param(spec, "preprocess", {}) or {}),
+                (model_hw[1], model_hw[0]) if model_hw else None,
+            )
+            self._recipes[spec.key] = recipe
+        return recipe
 
     def run(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
         """Classify a batch; output i answers item i."""
@@ -139,12 +175,15 @@ class ImageClassificationPipeline:
                 continue
             scores = np.asarray(scores, dtype=np.float32).reshape(-1)
             k = min(int_param(item.params, "top_k", 5, lo=1, hi=1000), scores.size)
-            top = np.argsort(-scores, kind="stable")[:k]
+            top = np.argsort(-scores, kind="stable")[:k].tolist()
+            values = scores[top].tolist()
+            # model_construct: index, label and score are ours and well-typed; validating
+            # them again per label cost more than the model call for small classifiers.
             outputs.append(
-                Classification(
+                Classification.model_construct(
                     labels=[
-                        Label(index=int(i), label=labels.get(int(i), str(int(i))), score=float(scores[i]))
-                        for i in top
+                        Label.model_construct(index=i, label=labels.get(i, str(i)), score=v)
+                        for i, v in zip(top, values, strict=True)
                     ]
                 )
             )

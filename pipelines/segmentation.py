@@ -28,7 +28,7 @@ from altlas.models.yolo import UltralyticsRuntime, YoloOutput
 from altlas.pipelines.base import Output, PipelineLimits, Prepared, model_param
 from altlas.pipelines.detection import DetectItem, boxes_record, labels_of, yolo_input
 from altlas.pipelines.image import decode_image
-from altlas.pipelines.image_classification import preprocess
+from altlas.pipelines.image_classification import Recipe, preprocess
 from altlas.pipelines.masks import encode_rle, mask_polygons
 from altlas.pipelines.vision_params import (
     class_filter,
@@ -90,7 +90,7 @@ class SegmentationPipeline:
         threshold = float_param(params, spec, "threshold", 0.5, lo=0.0, hi=1.0)
         image = decode_image(payload, max_pixels=self.limits.max_image_pixels)
         if spec.backend == "onnx":
-            pixels = preprocess(image, dict(model_param(spec, "preprocess", {}) or {}), None)
+            pixels = preprocess(image, Recipe.parse(dict(model_param(spec, "preprocess", {}) or {}), None))
         else:
             pixels = np.ascontiguousarray(np.asarray(image)[..., ::-1])
         width, height = image.size
