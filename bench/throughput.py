@@ -69,6 +69,8 @@ def _start_altlas(
         },
         "models": {"registry": str(registry)},
         "batching": {"max_batch": 512, "fetch_max_records": 512, "max_wait_ms": 0},
+        "cache": {"enabled": False},  # the requests repeat 64 images: the raw loop has no cache either
+        "metrics": {"port": 0},
     }
     path = workdir / f"altlas-{topic_in}.yaml"
     path.write_text(yaml.safe_dump(config))

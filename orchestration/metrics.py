@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from altlas.models.manager import ModelEvent
@@ -16,6 +18,7 @@ class Metrics:
     """The counters, histograms and gauges altlas exports."""
 
     def __init__(self) -> None:
+        self._children: dict[tuple[str, ...], tuple[Any, Any]] = {}
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "altlas_requests",
@@ -70,9 +73,16 @@ class Metrics:
             self.dead_letters.labels(modality, code).inc()
         if result is None:
             return
-        model = f"{result.model_id}@{result.model_version}" if result.model_id else ""
-        self.requests.labels(modality, result.task, model, result.status.value, code).inc()
-        self.request_seconds.labels(modality, model).observe(result.total_ms / 1000)
+        key = (modality, result.task, result.model_id, result.model_version, result.status.value, code)
+        children = self._children.get(key)
+        if children is None:  # labels() costs more than the increment: resolve each label set once
+            model = f"{result.model_id}@{result.model_version}" if result.model_id else ""
+            children = self._children[key] = (
+                self.requests.labels(modality, result.task, model, result.status.value, code),
+                self.request_seconds.labels(modality, model),
+            )
+        children[0].inc()
+        children[1].observe(result.total_ms / 1000)
         how = result.attributes.get("cache")
         if how is not None:
             self.cache.labels(how).inc()
