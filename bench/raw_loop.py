@@ -12,8 +12,10 @@ import argparse
 import asyncio
 import io
 import signal
+import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import fastavro
 import numpy as np
@@ -23,6 +25,9 @@ from PIL import Image
 
 from altlas.schemas.catalog import SchemaCatalog
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+from handler import WORKLOADS  # the preprocessing every peer shares
+
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
@@ -31,13 +36,17 @@ async def main() -> None:
     parser.add_argument("--output", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--group", required=True)
+    parser.add_argument("--workload", default="tiny", choices=sorted(WORKLOADS))
+    parser.add_argument("--max-records", type=int, default=512)
     args = parser.parse_args()
 
     catalog = SchemaCatalog()
     req_info, res_info = catalog.get("VisionRequest"), catalog.get("VisionResult")
     header = b"\xc3\x01" + res_info.fingerprint
     session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
-    labels = session.get_modelmeta().custom_metadata_map["labels"].splitlines()
+    preprocess, labels_key, model_id = WORKLOADS[args.workload]
+    input_name = session.get_inputs()[0].name
+    labels = session.get_modelmeta().custom_metadata_map[labels_key].splitlines()
 
     consumer = AIOKafkaConsumer(
         args.input,
@@ -45,7 +54,7 @@ async def main() -> None:
         group_id=args.group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_poll_records=512,
+        max_poll_records=args.max_records,
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=args.bootstrap, acks="all", linger_ms=2, max_batch_size=1024 * 1024
@@ -56,7 +65,7 @@ async def main() -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     try:
         while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=200, max_records=512)
+            batches = await consumer.getmany(timeout_ms=200, max_records=args.max_records)
             records = [r for recs in batches.values() for r in recs]
             if not records:
                 continue
@@ -66,14 +75,9 @@ async def main() -> None:
             ]
             pixels = []
             for req in requests:
-                image = (
-                    Image.open(io.BytesIO(req["payload"]))
-                    .convert("RGB")
-                    .resize((4, 4), Image.Resampling.BILINEAR)
-                )
-                pixels.append((np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1))
+                pixels.append(preprocess(Image.open(io.BytesIO(req["payload"])).convert("RGB")))
             t1 = time.perf_counter()
-            probs = session.run(None, {"image": np.stack(pixels)})[0]
+            probs = session.run(None, {input_name: np.stack(pixels)})[0]
             inference_ms = (time.perf_counter() - t1) * 1000
             futures = []
             for req, p in zip(requests, probs, strict=True):
@@ -82,7 +86,7 @@ async def main() -> None:
                     "request_id": req["request_id"],
                     "task": "classify",
                     "status": "ok",
-                    "model_id": "mean-color",
+                    "model_id": model_id,
                     "model_version": "1",
                     "output": (
                         "altlas.events.Classification",
