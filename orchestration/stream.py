@@ -54,6 +54,11 @@ class StreamWorker:
         self._rewind_needed = False
         self._rewind_backoff = retry_backoff_s
         self.fatal: BaseException | None = None
+        self._txn_work: list[tuple[list[OutboundMessage], list[InboundRecord]]] = []
+        self._txn_ready = asyncio.Event()  # work is waiting for the committer
+        self._txn_taken = asyncio.Event()  # the committer took the waiting work
+        self._txn_idle = asyncio.Event()  # nothing waiting, nothing being committed
+        self._txn_idle.set()
         self.batches = 0
         self.records = 0
 
@@ -61,6 +66,35 @@ class StreamWorker:
         """Until ``stop`` is set: fetch and hand batches to concurrent tasks."""
         previous = asyncio.Event()
         previous.set()
+        committer = None
+        if self.transactions is not None:
+            committer = asyncio.create_task(self._commit_loop())
+            committer.add_done_callback(self._committer_done)
+        try:
+            await self._fetch_loop(stop, previous)
+        finally:
+            if committer is not None:
+                await self._finish_commits(committer)
+
+    async def _finish_commits(self, committer: asyncio.Task[None]) -> None:
+        """At stop: let batches still in flight reach the committer, then stop it."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=30)
+        try:
+            await asyncio.wait_for(self._txn_idle.wait(), timeout=30)
+        except TimeoutError:
+            left = len(self._txn_work)
+            log.warning("stopping with %d batches uncommitted; they will be answered again", left)
+        committer.cancel()
+        await asyncio.gather(committer, return_exceptions=True)
+
+    def _committer_done(self, task: asyncio.Task[None]) -> None:
+        """A committer that died unexpectedly stops the worker rather than stalling it."""
+        if not task.cancelled() and task.exception() is not None and self.fatal is None:
+            self.fatal = task.exception()
+        self._txn_taken.set()
+
+    async def _fetch_loop(self, stop: asyncio.Event, previous: asyncio.Event) -> None:
         while not stop.is_set():
             if self.fatal is not None:
                 raise self.fatal
@@ -71,6 +105,10 @@ class StreamWorker:
                 continue
             if len(self._tasks) >= self.max_batches_in_flight:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            if len(self._txn_work) >= self.max_batches_in_flight:
+                self._txn_taken.clear()  # a commit is slow: stop fetching until it takes the backlog
+                await self._txn_taken.wait()
                 continue
             records = await self.consumer.next_batch()
             if not records:
@@ -106,14 +144,21 @@ class StreamWorker:
             ]
         finally:
             queued.set()  # never hold up later batches, even when this one failed
-        await asyncio.gather(*(self._deliver(o, m, f) for o, m, f in sends))
+        # Wait for all acks at once; only the rare message that failed gets individual handling
+        # (a coroutine per message just to await its future cost more than producing it).
+        acks = await asyncio.gather(*(f for _, _, f in sends), return_exceptions=True)
+        failed = [
+            (o, m, f) for (o, m, f), ack in zip(sends, acks, strict=True) if isinstance(ack, BaseException)
+        ]
+        if failed:
+            await asyncio.gather(*(self._deliver(o, m, f) for o, m, f in failed))
         await asyncio.gather(*chunk_acks, return_exceptions=True)  # streamed chunks: best effort
         await self.consumer.finished(records)
 
     async def _handle_transactional(
         self, records: list[InboundRecord], previous: asyncio.Event, queued: asyncio.Event
     ) -> None:
-        assert self.transactions is not None
+        """Answer a batch, then hand it, in batch order, to the committer."""
         try:
             outcomes = await self._answer(records)
             for outcome in outcomes:  # streamed chunks travel outside transactions (best effort)
@@ -123,12 +168,44 @@ class StreamWorker:
             if self._rewind_needed:
                 return  # an earlier batch aborted: these records will be fetched and answered again
             messages = [msg for outcome in outcomes for msg in self._fit(outcome)]
-            offsets: dict[tuple[str, int], int] = {}
+            self._txn_work.append((messages, records))
+            self._txn_idle.clear()
+            self._txn_ready.set()
+        finally:
+            queued.set()
+
+    async def _commit_loop(self) -> None:
+        """One transaction per window of finished batches, never one per batch.
+
+        A transaction costs tens of milliseconds of broker round trips whatever
+        its size, so committing batch by batch queues them up and latency grows
+        with the queue. Instead, each transaction takes every batch that finished
+        while the previous one was committing: at most one transaction of waiting.
+        """
+        assert self.transactions is not None
+        while True:
+            await self._txn_ready.wait()
+            self._txn_ready.clear()
+            work, self._txn_work = self._txn_work, []
+            self._txn_taken.set()
+            if work and not self._rewind_needed:
+                await self._commit(work)
+            if not self._txn_work:
+                self._txn_idle.set()
+
+    async def _commit(self, work: list[tuple[list[OutboundMessage], list[InboundRecord]]]) -> None:
+        """Publish these batches' answers and commit their offsets in one transaction."""
+        assert self.transactions is not None
+        if self.fatal is not None:
+            return
+        messages = [m for batch_messages, _ in work for m in batch_messages]
+        offsets: dict[tuple[str, int], int] = {}
+        for _, records in work:
             for rec in records:
                 tp = (rec.topic, rec.partition)
                 offsets[tp] = max(offsets.get(tp, 0), rec.offset + 1)
+        try:
             await self.transactions.publish(messages, offsets, self.consumer.group_id)
-            self._rewind_backoff = self.retry_backoff_s
         except TransactionAborted:
             self._rewind_needed = True
             return
@@ -136,9 +213,9 @@ class StreamWorker:
             log.error("%s; stopping this instance", exc)
             self.fatal = exc
             return
-        finally:
-            queued.set()
-        await self.consumer.finished(records)
+        self._rewind_backoff = self.retry_backoff_s
+        for _, records in work:
+            await self.consumer.finished(records)
 
     async def _rewind(self) -> None:
         """Drop every batch in flight and resume from the committed offsets."""
@@ -147,6 +224,9 @@ class StreamWorker:
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
+        self._txn_work = []
+        self._txn_idle.set()
+        self._txn_taken.set()
         await asyncio.sleep(self._rewind_backoff)
         self._rewind_backoff = min(self._rewind_backoff * 2, 30.0)
         await self.consumer.rewind()

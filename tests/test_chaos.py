@@ -156,6 +156,9 @@ async def test_an_instance_joining_and_leaving_mid_run_loses_nothing(
                 await counter.poll(0.1)
             b = start_altlas(second_cfg, tmp_path / "b.log")  # joins: partitions move
             await wait_started(tmp_path / "b.log")
+            # A second wave, sent once both run: the first may be done by now, and the
+            # second instance must leave while there is still work to hand back.
+            ids |= await _send(settings, 3000, "s")
             seen = len(counter.counts)
             while len(counter.counts) < seen + 200:
                 await counter.poll(0.1)
