@@ -13,7 +13,7 @@ APT_PACKAGES ?= kcat espeak-ng ffmpeg redis-server tesseract-ocr tesseract-ocr-e
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: run test test-chaos setup system-deps kafka-jars lint typecheck pytest bench clean
+.PHONY: run test test-chaos setup system-deps kafka-jars lint typecheck pytest bench bench-peers clean
 
 run: setup kafka-jars ## local Kafka + orchestrator + sample requests, results as a table
 	$(BIN)/altlas demo
@@ -63,8 +63,8 @@ pytest: $(STAMP)
 test-chaos: setup kafka-jars ## crashes, broker restarts, rebalances and fuzzing (minutes)
 	$(BIN)/python -m pytest -q -m chaos $(PYTEST_ARGS)
 
-bench: setup kafka-jars ## the benchmarks (minutes; not part of test)
-	$(BIN)/python -m bench.throughput
+bench: setup kafka-jars ## one benchmark, BENCH=throughput|orchestration|scaling|llm|vision|audio (minutes; not part of test)
+	$(BIN)/python -m bench.$(or $(BENCH),throughput) $(BENCH_ARGS)
 
 bench-peers: setup kafka-jars ## altlas vs Quix Streams, FastStream, MLServer, raw aiokafka (~10 min; peers install into ~/.cache/altlas/peers)
 	$(BIN)/python -m bench.peers $(BENCH_ARGS)
