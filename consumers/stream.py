@@ -1,11 +1,13 @@
 """Micro-batches pulled from Kafka, with backpressure and in-order commits.
 
-The consumer hands out whatever is waiting (up to ``max_records``, waiting at
-most ``max_wait_ms`` for more once something arrived), counts it as in flight
-until the caller reports it finished, pauses its partitions while too much is
-in flight, and commits offsets only up to the longest finished prefix of each
-partition. On a rebalance it waits (bounded) for in-flight records of revoked
-partitions and commits them before letting go.
+The consumer hands out whatever is waiting (up to ``max_records`` and
+``max_batch_bytes``, waiting at most ``max_wait_ms`` for more once something
+arrived), counts it as in flight until the caller reports it finished, pauses
+its partitions while too much is in flight (records or bytes: a stream of large
+images must not fill memory just because it is few records), and commits
+offsets only up to the longest finished prefix of each partition. On a
+rebalance it waits (bounded) for in-flight records of revoked partitions and
+commits them before letting go.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class BatchingConfig:
     max_records: int = 512
     max_wait_ms: int = 5
     max_inflight: int = 4096
+    max_batch_bytes: int = 64 * 1024 * 1024
+    max_inflight_bytes: int = 256 * 1024 * 1024
     poll_timeout_ms: int = 200
     revoke_timeout_s: float = 20.0
 
@@ -79,6 +83,7 @@ class BatchingConsumer:
         )
         self._tracker = OffsetTracker()
         self._inflight = 0
+        self._inflight_bytes = 0
         self._carry: list[InboundRecord] = []
         self._paused = False
         self._progress = asyncio.Condition()
@@ -100,6 +105,11 @@ class BatchingConsumer:
     def inflight(self) -> int:
         """Records handed out and not yet finished."""
         return self._inflight
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Value bytes of the records in flight."""
+        return self._inflight_bytes
 
     def assignment(self) -> set[tuple[str, int]]:
         """Partitions this member owns now."""
@@ -129,9 +139,21 @@ class BatchingConsumer:
                 if not more:
                     break
                 records.extend(more)
+        records = self._fit_bytes(records)
         for rec in records:
             self._tracker.started((rec.topic, rec.partition), rec.offset)
         self._inflight += len(records)
+        self._inflight_bytes += sum(_size(r) for r in records)
+        return records
+
+    def _fit_bytes(self, records: list[InboundRecord]) -> list[InboundRecord]:
+        """The longest prefix within ``max_batch_bytes`` (at least one record); the rest waits."""
+        total = 0
+        for i, rec in enumerate(records):
+            total += _size(rec)
+            if total > self.config.max_batch_bytes and i > 0:
+                self._carry[:0] = records[i:]
+                return records[:i]
         return records
 
     async def _poll(self, timeout_ms: int, max_records: int) -> list[InboundRecord]:
@@ -141,18 +163,23 @@ class BatchingConsumer:
             out.extend(InboundRecord.from_consumer_record(r) for r in recs)
         return out
 
+    def _full(self, fraction: float = 1.0) -> bool:
+        return (
+            self._inflight >= self.config.max_inflight * fraction
+            or self._inflight_bytes >= self.config.max_inflight_bytes * fraction
+        )
+
     async def _wait_for_capacity(self) -> None:
-        if self._inflight < self.config.max_inflight:
+        if not self._full():
             return
         tps = list(self._consumer.assignment())
         self._consumer.pause(*tps)
         self._paused = True
-        log.debug("backpressure: paused", extra={"inflight": self._inflight})
-        low = self.config.max_inflight // 2
-        while self._inflight > low:
+        log.debug("backpressure: paused", extra={"inflight": self._inflight, "bytes": self._inflight_bytes})
+        while self._full(0.5):
             async with self._progress:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._progress.wait_for(lambda: self._inflight <= low), 1.0)
+                    await asyncio.wait_for(self._progress.wait_for(lambda: not self._full(0.5)), 1.0)
             # Keep the group membership alive (max.poll.interval) while paused;
             # partitions assigned meanwhile are not paused, so keep what they give.
             self._carry.extend(await self._poll(0, self.config.max_records))
@@ -166,6 +193,7 @@ class BatchingConsumer:
         for rec in records:
             self._tracker.finished((rec.topic, rec.partition), rec.offset)
         self._inflight -= len(records)
+        self._inflight_bytes -= sum(_size(r) for r in records)
         async with self._progress:
             self._progress.notify_all()
         await self.commit()
@@ -218,6 +246,7 @@ class BatchingConsumer:
         """Forget everything in flight and go back to the committed offsets (after an aborted transaction)."""
         self._tracker = OffsetTracker()
         self._inflight = 0
+        self._inflight_bytes = 0
         self._carry = []
         assigned = list(self._consumer.assignment())
         for tp in assigned:
@@ -232,3 +261,7 @@ class BatchingConsumer:
             self._paused = False
         async with self._progress:
             self._progress.notify_all()
+
+
+def _size(rec: InboundRecord) -> int:
+    return len(rec.value) if rec.value is not None else 0

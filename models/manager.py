@@ -5,6 +5,15 @@ one load per model even when many batches ask at once, a reference count while
 batches run (a model in use is never unloaded under them), and least-recently
 used eviction of idle models when a new one would not fit the budget. Every
 change is reported as a ``ModelEvent``; orchestration publishes them.
+
+It also watches for leaks. A runtime cannot report memory it leaks, so the
+manager measures the process's resident memory around every batch and charges
+the growth to the model that ran it. A model whose charge passes its allowance
+(``metadata.max_growth_mb``, else the manager's default) is restarted: marked
+``failed`` with the reason, unloaded once its batches finish, and loaded afresh
+on next use. Concurrent batches of other models blur the attribution, so the
+allowance is generous by default; memory a model needs for a larger input than
+before is charged once, a leak without end.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from altlas.models.errors import ModelBudgetError, ModelError, ModelLoadError
 from altlas.models.registry import ModelRegistry, ModelSpec
@@ -48,6 +59,9 @@ class _Entry:
     memory: int = 0
     load_ms: float | None = None
     message: str = ""
+    growth: int = 0  # resident memory gained during this model's batches since it loaded
+    batches: int = 0
+    restart_reason: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -77,6 +91,7 @@ class ModelManager:
         pinned: Callable[[str], bool] | None = None,
         wait_for_room_s: float = 30.0,
         eviction: str = "cost",
+        max_growth_bytes: int | None = None,
     ) -> None:
         self.registry = registry
         self.memory_budget = memory_budget_bytes
@@ -88,6 +103,8 @@ class ModelManager:
         if eviction not in ("cost", "lru"):
             raise ValueError(f"eviction policy must be cost or lru, got {eviction!r}")
         self.eviction = eviction
+        self.max_growth = max_growth_bytes
+        self._process = psutil.Process()
         self._entries: dict[str, _Entry] = {}
         self._released = asyncio.Condition()
 
@@ -126,13 +143,17 @@ class ModelManager:
         try:
             runtime = await self._ensure_loaded(entry, command_id=None)
             entry.last_used = time.monotonic()
+            before = self._rss()
             yield runtime
+            self._charge(entry, self._rss() - before)
         finally:
             entry.in_use -= 1
             entry.last_used = time.monotonic()
             if entry.in_use == 0:
                 async with self._released:
                     self._released.notify_all()
+        if entry.restart_reason is not None:
+            await self._restart(entry)
 
     async def load(self, ref: str, *, command_id: str | None = None) -> ModelEvent:
         """Load now (no-op if loaded); returns the resulting state."""
@@ -159,6 +180,34 @@ class ModelManager:
                 async with entry.lock:
                     await self._drop(entry, "unloaded", command_id=None)
 
+    # ------------------------------------------------------------ leaks
+    def _rss(self) -> int:
+        return int(self._process.memory_info().rss)
+
+    def _charge(self, entry: _Entry, delta: int) -> None:
+        """Charge one batch's memory growth to its model; past the allowance, schedule a restart."""
+        entry.growth += delta
+        entry.batches += 1
+        declared = entry.spec.metadata.max_growth_mb
+        limit = int(declared * 1024 * 1024) if declared is not None else self.max_growth
+        if limit is None or entry.growth <= limit or entry.restart_reason is not None:
+            return
+        entry.restart_reason = (
+            f"leaking memory: grew {entry.growth >> 20} MiB over {entry.batches} batches since it "
+            f"loaded (allowed {limit >> 20} MiB); restarted"
+        )
+        log.warning("model %s %s", entry.spec.key, entry.restart_reason)
+
+    async def _restart(self, entry: _Entry) -> None:
+        """Unload a leaking model once idle, reporting it failed; the next use loads it afresh."""
+        async with entry.lock:
+            reason, entry.restart_reason = entry.restart_reason, None
+            if reason is None or entry.runtime is None:
+                return
+            await self._wait_idle(entry)
+            entry.message = reason
+            await self._drop(entry, "failed", command_id=None)
+
     # ------------------------------------------------------------ internals
     async def _ensure_loaded(self, entry: _Entry, *, command_id: str | None) -> ModelRuntime:
         if entry.runtime is not None:
@@ -183,6 +232,7 @@ class ModelManager:
                     raise
                 raise ModelLoadError(f"{entry.spec.key}: {exc}") from exc
             entry.load_ms = (time.perf_counter() - started) * 1000
+            entry.growth = entry.batches = 0
             entry.memory = max(runtime.memory_bytes(), needed)
             entry.runtime = runtime
             entry.state = "ready"

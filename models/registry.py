@@ -36,6 +36,7 @@ class ModelMetadata:
     load_ms: float | None = None  # declared reload cost (else measured) for cost-aware eviction
     timeout_s: float | None = None  # longest wait for this model's answer (else routing.attempt_timeout_s)
     memory_mb: float | None = None
+    max_growth_mb: float | None = None  # resident memory a model may gain over its batches (else the setting)
     labels: tuple[str, ...] = ()
 
 

@@ -120,6 +120,7 @@ class Orchestrator:
             listener=self._model_event,
             pinned=lambda key: self.workers.pending(key) > 0,
             eviction=settings.models.eviction,
+            max_growth_bytes=int(growth * 1024 * 1024) if (growth := settings.models.max_growth_mb) else None,
         )
         batching = settings.batching
         self.workers = ModelWorkers(
@@ -218,6 +219,8 @@ class Orchestrator:
             max_records=s.batching.fetch_max_records,
             max_wait_ms=s.batching.max_wait_ms,
             max_inflight=s.batching.max_inflight,
+            max_batch_bytes=s.batching.max_batch_bytes,
+            max_inflight_bytes=s.batching.max_inflight_bytes,
         )
         exactly_once = s.delivery == "exactly_once"
         for modality in s.modalities:

@@ -107,6 +107,12 @@ class BatchingSettings(BaseModel):
     )
     fetch_max_records: int = Field(512, ge=1, description="Most records pulled from Kafka per fetch.")
     max_inflight: int = Field(4096, ge=1, description="Records in flight before partitions are paused.")
+    max_batch_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="Most request bytes per micro-batch (at least one record)."
+    )
+    max_inflight_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="Request bytes in flight before partitions are paused."
+    )
     model_concurrency: int = Field(1, ge=1, description="Batches that may run at once on one model.")
     decode_threads: int = Field(2, ge=1, description="Threads decoding payloads (images, audio).")
 
@@ -135,6 +141,12 @@ class ModelSettings(BaseModel):
         default_factory=list,
         description="Where pickle-based weights (.pt, .pkl...) may load from; the registry's folder and "
         "~/.cache/altlas are always trusted.",
+    )
+    max_growth_mb: float | None = Field(
+        2048.0,
+        gt=0,
+        description="A model whose batches grow the process's memory by more than this since it loaded is "
+        "treated as leaking and restarted (per model: metadata.max_growth_mb); unset disables.",
     )
     eviction: Literal["cost", "lru"] = Field(
         "cost", description="Which idle model goes first: cheapest to reload (cost) or least recently used."

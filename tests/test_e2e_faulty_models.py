@@ -5,8 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import psutil
+import pytest
 import yaml
 
+from altlas.models.runtime import BACKENDS
 from altlas.orchestration.client import AltlasClient, make_request
 from altlas.orchestration.kafka_clients import client_kwargs
 from altlas.orchestration.service import Orchestrator, build_codec
@@ -118,3 +121,55 @@ async def test_a_hanging_model_times_out_opens_its_circuit_and_others_keep_answe
     assert stuck[2].error.code == "MODEL_UNAVAILABLE" and "circuit is open" in stuck[2].error.message
     assert fine is not None and fine.status is ResultStatus.OK
     assert ModelState.CIRCUIT_OPEN in states
+
+
+async def test_a_leaking_model_is_restarted_and_memory_stays_bounded(
+    kafka_bootstrap: str, tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(BACKENDS, "leaky-onnx", "tests.leaky_model:LeakyOnnxRuntime")
+    registry = tmp_path / "models.yaml"
+    registry.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {
+                        "id": "leaky",
+                        "task": "vision.classify",
+                        "backend": "leaky-onnx",
+                        "path": str(models_dir / "mean_color.onnx"),
+                        "params": PARAMS,
+                        "metadata": {"max_batch": 1, "max_growth_mb": 40},
+                    }
+                ]
+            }
+        )
+    )
+    settings = isolated_settings(kafka_bootstrap, registry, modalities=["vision"], cache={"enabled": False})
+    run = await Running(Orchestrator(settings)).start()
+    await run.orchestrator.manager.load("leaky")
+    process = psutil.Process()
+    rss_before = process.memory_info().rss
+    batches = 24  # unchecked, 24 x 16 MiB = 384 MiB would stay resident
+    try:
+        async with AltlasClient(
+            client_kwargs(settings.kafka), build_codec(settings), settings.topics
+        ) as client:
+            async with client.reader(settings.topics.model_status) as statuses:
+                answers = [
+                    await client.request(make_request("vision", "classify", solid((i, 9, 9)), model="leaky"))
+                    for i in range(batches)
+                ]
+                rss_after = process.memory_info().rss
+                events: list = []
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and sum(e.state is ModelState.FAILED for e in events) < 4:
+                    events += [client.decode_status(r.value) for r in await statuses.read(0.5)]
+    finally:
+        await run.stop()
+    assert all(a is not None and a.status is ResultStatus.OK for a in answers)  # the leak fails nothing
+    failed = [e for e in events if e.model_id == "leaky" and e.state is ModelState.FAILED]
+    # 40 MiB allowed at 16 MiB a batch: restarted every third batch.
+    assert len(failed) >= 4 and all("leaking memory" in e.message for e in failed), events
+    states = [e.state for e in events if e.model_id == "leaky"]
+    assert states[states.index(ModelState.FAILED) + 1 :].count(ModelState.READY) >= 3  # reloaded each time
+    assert rss_after - rss_before < 128 * 1024 * 1024, (rss_after - rss_before) >> 20

@@ -55,6 +55,57 @@ async def test_backpressure_pauses_partitions_and_bounds_in_flight_records(
     assert max(inflight) <= 16 + 8
 
 
+async def test_batches_and_in_flight_bytes_are_bounded_for_large_payloads(
+    kafka_bootstrap: str, registry_file
+) -> None:  # type: ignore[no-untyped-def]
+    page = rotated_page(0, fmt="PNG")  # ~80 KB: few records, many bytes
+    size = len(page) + 200  # the Avro envelope around it
+    settings = isolated_settings(
+        kafka_bootstrap,
+        registry_file,
+        batching={"max_batch_bytes": 3 * size, "max_inflight_bytes": 8 * size, "max_inflight": 4096},
+        cache={"enabled": False},
+    )
+    run = await Running(Orchestrator(settings)).start()
+    worker = run.orchestrator.streams["vision"]
+    consumer = worker.consumer
+    batch_bytes: list[int] = []
+    fetch = consumer.next_batch
+
+    async def recording_fetch() -> list:  # type: ignore[type-arg]
+        records = await fetch()
+        if records:
+            batch_bytes.append(sum(len(r.value or b"") for r in records))
+        return records
+
+    consumer.next_batch = recording_fetch  # type: ignore[method-assign]
+    inflight, paused = [], []
+
+    async def sample() -> None:
+        while True:
+            inflight.append(consumer.inflight_bytes)
+            paused.append(bool(consumer.client.paused()))
+            await asyncio.sleep(0.002)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        requests = [make_request("vision", "classify", page, request_id=f"bb-{i}") for i in range(60)]
+        async with AltlasClient(
+            client_kwargs(settings.kafka), build_codec(settings), settings.topics
+        ) as client:
+            async with client.reader(settings.topics.results("vision")) as reader:
+                await client.send_many(requests)
+                results = await client.collect(reader, "vision", [r.request_id for r in requests], 120)
+    finally:
+        sampler.cancel()
+        await run.stop()
+    assert len(results) == 60 and all(r.status is ResultStatus.OK for r in results.values())
+    assert batch_bytes and max(batch_bytes) <= 3 * size
+    assert any(paused), "partitions were never paused for bytes"
+    # Checked before each fetch, so the bound is exceeded by at most one batch.
+    assert max(inflight) <= 8 * size + 3 * size
+
+
 async def test_results_for_one_key_keep_request_order_across_models(
     settings: Settings, running: Running
 ) -> None:
