@@ -129,6 +129,11 @@ class ModelManager:
         """Keys of the models loaded now."""
         return [k for k, e in self._entries.items() if e.runtime is not None]
 
+    def batches_since_load(self, spec: ModelSpec) -> int:
+        """Batches the model finished since it was last loaded (its first one is usually a warm-up)."""
+        entry = self._entries.get(spec.key)
+        return entry.batches if entry is not None else 0
+
     def is_loaded(self, ref: str) -> bool:
         """Whether a model is loaded and ready."""
         entry = self._entries.get(self.registry.get(ref).key)

@@ -70,6 +70,10 @@ class ModelHealth:
             return measured
         return spec.metadata.latency_ms if spec.metadata.latency_ms is not None else 1000.0
 
+    def measured(self, spec: ModelSpec) -> bool:
+        """Whether this process has timed the model at least once."""
+        return self._rec(spec).samples > 0
+
     def observe_latency(self, spec: ModelSpec, per_item_ms: float) -> None:
         """Fold one measured per-item time into the moving average."""
         rec = self._rec(spec)

@@ -193,15 +193,27 @@ class Planner:
         return [min(good, key=lambda s: (s.metadata.cost, -(s.metadata.accuracy or 0.0)))]
 
     def _expected_ms(self, spec: ModelSpec, backlog: int) -> float:
-        """Per-item latency, plus the cost of loading it shared over the requests waiting.
+        """When a new request would be answered: per-item latency behind the requests
+        already waiting for the model, plus its load cost shared over the backlog.
 
-        With one request in sight a loaded model wins unless the other is much
-        faster; with a backlog, loading the faster model pays for itself.
+        Counting the waiting requests spreads a backlog over the candidates in
+        proportion to their speed instead of piling it onto one. With one
+        request in sight a loaded model wins unless the other is much faster;
+        with a backlog, loading the faster model pays for itself. A model not
+        yet timed and with nothing waiting counts as free: it gets a probe and
+        is then judged by measurement (a pessimistic declaration would
+        otherwise keep a faster model from ever being measured); until it is
+        timed, its declaration stands.
         """
+        waiting = self.manager_demand(spec.key)
+        latency = self.health.latency_ms(spec)
+        if waiting == 0 and not self.health.measured(spec):
+            latency = 0.0
+        expected = latency * (1 + waiting)
         if self.manager.is_loaded(spec.key):
-            return self.health.latency_ms(spec)
+            return expected
         load = max(self.load_penalty_ms, self.manager.reload_cost_ms(spec))
-        return self.health.latency_ms(spec) + load / (1 + backlog)
+        return expected + load / (1 + backlog)
 
     def _preload(self, spec: ModelSpec) -> None:
         """Start loading a model as soon as its requests arrive, not when their batch runs."""

@@ -114,7 +114,10 @@ class _Lane:
             # their late answers must not count as successes and close an open circuit.
             live = [out for job, out in zip(batch, outputs, strict=True) if not job.future.done()]
             if live:
-                self.health.observe(self.spec, live, inference_ms * len(live) / len(batch))
+                # A model's first batch after loading pays its warm-up (allocations, kernel
+                # selection): timing it would rank the model by a cost it never pays again.
+                timed = self.manager.batches_since_load(self.spec) > 1
+                self.health.observe(self.spec, live, inference_ms * len(live) / len(batch) if timed else 0.0)
         if self.on_batch is not None and inference_ms > 0:
             self.on_batch(self.spec.key, len(batch), inference_ms)
         for job, out in zip(batch, outputs, strict=True):
