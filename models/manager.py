@@ -135,8 +135,8 @@ class ModelManager:
         return entry.batches if entry is not None else 0
 
     def is_loaded(self, ref: str) -> bool:
-        """Whether a model is loaded and ready."""
-        entry = self._entries.get(self.registry.get(ref).key)
+        """Whether a model is loaded and ready (``ref`` is usually a key: checked per request)."""
+        entry = self._entries.get(ref) or self._entries.get(self.registry.get(ref).key)
         return entry is not None and entry.runtime is not None
 
     # ------------------------------------------------------------ use

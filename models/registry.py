@@ -14,6 +14,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,9 @@ class ModelSpec:
         """Whether ``task`` ("<modality>.<task>") is one of this model's."""
         return task in self.tasks
 
-    @property
+    @cached_property
     def key(self) -> str:
-        """``id@version``: unique within a registry."""
+        """``id@version``: unique within a registry (cached: looked up for every request)."""
         return f"{self.id}@{self.version}"
 
     @property

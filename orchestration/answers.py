@@ -139,6 +139,7 @@ class Answers:
         self.forced_topic: str | None = None
         self.dead_letters = True
         self.extra_headers: tuple[tuple[str, bytes], ...] = ()
+        self._model_headers: dict[str, list[tuple[str, bytes]]] = {}
         self._forbidden_replies = {topics.requests(m) for m in MODALITIES} | {
             topics.model_commands,
             topics.model_status,
@@ -394,11 +395,14 @@ class Answers:
             ("altlas.source.offset", str(rec.offset).encode()),
         ]
         if spec is not None:
-            headers += [
-                ("altlas.model.id", spec.id.encode()),
-                ("altlas.model.version", spec.version.encode()),
-                ("altlas.model.config", spec.config_hash().encode()),
-            ]
+            model = self._model_headers.get(spec.key)
+            if model is None:  # the same three per model: built once, not per result
+                model = self._model_headers[spec.key] = [
+                    ("altlas.model.id", spec.id.encode()),
+                    ("altlas.model.version", spec.version.encode()),
+                    ("altlas.model.config", spec.config_hash().encode()),
+                ]
+            headers += model
         return headers + list(self.extra_headers)
 
     def reply_topic(self, requested: str | None) -> str:

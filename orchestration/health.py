@@ -60,7 +60,10 @@ class ModelHealth:
         self._models: dict[str, _Record] = {}
 
     def _rec(self, spec: ModelSpec) -> _Record:
-        return self._models.setdefault(spec.key, _Record())
+        rec = self._models.get(spec.key)
+        if rec is None:  # not setdefault: that would build a record per lookup, per request
+            rec = self._models[spec.key] = _Record()
+        return rec
 
     # ------------------------------------------------------------ latency
     def latency_ms(self, spec: ModelSpec) -> float:

@@ -217,9 +217,10 @@ class Planner:
 
     def _preload(self, spec: ModelSpec) -> None:
         """Start loading a model as soon as its requests arrive, not when their batch runs."""
-        if self.manager.is_loaded(spec.key) or spec.key in self._preloading or self.health.is_open(spec):
+        key = spec.key
+        if key in self._preloading or self.manager.is_loaded(key) or self.health.is_open(spec):
             return
-        self._preloading.add(spec.key)
+        self._preloading.add(key)
 
         async def load() -> None:
             try:

@@ -62,6 +62,8 @@ class Pipeline(Protocol):
 def int_param(params: Mapping[str, ParamValue], name: str, default: int, *, lo: int, hi: int) -> int:
     """Read an integer param with bounds; a bad value is the caller's error, not ours."""
     value = params.get(name, default)
+    if type(value) is int and lo <= value <= hi:  # the common case, checked per item
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise InvalidRequestError(f"param {name} must be an integer", code=ErrorCode.INVALID_PARAMS)
     try:

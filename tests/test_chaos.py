@@ -151,6 +151,7 @@ async def test_an_instance_joining_and_leaving_mid_run_loses_nothing(
     ids = await _send(settings, 1500, "r")
     async with ResultCounter(settings, read_committed=delivery == "exactly_once") as counter:
         a = start_altlas(first_cfg, tmp_path / "a.log")
+        b = None
         try:
             while len(counter.counts) < 200:
                 await counter.poll(0.1)
@@ -164,9 +165,12 @@ async def test_an_instance_joining_and_leaving_mid_run_loses_nothing(
                 await counter.poll(0.1)
             assert len(counter.counts) < len(ids), "the run finished before the second instance left"
             assert await stop_altlas(b) == 0  # leaves cleanly: partitions move back
+            b = None
             missing = await counter.wait_for(ids, 180)
         finally:
             await stop_altlas(a)
+            if b is not None:  # the test failed before b left: never leave it running
+                await stop_altlas(b)
     assert missing == set(), f"lost {len(missing)} requests"
     if delivery == "exactly_once":
         assert {rid: n for rid, n in counter.counts.items() if n > 1} == {}
