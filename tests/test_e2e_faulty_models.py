@@ -14,7 +14,7 @@ from altlas.orchestration.client import AltlasClient, make_request
 from altlas.orchestration.kafka_clients import client_kwargs
 from altlas.orchestration.service import Orchestrator, build_codec
 from altlas.schemas.types import ModelState, ResultStatus
-from tests.builders import mean_color_variant, white_intolerant_classifier
+from tests.builders import white_intolerant_classifier
 from tests.conftest import Running, isolated_settings
 from tests.images import solid
 
@@ -31,11 +31,7 @@ def _registry(tmp: Path, models_dir: Path) -> Path:
                 **entry,
                 "metadata": {"max_batch": 64},
             },
-            {
-                "id": "stuck",
-                "path": str(mean_color_variant(tmp / "stuck.onnx", slow_layers=600, slow_width=2048)),
-                **entry,
-            },
+            {"id": "stuck", **entry, "backend": "hanging-onnx", "path": str(models_dir / "mean_color.onnx")},
             {"id": "fine", "path": str(models_dir / "mean_color.onnx"), **entry},
         ]
     }
@@ -88,8 +84,9 @@ async def test_a_model_raising_on_some_inputs_fails_only_those(
 
 
 async def test_a_hanging_model_times_out_opens_its_circuit_and_others_keep_answering(
-    kafka_bootstrap: str, tmp_path: Path, models_dir: Path
+    kafka_bootstrap: str, tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setitem(BACKENDS, "hanging-onnx", "tests.hanging_model:HangingOnnxRuntime")
     settings = isolated_settings(
         kafka_bootstrap,
         _registry(tmp_path, models_dir),
