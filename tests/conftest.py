@@ -25,8 +25,9 @@ from altlas.orchestration.kafka_clients import client_kwargs
 from altlas.orchestration.kafka_dist import KafkaDistribution
 from altlas.orchestration.localkafka import LocalBroker
 from altlas.orchestration.service import Orchestrator, build_codec
-from altlas.orchestration.settings import Settings, load_settings
+from altlas.orchestration.settings import Modality, Settings, load_settings
 from altlas.orchestration.topics import ensure_topics, topic_plan
+from altlas.schemas.types import AnyRequest, Result
 from tests.builders import mean_color_classifier
 from tests.fixtures_audio import *  # noqa: F403 - audio models (tiny.en, Piper, GE2E, Silero) and speech
 from tests.fixtures_text import *  # noqa: F403 - text models (tiny GGUF, SmolLM2, MiniLM)
@@ -202,6 +203,21 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         yield run
     finally:
         await run.stop()
+
+
+def connect(settings: Settings) -> AltlasClient:
+    """A client of altlas's contract on the test's broker and topics (use with ``async with``)."""
+    return AltlasClient(client_kwargs(settings.kafka), build_codec(settings), settings.topics)
+
+
+async def exchange(
+    settings: Settings, modality: Modality, requests: list[AnyRequest], timeout_s: float = 120
+) -> dict[str, Result]:
+    """Send ``requests`` at once and collect their answers, as another service would."""
+    async with connect(settings) as client:
+        async with client.reader(settings.topics.results(modality)) as reader:
+            await client.send_many(requests)
+            return await client.collect(reader, modality, [r.request_id for r in requests], timeout_s)
 
 
 @pytest.fixture

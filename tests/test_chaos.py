@@ -12,14 +12,13 @@ from typing import Any
 import pytest
 import yaml
 
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.kafka_clients import client_kwargs
+from altlas.orchestration.client import make_request
 from altlas.orchestration.kafka_dist import KafkaDistribution
 from altlas.orchestration.localkafka import LocalBroker
-from altlas.orchestration.service import Orchestrator, build_codec
+from altlas.orchestration.service import Orchestrator
 from altlas.orchestration.settings import Settings
 from tests.builders import mean_color_variant
-from tests.conftest import KAFKA_VERSION, Running, create_topics, isolated_settings, write_config
+from tests.conftest import KAFKA_VERSION, Running, connect, create_topics, isolated_settings, write_config
 from tests.images import solid
 from tests.processes import ResultCounter, start_altlas, stop_altlas, wait_started
 
@@ -71,7 +70,7 @@ async def _send(settings: Settings, n: int, prefix: str) -> set[str]:
         make_request("vision", "classify", solid((i % 256, 7, 7)), request_id=f"{prefix}{i}")
         for i in range(n)
     ]
-    async with AltlasClient(client_kwargs(settings.kafka), build_codec(settings), settings.topics) as client:
+    async with connect(settings) as client:
         await client.send_many(requests)
     return {r.request_id for r in requests}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from altlas.orchestration.settings import Settings, load_settings
-from tests.conftest import Running, write_config
+from tests.conftest import Running, connect, write_config
 from tests.images import rotated_page
 
 
@@ -137,12 +137,10 @@ def test_settings_precedence_is_flags_then_env_then_file(
 async def test_status_shows_lag_models_and_recent_errors(
     settings: Settings, running: Running, tmp_path: Path
 ) -> None:
-    from altlas.orchestration.client import AltlasClient, make_request
-    from altlas.orchestration.kafka_clients import client_kwargs
-    from altlas.orchestration.service import build_codec
+    from altlas.orchestration.client import make_request
     from tests.images import solid
 
-    async with AltlasClient(client_kwargs(settings.kafka), build_codec(settings), settings.topics) as client:
+    async with connect(settings) as client:
         assert (
             await client.request(make_request("vision", "classify", solid((5, 5, 5)), model="mean-color"))
             is not None

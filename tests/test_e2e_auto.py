@@ -7,11 +7,10 @@ from typing import Any
 
 import yaml
 
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.service import Orchestrator, build_codec
+from altlas.orchestration.client import make_request
+from altlas.orchestration.service import Orchestrator
 from altlas.schemas.types import Detection, Ocr, ResultStatus, TextGeneration, Transcription
-from tests.conftest import Running, isolated_settings
+from tests.conftest import Running, connect, isolated_settings
 from tests.fixtures_audio import espeak, wav_bytes, word_recall
 from tests.images import rotated_page
 
@@ -69,9 +68,7 @@ async def test_auto_picks_ocr_detection_transcription_and_generation_by_payload(
     }
     run = await Running(Orchestrator(settings)).start()
     try:
-        async with AltlasClient(
-            client_kwargs(settings.kafka), build_codec(settings), settings.topics
-        ) as client:
+        async with connect(settings) as client:
             results = {name: await client.request(req, timeout_s=120) for name, req in asks.items()}
     finally:
         await run.stop()

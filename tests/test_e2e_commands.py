@@ -11,7 +11,7 @@ import yaml
 from altlas.orchestration.client import AltlasClient, TopicReader
 from altlas.orchestration.service import Orchestrator
 from altlas.schemas.types import ModelAction, ModelCommand, ModelState, ModelStatus
-from tests.conftest import Running, isolated_settings
+from tests.conftest import Running, connect, isolated_settings
 
 
 async def _statuses(
@@ -54,12 +54,10 @@ async def test_load_unload_and_eviction_commands_produce_matching_status_events(
     )
     settings = isolated_settings(kafka_bootstrap, registry, models={"memory_budget_mb": 60})
     run = await Running(Orchestrator(settings)).start()
-    from altlas.orchestration.kafka_clients import client_kwargs
-    from altlas.orchestration.service import build_codec
 
     try:
         async with (
-            AltlasClient(client_kwargs(settings.kafka), build_codec(settings), settings.topics) as client,
+            connect(settings) as client,
             client.reader(settings.topics.model_status) as reader,
         ):
             load_a = await _command(client, "load", "a")

@@ -11,7 +11,7 @@ from altlas.orchestration.kafka_clients import client_kwargs
 from altlas.orchestration.service import Orchestrator, build_codec
 from altlas.orchestration.settings import Settings
 from altlas.schemas.types import ResultStatus, VisionResult
-from tests.conftest import Running, isolated_settings
+from tests.conftest import Running, connect, isolated_settings
 from tests.images import solid
 
 
@@ -58,9 +58,7 @@ async def test_exactly_once_answers_each_request_once_for_read_committed_readers
     )
     run = await Running(Orchestrator(settings)).start()
     try:
-        async with AltlasClient(
-            client_kwargs(settings.kafka), build_codec(settings), settings.topics
-        ) as client:
+        async with connect(settings) as client:
             requests = [
                 make_request("vision", "classify", solid((i, 3, 3)), model="mean-color", request_id=f"e{i}")
                 for i in range(300)
@@ -97,9 +95,7 @@ async def test_an_aborted_transaction_is_rewound_and_retried_without_duplicates(
 
     transactions._producer.commit_transaction = flaky_commit  # type: ignore[method-assign]
     try:
-        async with AltlasClient(
-            client_kwargs(settings.kafka), build_codec(settings), settings.topics
-        ) as client:
+        async with connect(settings) as client:
             requests = [
                 make_request("vision", "classify", solid((i, 9, 9)), model="mean-color", request_id=f"a{i}")
                 for i in range(50)

@@ -10,12 +10,11 @@ import pytest
 import yaml
 
 from altlas.models.runtime import BACKENDS
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.service import Orchestrator, build_codec
+from altlas.orchestration.client import make_request
+from altlas.orchestration.service import Orchestrator
 from altlas.schemas.types import ModelState, ResultStatus
 from tests.builders import white_intolerant_classifier
-from tests.conftest import Running, isolated_settings
+from tests.conftest import Running, connect, isolated_settings
 from tests.images import solid
 
 PARAMS = {"preprocess": {"resize": 4}, "labels_metadata_key": "labels"}
@@ -48,9 +47,7 @@ async def test_a_model_raising_on_some_inputs_fails_only_those(
     )
     run = await Running(Orchestrator(settings)).start()
     try:
-        async with AltlasClient(
-            client_kwargs(settings.kafka), build_codec(settings), settings.topics
-        ) as client:
+        async with connect(settings) as client:
             requests = [
                 make_request(
                     "vision",
@@ -97,9 +94,7 @@ async def test_a_hanging_model_times_out_opens_its_circuit_and_others_keep_answe
     run = await Running(Orchestrator(settings)).start()
     await run.orchestrator.manager.load("stuck")  # loading is not what we are timing
     try:
-        async with AltlasClient(
-            client_kwargs(settings.kafka), build_codec(settings), settings.topics
-        ) as client:
+        async with connect(settings) as client:
             async with client.reader(settings.topics.model_status) as statuses:
                 stuck = [
                     await client.request(make_request("vision", "classify", solid((9, i, 9)), model="stuck"))
@@ -148,9 +143,7 @@ async def test_a_leaking_model_is_restarted_and_memory_stays_bounded(
     rss_before = process.memory_info().rss
     batches = 24  # unchecked, 24 x 16 MiB = 384 MiB would stay resident
     try:
-        async with AltlasClient(
-            client_kwargs(settings.kafka), build_codec(settings), settings.topics
-        ) as client:
+        async with connect(settings) as client:
             async with client.reader(settings.topics.model_status) as statuses:
                 answers = [
                     await client.request(make_request("vision", "classify", solid((i, 9, 9)), model="leaky"))

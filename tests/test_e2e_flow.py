@@ -8,12 +8,12 @@ import uuid
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from altlas.orchestration.client import AltlasClient, make_request
+from altlas.orchestration.client import make_request
 from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.service import Orchestrator, build_codec
+from altlas.orchestration.service import Orchestrator
 from altlas.orchestration.settings import Settings
 from altlas.schemas.types import ResultStatus, VisionResult
-from tests.conftest import Running, isolated_settings
+from tests.conftest import Running, connect, exchange, isolated_settings
 from tests.images import rotated_page, solid
 
 
@@ -40,12 +40,7 @@ async def test_backpressure_pauses_partitions_and_bounds_in_flight_records(
     try:
         page = rotated_page(0, fmt="JPEG")
         requests = [make_request("vision", "classify", page, request_id=f"bp-{i}") for i in range(300)]
-        async with AltlasClient(
-            client_kwargs(settings.kafka), build_codec(settings), settings.topics
-        ) as client:
-            async with client.reader(settings.topics.results("vision")) as reader:
-                await client.send_many(requests)
-                results = await client.collect(reader, "vision", [r.request_id for r in requests], 120)
+        results = await exchange(settings, "vision", requests)
     finally:
         sampler.cancel()
         await run.stop()
@@ -90,12 +85,7 @@ async def test_batches_and_in_flight_bytes_are_bounded_for_large_payloads(
     sampler = asyncio.create_task(sample())
     try:
         requests = [make_request("vision", "classify", page, request_id=f"bb-{i}") for i in range(60)]
-        async with AltlasClient(
-            client_kwargs(settings.kafka), build_codec(settings), settings.topics
-        ) as client:
-            async with client.reader(settings.topics.results("vision")) as reader:
-                await client.send_many(requests)
-                results = await client.collect(reader, "vision", [r.request_id for r in requests], 120)
+        results = await exchange(settings, "vision", requests)
     finally:
         sampler.cancel()
         await run.stop()
@@ -122,7 +112,7 @@ async def test_results_for_one_key_keep_request_order_across_models(
         requests.append(
             make_request("vision", "classify", payload, model=model, request_id=f"{i:04d}", reply_topic=reply)
         )
-    async with AltlasClient(client_kwargs(settings.kafka), build_codec(settings), settings.topics) as client:
+    async with connect(settings) as client:
         async with client.reader(reply) as reader:
             for req in requests:  # one key: one partition, in this order
                 value = client.codec.encode_record(req)
@@ -144,9 +134,7 @@ async def test_oversized_request_is_dead_lettered_and_the_stream_continues(
     settings = isolated_settings(kafka_bootstrap, registry_file, limits={"max_message_bytes": 20_000})
     run = await Running(Orchestrator(settings)).start()
     try:
-        async with AltlasClient(
-            client_kwargs(settings.kafka), build_codec(settings), settings.topics
-        ) as client:
+        async with connect(settings) as client:
             async with client.reader(settings.topics.dead_letter) as dlq:
                 big = make_request("vision", "classify", b"\x89PNG" + b"\x00" * 50_000, model="mean-color")
                 meta = await client.send_raw(
@@ -170,9 +158,7 @@ async def test_a_result_too_large_to_publish_becomes_an_error_and_a_dead_letter(
     settings = isolated_settings(kafka_bootstrap, registry_file, limits={"max_result_bytes": 2_000})
     run = await Running(Orchestrator(settings)).start()
     try:
-        async with AltlasClient(
-            client_kwargs(settings.kafka), build_codec(settings), settings.topics
-        ) as client:
+        async with connect(settings) as client:
             async with client.reader(settings.topics.dead_letter) as dlq:
                 # The metadata is echoed into the result, making it larger than the producer may send.
                 fat = make_request(

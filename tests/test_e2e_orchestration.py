@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import yaml
 
+from altlas.models.runtime import BACKENDS
 from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.service import Orchestrator, build_codec
+from altlas.orchestration.service import Orchestrator
 from altlas.schemas.types import Classification, ModelState, ResultStatus
 from tests.builders import MEAN_COLOR_LABELS, expected_mean_color, mean_color_variant
-from tests.conftest import Running, isolated_settings
+from tests.conftest import Running, connect, isolated_settings
 from tests.images import solid
 
 RED = (230, 30, 30)
@@ -31,7 +31,6 @@ def variants(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> dict
         "fast": models_dir / "mean_color.onnx",
         "slow": mean_color_variant(root / "slow.onnx", slow_layers=100, slow_width=1024),  # ~3 ms > jitter
         "alt": mean_color_variant(root / "alt.onnx", permute=[3, 2, 1, 0]),
-        "glacial": mean_color_variant(root / "glacial.onnx", slow_layers=400, slow_width=2048),
         "broken": models_dir / "corrupt.onnx",
     }
 
@@ -62,14 +61,18 @@ def _top(result: Any) -> str:
 
 
 @pytest.fixture
-async def strategies(kafka_bootstrap: str, tmp_path: Path, variants: dict[str, Path]) -> Any:
+async def strategies(
+    kafka_bootstrap: str, tmp_path: Path, variants: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    # "glacial" hangs by time, not by compute a faster CPU would finish inside the deadline.
+    monkeypatch.setitem(BACKENDS, "hanging-onnx", "tests.hanging_model:HangingOnnxRuntime")
     doc = {
         "models": [
             _entry("fast", variants["fast"], accuracy=0.80, cost=1.0, latency_ms=5),
             _entry("slow", variants["slow"], accuracy=0.95, cost=5.0, latency_ms=3),
             _entry("alt", variants["alt"], accuracy=0.50, cost=0.5, latency_ms=5),
             _entry("broken", variants["broken"], accuracy=0.99, cost=0.1),
-            _entry("glacial", variants["glacial"]),
+            {**_entry("glacial", variants["fast"]), "backend": "hanging-onnx"},
         ],
         "defaults": {"vision.classify": "fast"},
         "routes": {
@@ -87,7 +90,7 @@ async def strategies(kafka_bootstrap: str, tmp_path: Path, variants: dict[str, P
     }
     settings = isolated_settings(kafka_bootstrap, _registry(tmp_path, doc), modalities=["vision"])
     run = await Running(Orchestrator(settings)).start()
-    client = AltlasClient(client_kwargs(settings.kafka), build_codec(settings), settings.topics)
+    client = connect(settings)
     await client.start()
     try:
         yield run, client
@@ -205,9 +208,7 @@ async def test_cache_hits_on_repeats_and_misses_after_a_version_change(
     run = await Running(Orchestrator(settings)).start()
     image = solid((12, 200, 40))
     try:
-        async with AltlasClient(
-            client_kwargs(settings.kafka), build_codec(settings), settings.topics
-        ) as client:
+        async with connect(settings) as client:
             first = await client.request(make_request("vision", "classify", image, model="mean-color@1"))
             again = await client.request(make_request("vision", "classify", image, model="mean-color@1"))
             newer = await client.request(make_request("vision", "classify", image, model="mean-color@2"))
@@ -237,9 +238,7 @@ async def test_a_circuit_opens_after_failures_and_closes_when_the_model_recovers
     )  # fmt: skip
     run = await Running(Orchestrator(settings)).start()
     try:
-        async with AltlasClient(
-            client_kwargs(settings.kafka), build_codec(settings), settings.topics
-        ) as client:
+        async with connect(settings) as client:
             async with client.reader(settings.topics.model_status) as statuses:
                 failures = [
                     await client.request(make_request("vision", "classify", solid(RED), model="flaky"))
@@ -279,9 +278,7 @@ async def test_under_memory_pressure_a_model_with_pending_requests_is_kept(
     try:
         await manager.load("a")
         await manager.load("b")
-        async with AltlasClient(
-            client_kwargs(settings.kafka), build_codec(settings), settings.topics
-        ) as client:
+        async with connect(settings) as client:
             requests = [make_request("vision", "classify", solid((i, 0, 0)), model="a") for i in range(20)]
             requests.append(make_request("vision", "classify", solid(RED), model="c"))
             async with client.reader(settings.topics.results("vision")) as reader:

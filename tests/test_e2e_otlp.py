@@ -8,10 +8,9 @@ from pathlib import Path
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.service import Orchestrator, build_codec
-from tests.conftest import Running, isolated_settings
+from altlas.orchestration.client import make_request
+from altlas.orchestration.service import Orchestrator
+from tests.conftest import Running, connect, isolated_settings
 from tests.images import solid
 
 
@@ -42,9 +41,7 @@ async def test_otlp_exporter_sends_the_request_spans(kafka_bootstrap: str, regis
     )
     run = await Running(Orchestrator(settings)).start()
     try:
-        async with AltlasClient(
-            client_kwargs(settings.kafka), build_codec(settings), settings.topics
-        ) as client:
+        async with connect(settings) as client:
             result = await client.request(
                 make_request("vision", "classify", solid((1, 2, 3)), model="mean-color")
             )

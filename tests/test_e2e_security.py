@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.kafka_clients import client_kwargs
+from altlas.orchestration.client import make_request
 from altlas.orchestration.kafka_dist import KafkaDistribution
 from altlas.orchestration.localkafka import LocalBroker, SaslUsers
 from altlas.orchestration.logs import secrets_of, setup_logging
-from altlas.orchestration.service import Orchestrator, build_codec
+from altlas.orchestration.service import Orchestrator
 from altlas.schemas.types import ResultStatus
-from tests.conftest import KAFKA_VERSION, Running, isolated_settings
+from tests.conftest import KAFKA_VERSION, Running, connect, isolated_settings
 from tests.images import solid
 
 USERS = SaslUsers(plain={"alice": "alice-secret-1"}, scram_sha_256={"bob": "bob-secret-2"})
@@ -55,9 +54,7 @@ async def test_every_client_authenticates_with_sasl(
     try:
         run = await Running(Orchestrator(settings)).start()  # admin, producer, consumers, command consumer
         try:
-            async with AltlasClient(
-                client_kwargs(settings.kafka), build_codec(settings), settings.topics
-            ) as client:
+            async with connect(settings) as client:
                 request = make_request("vision", "classify", solid((1, 250, 1)), model="mean-color")
                 result = await client.request(request)
         finally:

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.kafka_clients import client_kwargs
+from altlas.orchestration.client import make_request
 from altlas.orchestration.kafka_dist import KafkaDistribution
 from altlas.orchestration.localkafka import LocalBroker
-from altlas.orchestration.service import Orchestrator, build_codec
+from altlas.orchestration.service import Orchestrator
 from altlas.schemas.types import Classification, ResultStatus
-from tests.conftest import KAFKA_VERSION, Running, isolated_settings
+from tests.conftest import KAFKA_VERSION, Running, connect, isolated_settings
 from tests.images import rotated_page
 
 OTHER_VERSIONS = sorted({"3.9.2", "4.1.2"} - {KAFKA_VERSION})
@@ -28,9 +27,7 @@ async def test_round_trip_on_another_kafka_version(version: str, registry_file: 
         settings = isolated_settings(broker.bootstrap, registry_file, modalities=["vision"])
         run = await Running(Orchestrator(settings)).start()
         try:
-            async with AltlasClient(
-                client_kwargs(settings.kafka), build_codec(settings), settings.topics
-            ) as client:
+            async with connect(settings) as client:
                 result = await client.request(
                     make_request("vision", "classify", rotated_page(270)), timeout_s=60
                 )
