@@ -16,7 +16,7 @@ from altlas.models.registry import ModelRegistry
 from altlas.orchestration.assets import ORIENTATION_PARAMS
 from altlas.pipelines.base import PipelineLimits
 from altlas.pipelines.image import decode_image
-from altlas.pipelines.image_classification import ImageClassificationPipeline
+from altlas.pipelines.image_classification import ImageClassificationPipeline, Recipe, preprocess
 from altlas.schemas.errors import ErrorCode, InvalidRequestError, PayloadTooLargeError
 from altlas.schemas.types import Classification
 from tests.builders import MEAN_COLOR_LABELS, expected_mean_color
@@ -158,3 +158,40 @@ def test_the_trained_orientation_classifier_reads_page_rotation(orientation_mode
         assert out.labels[0].label == str(deg)
         assert out.labels[0].score > 0.8
         assert abs(sum(lab.score for lab in out.labels) - 1.0) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        {"resize_short": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+         "channel_order": "BGR", "interpolation": "lanczos"},
+        {"resize": [32, 24], "layout": "NHWC", "scale": 1.0, "mean": [127.5], "std": [127.5]},
+        {"resize": 4},
+    ],
+)  # fmt: skip
+def test_preprocessing_equals_the_textbook_formula(recipe: dict) -> None:  # type: ignore[type-arg]
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (300, 410, 3), dtype=np.uint8))
+    parsed = Recipe.parse(recipe, None)
+    got = preprocess(image, parsed)
+    # The reference: resize and crop as the recipe says, then (x * scale - mean) / std per channel.
+    resized = image
+    if "resize_short" in recipe:
+        ratio = recipe["resize_short"] / min(image.size)
+        resized = image.resize(
+            (round(image.width * ratio), round(image.height * ratio)), parsed.resample, reducing_gap=3.0
+        )
+    elif parsed.resize is not None:
+        resized = image.resize(parsed.resize, parsed.resample, reducing_gap=3.0)
+    if "crop" in recipe:
+        left, top = (resized.width - 224) // 2, (resized.height - 224) // 2
+        resized = resized.crop((left, top, left + 224, top + 224))
+    x = np.asarray(resized, dtype=np.float64)
+    if parsed.bgr:
+        x = x[..., ::-1]
+    mean = np.asarray(recipe.get("mean", [0.0]), dtype=np.float64)
+    std = np.asarray(recipe.get("std", [1.0]), dtype=np.float64)
+    want = (x * recipe.get("scale", 1 / 255) - mean) / std
+    if parsed.nchw:
+        want = want.transpose(2, 0, 1)
+    assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"] and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
