@@ -27,6 +27,8 @@ from PIL import Image
 #: Orientation classifier recipe (altlas.orchestration.assets.ORIENTATION_PARAMS), as code.
 _MEAN = np.asarray([0.485, 0.456, 0.406], dtype=np.float32)
 _STD = np.asarray([0.229, 0.224, 0.225], dtype=np.float32)
+_GAIN = (np.float32(1.0 / 255.0) / _STD).reshape(3, 1, 1)
+_OFFSET = (_MEAN / _STD).reshape(3, 1, 1)
 
 
 def _tiny(image: Image.Image) -> np.ndarray:
@@ -43,8 +45,11 @@ def _orientation(image: Image.Image) -> np.ndarray:
     w, h = image.size
     left, top = (w - 224) // 2, (h - 224) // 2
     image = image.crop((left, top, left + 224, top + 224))
-    arr = np.asarray(image, dtype=np.float32)[..., ::-1] * np.float32(1.0 / 255.0)
-    return np.ascontiguousarray(((arr - _MEAN) / _STD).transpose(2, 0, 1), dtype=np.float32)
+    # As altlas does it (pipelines/image_classification.preprocess): one float write in CHW order.
+    pixels = np.asarray(image)[..., ::-1].transpose(2, 0, 1)
+    out = np.empty(pixels.shape, dtype=np.float32)
+    np.multiply(pixels, _GAIN, out=out)
+    return np.subtract(out, _OFFSET, out=out)
 
 
 #: workload -> (preprocess, ONNX metadata key holding the labels, model id in results)
