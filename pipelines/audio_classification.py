@@ -31,8 +31,7 @@ from altlas.models.runtime import ModelRuntime
 from altlas.models.silero_vad import SAMPLE_RATE as VAD_RATE
 from altlas.models.silero_vad import SileroVadRuntime, speech_regions
 from altlas.pipelines.audio import decode_audio
-from altlas.pipelines.audio_params import float_param
-from altlas.pipelines.base import Output, PipelineLimits, Prepared, int_param
+from altlas.pipelines.base import Output, PipelineLimits, Prepared, float_param, int_param
 from altlas.schemas.errors import ErrorCode, InvalidRequestError
 from altlas.schemas.types import AudioClassification, Label, ParamValue, TimedLabel
 

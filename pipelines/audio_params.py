@@ -2,34 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
+from altlas.pipelines.base import bad_param as _bad
 from altlas.pipelines.base import int_param
-from altlas.schemas.errors import ErrorCode, InvalidRequestError
 from altlas.schemas.types import ParamValue
-
-
-def _bad(message: str) -> InvalidRequestError:
-    return InvalidRequestError(message, code=ErrorCode.INVALID_PARAMS)
-
-
-def float_param(
-    params: Mapping[str, ParamValue], name: str, default: float, *, lo: float, hi: float
-) -> float:
-    """A number in [lo, hi]; strings holding a number are accepted (CLI ``-p key=value``)."""
-    value = params.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise _bad(f"param {name} must be a number")
-    try:
-        number = float(value)
-    except ValueError:
-        raise _bad(f"param {name} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or not lo <= number <= hi:
-        raise _bad(f"param {name} must be in [{lo}, {hi}], got {value!r}")
-    return number
 
 
 def bool_param(params: Mapping[str, ParamValue], name: str, default: bool) -> bool:

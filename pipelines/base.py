@@ -9,6 +9,7 @@ blocking and run on worker threads; neither knows about Kafka.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -77,6 +78,32 @@ def int_param(params: Mapping[str, ParamValue], name: str, default: int, *, lo: 
             f"param {name} must be in [{lo}, {hi}], got {number}", code=ErrorCode.INVALID_PARAMS
         )
     return number
+
+
+def bad_param(message: str) -> InvalidRequestError:
+    """The caller's INVALID_PARAMS error for a param it got wrong."""
+    return InvalidRequestError(message, code=ErrorCode.INVALID_PARAMS)
+
+
+def bounded_float(name: str, value: Any, *, lo: float, hi: float) -> float:
+    """``value`` as a finite number in [lo, hi]; strings holding a number are accepted (CLI ``-p k=v``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise bad_param(f"param {name} must be a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise bad_param(f"param {name} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or not lo <= number <= hi:
+        raise bad_param(f"param {name} must be in [{lo}, {hi}], got {value!r}")
+    return number
+
+
+def float_param(
+    params: Mapping[str, ParamValue], name: str, default: float, *, lo: float, hi: float
+) -> float:
+    """A request's number param in [lo, hi]; absent or null is ``default``."""
+    value = params.get(name, default)
+    return default if value is None else bounded_float(name, value, lo=lo, hi=hi)
 
 
 def model_param(spec: ModelSpec, name: str, default: Any = None) -> Any:

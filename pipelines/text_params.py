@@ -8,42 +8,19 @@ with INVALID_PARAMS before it ever waits for the model.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from altlas.models.llama_text import Sampling
-from altlas.pipelines.base import int_param
-from altlas.schemas.errors import ErrorCode, InvalidRequestError
+from altlas.pipelines.base import bad_param as _bad
+from altlas.pipelines.base import float_param, int_param
 from altlas.schemas.types import ParamValue
 
 MAX_NEW_TOKENS = 32_768
 MAX_STOPS = 16
 MAX_STOP_CHARS = 256
 MAX_GRAMMAR_CHARS = 64 * 1024
-
-
-def _bad(message: str) -> InvalidRequestError:
-    return InvalidRequestError(message, code=ErrorCode.INVALID_PARAMS)
-
-
-def float_param(
-    params: Mapping[str, ParamValue], name: str, default: float, *, lo: float, hi: float
-) -> float:
-    """A finite number within [lo, hi]; integers are accepted too."""
-    value = params.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise _bad(f"param {name} must be a number")
-    try:
-        number = float(value)
-    except ValueError:
-        raise _bad(f"param {name} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or not lo <= number <= hi:
-        raise _bad(f"param {name} must be in [{lo}, {hi}], got {value!r}")
-    return number
 
 
 def bool_param(params: Mapping[str, ParamValue], name: str, default: bool = False) -> bool:

@@ -20,8 +20,8 @@ from altlas.models.registry import ModelSpec
 from altlas.models.runtime import ModelRuntime
 from altlas.models.speech_synthesis import SpeechInput, SynthesizedSpeech
 from altlas.pipelines.audio import Audio, encode_wav, resample
-from altlas.pipelines.audio_params import float_param, str_param
-from altlas.pipelines.base import Output, PipelineLimits, Prepared
+from altlas.pipelines.audio_params import str_param
+from altlas.pipelines.base import Output, PipelineLimits, Prepared, float_param
 from altlas.schemas.errors import ErrorCode, InvalidRequestError, PayloadTooLargeError
 from altlas.schemas.types import ParamValue, Speech
 

@@ -7,18 +7,13 @@ sees it, and a bad one is the caller's INVALID_PARAMS error.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from altlas.models.registry import ModelSpec
-from altlas.pipelines.base import int_param
-from altlas.schemas.errors import ErrorCode, InvalidRequestError
+from altlas.pipelines.base import bad_param as _bad
+from altlas.pipelines.base import bounded_float, int_param
 from altlas.schemas.types import ParamValue
-
-
-def _bad(message: str) -> InvalidRequestError:
-    return InvalidRequestError(message, code=ErrorCode.INVALID_PARAMS)
 
 
 def layered(params: Mapping[str, ParamValue], spec: ModelSpec, name: str, default: Any) -> Any:
@@ -32,16 +27,7 @@ def float_param(
     params: Mapping[str, ParamValue], spec: ModelSpec, name: str, default: float, *, lo: float, hi: float
 ) -> float:
     """A bounded float (request, then registry, then default)."""
-    value = layered(params, spec, name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise _bad(f"param {name} must be a number")
-    try:
-        number = float(value)
-    except ValueError:
-        raise _bad(f"param {name} must be a number, got {value!r}") from None
-    if math.isnan(number) or not lo <= number <= hi:
-        raise _bad(f"param {name} must be in [{lo}, {hi}], got {number}")
-    return number
+    return bounded_float(name, layered(params, spec, name, default), lo=lo, hi=hi)
 
 
 def layered_int(
