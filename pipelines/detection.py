@@ -54,6 +54,34 @@ class DetectItem:
     cascade: tuple[float, int, int] = (1.1, 5, 0)  # scale_factor, min_neighbors, min_size
 
 
+#: conf, iou, max_det, classes, imgsz: what every box-finding task asks of its model.
+Settings = tuple[float, float, int, tuple[str, ...] | None, int | None]
+
+
+def detect_settings(params: Mapping[str, ParamValue], spec: ModelSpec) -> Settings:
+    """The box-finding params, read and bounded (request, registry, default) before any decoding."""
+    return (
+        float_param(params, spec, "conf", 0.25, lo=0.0, hi=1.0),
+        float_param(params, spec, "iou", 0.7, lo=0.0, hi=1.0),
+        layered_int(params, spec, "max_det", 300, lo=1, hi=10_000),
+        class_filter(params, spec),
+        imgsz_param(params, spec),
+    )
+
+
+def backend_pixels(payload: bytes, spec: ModelSpec, limits: PipelineLimits) -> tuple[np.ndarray, int, int]:
+    """The decoded image in the form the model's backend takes, and its original width and height."""
+    image = decode_image(payload, max_pixels=limits.max_image_pixels)
+    if spec.backend == "opencv-cascade":
+        pixels = np.asarray(image.convert("L"))
+    elif spec.backend == "onnx":
+        pixels = preprocess(image, Recipe.parse(dict(model_param(spec, "preprocess", {}) or {}), None))
+    else:
+        pixels = np.ascontiguousarray(np.asarray(image)[..., ::-1])
+    width, height = image.size
+    return pixels, width, height
+
+
 def labels_of(runtime: ModelRuntime) -> dict[int, str]:
     """Class names by id: from the model itself, else the registry's ``metadata.labels``."""
     if isinstance(runtime, UltralyticsRuntime):
@@ -114,27 +142,14 @@ class DetectionPipeline:
         """Validate params, decode the image and shape it for the model's backend."""
         if not isinstance(payload, bytes):
             raise InvalidRequestError("vision payload must be bytes")
-        conf = float_param(params, spec, "conf", 0.25, lo=0.0, hi=1.0)
-        iou = float_param(params, spec, "iou", 0.7, lo=0.0, hi=1.0)
-        max_det = layered_int(params, spec, "max_det", 300, lo=1, hi=10_000)
-        classes = class_filter(params, spec)
-        imgsz = imgsz_param(params, spec)
+        settings = detect_settings(params, spec)
         cascade = (
             float_param(params, spec, "scale_factor", 1.1, lo=1.001, hi=4.0),
             layered_int(params, spec, "min_neighbors", 5, lo=0, hi=1000),
             layered_int(params, spec, "min_size", 0, lo=0, hi=100_000),
         )
-        image = decode_image(payload, max_pixels=self.limits.max_image_pixels)
-        rgb = np.asarray(image)
-        if spec.backend == "opencv-cascade":
-            pixels = np.asarray(image.convert("L"))
-        elif spec.backend == "onnx":
-            pixels = preprocess(image, Recipe.parse(dict(model_param(spec, "preprocess", {}) or {}), None))
-        else:
-            pixels = np.ascontiguousarray(rgb[..., ::-1])
-        width, height = image.size
-        item = DetectItem(pixels, width, height, conf, iou, max_det, classes, imgsz, cascade)
-        return Prepared(item, params)
+        pixels, width, height = backend_pixels(payload, spec, self.limits)
+        return Prepared(DetectItem(pixels, width, height, *settings, cascade), params)
 
     def run(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
         """Detect in a batch; output i answers item i."""

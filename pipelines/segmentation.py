@@ -26,15 +26,17 @@ from altlas.models.registry import ModelSpec
 from altlas.models.runtime import ModelRuntime
 from altlas.models.yolo import UltralyticsRuntime, YoloOutput
 from altlas.pipelines.base import Output, PipelineLimits, Prepared, model_param
-from altlas.pipelines.detection import DetectItem, boxes_record, labels_of, yolo_input
-from altlas.pipelines.image import decode_image
-from altlas.pipelines.image_classification import Recipe, preprocess
+from altlas.pipelines.detection import (
+    DetectItem,
+    backend_pixels,
+    boxes_record,
+    detect_settings,
+    labels_of,
+    yolo_input,
+)
 from altlas.pipelines.masks import encode_rle, mask_polygons
 from altlas.pipelines.vision_params import (
-    class_filter,
     float_param,
-    imgsz_param,
-    layered_int,
     resolve_classes,
 )
 from altlas.schemas.errors import ErrorCode, InvalidRequestError
@@ -82,20 +84,10 @@ class SegmentationPipeline:
         """Validate params, decode the image and shape it for the model's backend."""
         if not isinstance(payload, bytes):
             raise InvalidRequestError("vision payload must be bytes")
-        conf = float_param(params, spec, "conf", 0.25, lo=0.0, hi=1.0)
-        iou = float_param(params, spec, "iou", 0.7, lo=0.0, hi=1.0)
-        max_det = layered_int(params, spec, "max_det", 300, lo=1, hi=10_000)
-        classes = class_filter(params, spec)
-        imgsz = imgsz_param(params, spec)
+        settings = detect_settings(params, spec)
         threshold = float_param(params, spec, "threshold", 0.5, lo=0.0, hi=1.0)
-        image = decode_image(payload, max_pixels=self.limits.max_image_pixels)
-        if spec.backend == "onnx":
-            pixels = preprocess(image, Recipe.parse(dict(model_param(spec, "preprocess", {}) or {}), None))
-        else:
-            pixels = np.ascontiguousarray(np.asarray(image)[..., ::-1])
-        width, height = image.size
-        item = DetectItem(pixels, width, height, conf, iou, max_det, classes, imgsz)
-        return Prepared(SegmentItem(item, threshold), params)
+        pixels, width, height = backend_pixels(payload, spec, self.limits)
+        return Prepared(SegmentItem(DetectItem(pixels, width, height, *settings), threshold), params)
 
     def run(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
         """Segment a batch; output i answers item i."""
