@@ -20,7 +20,6 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -32,7 +31,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import broker, collect, create_topics, preload
+from bench.common import broker, collect, create_topics, orchestrator_config, preload, start_orchestrator
 
 console = Console(stderr=True)
 
@@ -78,26 +77,16 @@ def _direct(model_dir: Path, clips: list[bytes], beam_size: int) -> float:
 def _start_altlas(
     bootstrap: str, topic_in: str, topic_out: str, registry: Path, workdir: Path
 ) -> subprocess.Popen[bytes]:
-    config = {
-        "modalities": ["audio"],
-        "kafka": {"bootstrap_servers": bootstrap, "group_id": f"bench-{uuid.uuid4().hex[:6]}"},
-        "topics": {
-            "audio_requests": topic_in,
-            "audio_results": topic_out,
-            "create": True,
-            "model_status": f"{topic_in}.status",
-            "model_commands": f"{topic_in}.commands",
-            "dead_letter": f"{topic_in}.dlq",
-        },
-        "models": {"registry": str(registry)},
-        "batching": {"max_batch": 8, "fetch_max_records": 32, "max_wait_ms": 20},
+    config = orchestrator_config(
+        "audio", bootstrap, topic_in, topic_out, registry,
+        group=f"bench-{uuid.uuid4().hex[:6]}",
+        create=True,
+        batching={"max_batch": 8, "fetch_max_records": 32, "max_wait_ms": 20},
         # A backlog of slow clips waits longer than the default 60 s per attempt; no result cache.
-        "routing": {"attempt_timeout_s": 900},
-        "cache": {"enabled": False},
-    }
-    path = workdir / f"altlas-{topic_in}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return subprocess.Popen([sys.executable, "-m", "altlas.orchestration", "run", "--config", str(path)])
+        routing={"attempt_timeout_s": 900},
+        cache={"enabled": False},
+    )  # fmt: skip
+    return start_orchestrator(config, workdir / f"altlas-{topic_in}.yaml")
 
 
 async def _altlas(

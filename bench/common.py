@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -164,6 +166,44 @@ async def collect(
         return Collected(count, len(seen), first or 0, last, latencies, created)
     finally:
         await consumer.stop()
+
+
+def orchestrator_config(
+    modality: str,
+    bootstrap: str,
+    topic_in: str,
+    topic_out: str,
+    registry: Path,
+    *,
+    group: str,
+    create: bool,
+    **sections: Any,
+) -> dict[str, Any]:
+    """An orchestrator config on a bench's own topics (status, commands and dead letters beside
+    its input), one registry, and whatever other ``sections`` (batching, cache, metrics, ...)
+    the bench sets; ``create`` lets altlas create the topics the bench did not."""
+    topics: dict[str, Any] = {
+        f"{modality}_requests": topic_in,
+        f"{modality}_results": topic_out,
+        "model_status": f"{topic_in}.status",
+        "model_commands": f"{topic_in}.commands",
+        "dead_letter": f"{topic_in}.dlq",
+    }
+    if create:
+        topics["create"] = True
+    return {
+        "modalities": [modality],
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": group},
+        "topics": topics,
+        "models": {"registry": str(registry)},
+        **sections,
+    }
+
+
+def start_orchestrator(config: dict[str, Any], path: Path) -> subprocess.Popen[bytes]:
+    """Write ``config`` to ``path`` and run altlas on it in its own process, as an operator would."""
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.Popen([sys.executable, "-m", "altlas.orchestration", "run", "--config", str(path)])
 
 
 def median(values: list[float]) -> float:

@@ -15,7 +15,6 @@ import asyncio
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -25,7 +24,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import broker, collect, create_topics, preload
+from bench.common import broker, collect, create_topics, orchestrator_config, preload, start_orchestrator
 
 console = Console(stderr=True)
 
@@ -33,24 +32,15 @@ console = Console(stderr=True)
 def _start(
     bootstrap: str, topic_in: str, topic_out: str, registry: Path, workdir: Path, cache: bool
 ) -> subprocess.Popen[bytes]:
-    config = {
-        "modalities": ["vision"],
-        "kafka": {"bootstrap_servers": bootstrap, "group_id": f"bench-{uuid.uuid4().hex[:6]}"},
-        "topics": {
-            "vision_requests": topic_in,
-            "vision_results": topic_out,
-            "model_status": f"{topic_in}.status",
-            "model_commands": f"{topic_in}.commands",
-            "dead_letter": f"{topic_in}.dlq",
-        },
-        "models": {"registry": str(registry)},
-        "batching": {"max_batch": 64, "fetch_max_records": 512, "max_wait_ms": 0},
-        "cache": {"enabled": cache},
-        "metrics": {"port": None},
-    }
-    path = workdir / f"altlas-{topic_in}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return subprocess.Popen([sys.executable, "-m", "altlas.orchestration", "run", "--config", str(path)])
+    config = orchestrator_config(
+        "vision", bootstrap, topic_in, topic_out, registry,
+        group=f"bench-{uuid.uuid4().hex[:6]}",
+        create=False,
+        batching={"max_batch": 64, "fetch_max_records": 512, "max_wait_ms": 0},
+        cache={"enabled": cache},
+        metrics={"port": None},
+    )  # fmt: skip
+    return start_orchestrator(config, workdir / f"altlas-{topic_in}.yaml")
 
 
 async def _run(

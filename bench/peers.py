@@ -58,7 +58,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import ROOT, broker, create_topics
+from bench.common import ROOT, broker, create_topics, orchestrator_config
 
 console = Console(stderr=True)
 PEERS_HOME = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "altlas" / "peers"
@@ -346,24 +346,16 @@ def altlas_config(
     """altlas's YAML: the working bench/throughput.py config, cache off, metrics on a free port."""
     registry = workdir / f"registry-{workload.name}.yaml"
     registry.write_text(yaml.safe_dump({"models": [workload.entry]}))
-    config: dict[str, Any] = {
-        "modalities": ["vision"],
-        "kafka": {"bootstrap_servers": bootstrap, "group_id": f"{system.name}-{tag}"},
-        "topics": {
-            "vision_requests": topic_in,
-            "vision_results": topic_out,
-            "create": True,
-            "model_status": f"{topic_in}.status",
-            "model_commands": f"{topic_in}.commands",
-            "dead_letter": f"{topic_in}.dlq",
-        },
-        "models": {"registry": str(registry)},
+    config = orchestrator_config(
+        "vision", bootstrap, topic_in, topic_out, registry,
+        group=f"{system.name}-{tag}",
+        create=True,
         # A fetch is published as a unit: pull no more than a model batch (512 tiny, 32 orientation).
-        "batching": {"max_batch": 512, "fetch_max_records": workload.batch, "max_wait_ms": 0},
+        batching={"max_batch": 512, "fetch_max_records": workload.batch, "max_wait_ms": 0},
         # Repeated identical images would be answered from the result cache: an unfair edge here.
-        "cache": {"enabled": False},
-        "metrics": {"port": 0},
-    }
+        cache={"enabled": False},
+        metrics={"port": 0},
+    )  # fmt: skip
     if system.name == "altlas-eos":
         config["delivery"] = "exactly_once"
         config["kafka"]["transactional_id"] = f"bench-{tag}"

@@ -15,8 +15,6 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -26,7 +24,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import broker, collect, create_topics, preload
+from bench.common import broker, collect, create_topics, orchestrator_config, preload, start_orchestrator
 
 console = Console(stderr=True)
 
@@ -55,27 +53,16 @@ async def _run(bootstrap: str, n: int, processes: int, registry: Path, workdir: 
     group = f"scale-{tag}"
     procs = []
     for k in range(processes):
-        config = {
-            "instance_id": f"{group}-{k}",
-            "modalities": ["vision"],
-            "kafka": {"bootstrap_servers": bootstrap, "group_id": group},
-            "topics": {
-                "vision_requests": topic_in,
-                "vision_results": topic_out,
-                "model_status": f"{topic_in}.status",
-                "model_commands": f"{topic_in}.commands",
-                "dead_letter": f"{topic_in}.dlq",
-            },
-            "models": {"registry": str(registry)},
-            "cache": {"enabled": False},
-            "metrics": {"port": None},
-            "batching": {"max_batch": 64, "fetch_max_records": 512, "max_wait_ms": 0},
-        }
-        path = workdir / f"{group}-{k}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        procs.append(
-            subprocess.Popen([sys.executable, "-m", "altlas.orchestration", "run", "--config", str(path)])
-        )
+        config = orchestrator_config(
+            "vision", bootstrap, topic_in, topic_out, registry,
+            group=group,
+            create=False,
+            instance_id=f"{group}-{k}",
+            cache={"enabled": False},
+            metrics={"port": None},
+            batching={"max_batch": 64, "fetch_max_records": 512, "max_wait_ms": 0},
+        )  # fmt: skip
+        procs.append(start_orchestrator(config, workdir / f"{group}-{k}.yaml"))
     psutil.cpu_percent(None)
     try:
         got = await collect(bootstrap, topic_out, n, 600, key_of=lambda r: r.key.decode())

@@ -26,7 +26,15 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import ROOT, broker, collect, create_topics, preload
+from bench.common import (
+    ROOT,
+    broker,
+    collect,
+    create_topics,
+    orchestrator_config,
+    preload,
+    start_orchestrator,
+)
 
 console = Console(stderr=True)
 
@@ -56,25 +64,15 @@ def _requests(n: int, seed: int = 1) -> tuple[list[tuple[bytes, bytes]], dict[st
 def _start_altlas(
     bootstrap: str, topic_in: str, topic_out: str, registry: Path, workdir: Path
 ) -> subprocess.Popen[bytes]:
-    config = {
-        "modalities": ["vision"],
-        "kafka": {"bootstrap_servers": bootstrap, "group_id": f"bench-{uuid.uuid4().hex[:6]}"},
-        "topics": {
-            "vision_requests": topic_in,
-            "vision_results": topic_out,
-            "create": True,
-            "model_status": f"{topic_in}.status",
-            "model_commands": f"{topic_in}.commands",
-            "dead_letter": f"{topic_in}.dlq",
-        },
-        "models": {"registry": str(registry)},
-        "batching": {"max_batch": 512, "fetch_max_records": 512, "max_wait_ms": 0},
-        "cache": {"enabled": False},  # the requests repeat 64 images: the raw loop has no cache either
-        "metrics": {"port": 0},
-    }
-    path = workdir / f"altlas-{topic_in}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return subprocess.Popen([sys.executable, "-m", "altlas.orchestration", "run", "--config", str(path)])
+    config = orchestrator_config(
+        "vision", bootstrap, topic_in, topic_out, registry,
+        group=f"bench-{uuid.uuid4().hex[:6]}",
+        create=True,
+        batching={"max_batch": 512, "fetch_max_records": 512, "max_wait_ms": 0},
+        cache={"enabled": False},  # the requests repeat 64 images: the raw loop has no cache either
+        metrics={"port": 0},
+    )  # fmt: skip
+    return start_orchestrator(config, workdir / f"altlas-{topic_in}.yaml")
 
 
 def _start_raw(bootstrap: str, topic_in: str, topic_out: str, model: Path) -> subprocess.Popen[bytes]:

@@ -24,7 +24,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -36,7 +35,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import broker, collect, create_topics, preload
+from bench.common import broker, collect, create_topics, orchestrator_config, preload, start_orchestrator
 
 console = Console(stderr=True)
 BATCHES = (1, 8, 32)
@@ -147,25 +146,15 @@ def _requests(model: dict[str, Any], name: str, n: int, prefix: str = "r") -> li
 def _start_altlas(
     bootstrap: str, topic_in: str, topic_out: str, registry: Path, batch: int
 ) -> subprocess.Popen[bytes]:
-    config = {
-        "modalities": ["vision"],
-        "kafka": {"bootstrap_servers": bootstrap, "group_id": f"bench-{uuid.uuid4().hex[:6]}"},
-        "topics": {
-            "vision_requests": topic_in,
-            "vision_results": topic_out,
-            "create": True,
-            "model_status": f"{topic_in}.status",
-            "model_commands": f"{topic_in}.commands",
-            "dead_letter": f"{topic_in}.dlq",
-        },
-        "models": {"registry": str(registry)},
-        "batching": {"max_batch": batch, "fetch_max_records": 512, "max_wait_ms": 0},
-        "cache": {"enabled": False},  # the images repeat: every one must reach the model
-        "metrics": {"port": None},
-    }
-    path = registry.parent / f"altlas-{topic_in}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return subprocess.Popen([sys.executable, "-m", "altlas.orchestration", "run", "--config", str(path)])
+    config = orchestrator_config(
+        "vision", bootstrap, topic_in, topic_out, registry,
+        group=f"bench-{uuid.uuid4().hex[:6]}",
+        create=True,
+        batching={"max_batch": batch, "fetch_max_records": 512, "max_wait_ms": 0},
+        cache={"enabled": False},  # the images repeat: every one must reach the model
+        metrics={"port": None},
+    )  # fmt: skip
+    return start_orchestrator(config, registry.parent / f"altlas-{topic_in}.yaml")
 
 
 async def _altlas(
