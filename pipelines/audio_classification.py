@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -32,6 +31,7 @@ from altlas.models.silero_vad import SAMPLE_RATE as VAD_RATE
 from altlas.models.silero_vad import SileroVadRuntime, speech_regions
 from altlas.pipelines.audio import decode_audio
 from altlas.pipelines.base import Output, PipelineLimits, Prepared, float_param, int_param
+from altlas.pipelines.scores import class_labels, softmax
 from altlas.schemas.errors import ErrorCode, InvalidRequestError
 from altlas.schemas.types import AudioClassification, Label, ParamValue, TimedLabel
 
@@ -109,8 +109,7 @@ def window_features(audio: np.ndarray, spec: ModelSpec) -> tuple[list[np.ndarray
 def _scores(raw: np.ndarray, mode: str) -> np.ndarray:
     x = np.asarray(raw, dtype=np.float32).reshape(-1)
     if mode == "logits":
-        e = np.exp(x - x.max())
-        return np.asarray(e / e.sum(), dtype=np.float32)
+        return softmax(x)
     if mode == "sigmoid":
         return np.asarray(1 / (1 + np.exp(-x)), dtype=np.float32)
     return x
@@ -211,7 +210,7 @@ class AudioClassificationPipeline:
             name = runtime.input_names[0]
         feeds = [{name: f} for item in items for f in item.data.features]
         raw = runtime.predict_batch(feeds)
-        labels = self._labels(runtime)
+        labels = class_labels(runtime)
         mode = str(spec.params.get("output", "logits"))
         outputs: list[Output] = []
         cursor = 0
@@ -249,13 +248,3 @@ class AudioClassificationPipeline:
             labels=[Label(index=int(i), label=name(int(i)), score=round(float(mean[i]), 6)) for i in order],
             segments=_merge(runs),
         )
-
-    @staticmethod
-    def _labels(runtime: ModelRuntime) -> list[str]:
-        spec = runtime.spec
-        if spec.metadata.labels:
-            return list(spec.metadata.labels)
-        key: Any = spec.params.get("labels_metadata_key")
-        if key and isinstance(runtime, OnnxRuntime) and key in runtime.metadata:
-            return runtime.metadata[key].splitlines()
-        return []

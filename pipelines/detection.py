@@ -28,6 +28,7 @@ from altlas.pipelines.base import Output, PipelineLimits, Prepared, model_param
 from altlas.pipelines.image import decode_image
 from altlas.pipelines.image_classification import Recipe, preprocess
 from altlas.pipelines.picodet import decode_picodet
+from altlas.pipelines.scores import class_labels
 from altlas.pipelines.vision_params import (
     class_filter,
     float_param,
@@ -86,11 +87,7 @@ def labels_of(runtime: ModelRuntime) -> dict[int, str]:
     """Class names by id: from the model itself, else the registry's ``metadata.labels``."""
     if isinstance(runtime, UltralyticsRuntime):
         return dict(runtime.names)
-    spec = runtime.spec
-    labels = list(spec.metadata.labels)
-    key = model_param(spec, "labels_metadata_key")
-    if not labels and key and isinstance(runtime, OnnxRuntime) and key in runtime.metadata:
-        labels = runtime.metadata[key].splitlines()
+    labels = class_labels(runtime)
     if not labels and isinstance(runtime, CascadeRuntime):
         labels = ["object"]  # a cascade finds one kind of thing; metadata.labels names it
     return dict(enumerate(labels))

@@ -23,6 +23,7 @@ from altlas.models.runtime import ModelRuntime
 from altlas.models.yolo import UltralyticsRuntime, YoloInput
 from altlas.pipelines.base import Output, PipelineLimits, Prepared, int_param, model_param
 from altlas.pipelines.image import decode_image
+from altlas.pipelines.scores import class_labels, softmax
 from altlas.schemas.errors import InvalidRequestError
 from altlas.schemas.types import Classification, ParamValue
 
@@ -113,13 +114,6 @@ def preprocess(image: Image.Image, recipe: Recipe) -> np.ndarray:
     return out
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis."""
-    z = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return np.asarray(e / e.sum(axis=-1, keepdims=True))
-
-
 class ImageClassificationPipeline:
     """``vision.classify`` on an ONNX classifier."""
 
@@ -170,7 +164,7 @@ class ImageClassificationPipeline:
                 continue
             values = np.asarray(next(iter(out.values())) if isinstance(out, dict) else out, dtype=np.float32)
             scores.append(softmax(values.reshape(-1)) if apply_softmax else values.reshape(-1))
-        return self._top_k(items, scores, dict(enumerate(self._labels(runtime))))
+        return self._top_k(items, scores, dict(enumerate(class_labels(runtime))))
 
     @staticmethod
     def _top_k(
@@ -199,13 +193,3 @@ class ImageClassificationPipeline:
                 )
             )
         return outputs
-
-    @staticmethod
-    def _labels(runtime: ModelRuntime) -> list[str]:
-        spec = runtime.spec
-        if spec.metadata.labels:
-            return list(spec.metadata.labels)
-        key = model_param(spec, "labels_metadata_key")
-        if key and isinstance(runtime, OnnxRuntime) and key in runtime.metadata:
-            return runtime.metadata[key].splitlines()
-        return []

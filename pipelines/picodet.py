@@ -14,12 +14,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from altlas.pipelines.scores import softmax
+
 STRIDES = (8, 16, 32, 64)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return np.asarray(e / e.sum(axis=-1, keepdims=True))
 
 
 def iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -70,7 +67,7 @@ def decode_picodet(
         ys, xs = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
         centres = np.stack([(xs.ravel() + 0.5) * stride, (ys.ravel() + 0.5) * stride] * 2, axis=1)
         bins = dist.shape[1] // 4
-        distance = (_softmax(dist.reshape(-1, 4, bins)) * np.arange(bins)).sum(axis=-1) * stride
+        distance = (softmax(dist.reshape(-1, 4, bins)) * np.arange(bins)).sum(axis=-1) * stride
         top = np.argsort(-scores.max(axis=1), kind="stable")[:pre_nms_top_k]
         all_boxes.append(centres[top] + distance[top] * np.array([-1, -1, 1, 1]))
         all_scores.append(scores[top])

@@ -14,29 +14,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from altlas.models.onnx import OnnxRuntime
 from altlas.models.registry import ModelSpec
 from altlas.models.runtime import ModelRuntime
 from altlas.pipelines.base import Output, PipelineLimits, Prepared, int_param, model_param
+from altlas.pipelines.scores import class_labels, softmax
 from altlas.pipelines.text_encoder import Tokenizers, encode, padded_feeds
 from altlas.schemas.types import Classification, Label, ParamValue
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis."""
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return np.asarray(e / e.sum(axis=-1, keepdims=True), dtype=np.float32)
-
-
-def labels_of(runtime: ModelRuntime) -> list[str]:
-    """Class names from the registry, else from the ONNX metadata key the registry names."""
-    spec = runtime.spec
-    if spec.metadata.labels:
-        return list(spec.metadata.labels)
-    key = model_param(spec, "labels_metadata_key")
-    if key and isinstance(runtime, OnnxRuntime) and key in runtime.metadata:
-        return runtime.metadata[key].splitlines()
-    return []
 
 
 class TextClassificationPipeline:
@@ -57,7 +40,7 @@ class TextClassificationPipeline:
         """Classify a batch in one model call; output i answers item i."""
         feeds, _ = padded_feeds(runtime, [item.data for item in items])
         raw = runtime.predict_batch(feeds)
-        labels = labels_of(runtime)
+        labels = class_labels(runtime)
         as_logits = str(model_param(runtime.spec, "output", "logits")) == "logits"
         outputs: list[Output] = []
         for item, out in zip(items, raw, strict=True):
