@@ -85,22 +85,63 @@ class GatewayError(Exception):
         self.message = message
 
 
-class ResultWaiter:
-    """Reads one result topic and resolves the futures of the requests waiting on it."""
+class _TopicFollower:
+    """Follows one topic on a task of its own for as long as the gateway runs.
 
-    def __init__(self, client: AltlasClient, modality: Modality, topic: str) -> None:
+    The gateway has a single reader per topic, so a broker hiccup is logged and
+    retried, never the end of it; each record goes to ``_handle``.
+    """
+
+    def __init__(self, client: AltlasClient, topic: str, *, from_beginning: bool) -> None:
         self.client = client
         self.topic = topic
-        self.result_type = _RESULT_TYPES[modality]
+        self._from_beginning = from_beginning
         self._reader: TopicReader | None = None
         self._task: asyncio.Task[None] | None = None
-        self._pending: dict[str, asyncio.Future[Result]] = {}
 
     async def start(self) -> None:
-        """Position at the end of the topic (before any request is sent) and start reading."""
-        self._reader = self.client.reader(self.topic)
+        """Position the reader (end of the topic, or its beginning) and start following."""
+        self._reader = self.client.reader(self.topic, from_beginning=self._from_beginning)
         await self._reader.start()
-        self._task = asyncio.create_task(self._run(), name=f"gateway-results-{self.topic}")
+        self._task = asyncio.create_task(self._run(), name=f"gateway-{self.topic}")
+
+    def _handle(self, key: bytes | None, value: bytes | None) -> None:
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        assert self._reader is not None
+        while True:
+            try:
+                records = await self._reader.read(0.5)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reading %s failed: %s; retrying", self.topic, exc)
+                await asyncio.sleep(1.0)
+                continue
+            for rec in records:
+                self._handle(rec.key, rec.value)
+
+    async def stop(self) -> None:
+        """Stop following the topic."""
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+        if self._reader is not None:
+            await self._reader.stop()
+
+
+class ResultWaiter(_TopicFollower):
+    """Reads one result topic and resolves the futures of the requests waiting on it.
+
+    It reads from the end of the topic, positioned before any request is sent.
+    """
+
+    def __init__(self, client: AltlasClient, modality: Modality, topic: str) -> None:
+        super().__init__(client, topic, from_beginning=False)
+        self.result_type = _RESULT_TYPES[modality]
+        self._pending: dict[str, asyncio.Future[Result]] = {}
 
     def expect(self, request_id: str) -> asyncio.Future[Result]:
         """A future for ``request_id``'s final result; register it before sending the request."""
@@ -119,21 +160,7 @@ class ResultWaiter:
         """Requests still waiting for their result."""
         return len(self._pending)
 
-    async def _run(self) -> None:
-        assert self._reader is not None
-        while True:
-            try:
-                records = await self._reader.read(0.5)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a broker hiccup must not end the gateway's only reader
-                log.warning("reading %s failed: %s; retrying", self.topic, exc)
-                await asyncio.sleep(1.0)
-                continue
-            for rec in records:
-                self._deliver(rec.key, rec.value)
-
-    def _deliver(self, key: bytes | None, value: bytes | None) -> None:
+    def _handle(self, key: bytes | None, value: bytes | None) -> None:
         # Results are keyed by request id: skip other callers' results without decoding them.
         request_id = key.decode("utf-8", "replace") if key is not None else None
         if request_id is not None and request_id not in self._pending:
@@ -151,62 +178,27 @@ class ResultWaiter:
 
     async def stop(self) -> None:
         """Stop reading; waiting requests are cancelled."""
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
+        await super().stop()
         for request_id in list(self._pending):
             self.forget(request_id)
-        if self._reader is not None:
-            await self._reader.stop()
 
 
-class StatusBoard:
-    """The latest ModelStatus per model and instance, from the compacted status topic."""
+class StatusBoard(_TopicFollower):
+    """The latest ModelStatus per model and instance, from the compacted status topic (read whole)."""
 
     def __init__(self, client: AltlasClient, topic: str) -> None:
-        self.client = client
-        self.topic = topic
+        super().__init__(client, topic, from_beginning=True)
         self.latest: dict[str, dict[str, ModelStatus]] = {}  # "id@version" -> instance -> status
-        self._reader: TopicReader | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Read the topic from the beginning, then follow it."""
-        self._reader = self.client.reader(self.topic, from_beginning=True)
-        await self._reader.start()
-        self._task = asyncio.create_task(self._run(), name="gateway-status")
-
-    async def _run(self) -> None:
-        assert self._reader is not None
-        while True:
-            try:
-                records = await self._reader.read(0.5)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("reading %s failed: %s; retrying", self.topic, exc)
-                await asyncio.sleep(1.0)
-                continue
-            for rec in records:
-                if rec.value is None:
-                    continue  # a tombstone
-                try:
-                    status = self.client.decode_status(rec.value)
-                except Exception as exc:
-                    log.warning("undecodable model status: %s", exc)
-                    continue
-                key = f"{status.model_id}@{status.model_version}"
-                self.latest.setdefault(key, {})[status.instance_id] = status
-
-    async def stop(self) -> None:
-        """Stop following the topic."""
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-        if self._reader is not None:
-            await self._reader.stop()
+    def _handle(self, key: bytes | None, value: bytes | None) -> None:
+        if value is None:
+            return  # a tombstone
+        try:
+            status = self.client.decode_status(value)
+        except Exception as exc:
+            log.warning("undecodable model status: %s", exc)
+            return
+        self.latest.setdefault(f"{status.model_id}@{status.model_version}", {})[status.instance_id] = status
 
 
 class Gateway:
