@@ -13,6 +13,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -195,9 +196,9 @@ class Running:
             await asyncio.wait_for(self.task, 60)
 
 
-@pytest.fixture
-async def running(settings: Settings) -> AsyncIterator[Running]:
-    """An orchestrator started with the test's settings; stopped after the test."""
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Running]:
+    """An orchestrator on ``settings`` for the length of the block, stopped however the block ends."""
     run = await Running(Orchestrator(settings)).start()
     try:
         yield run
@@ -205,9 +206,18 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         await run.stop()
 
 
+@pytest.fixture
+async def running(settings: Settings) -> AsyncIterator[Running]:
+    """An orchestrator started with the test's settings; stopped after the test."""
+    async with serving(settings) as run:
+        yield run
+
+
 def connect(settings: Settings) -> AltlasClient:
     """A client of altlas's contract on the test's broker and topics (use with ``async with``)."""
-    return AltlasClient(client_kwargs(settings.kafka), build_codec(settings), settings.topics)
+    return AltlasClient(
+        client_kwargs(settings.kafka, client_suffix="test"), build_codec(settings), settings.topics
+    )
 
 
 async def exchange(
@@ -223,7 +233,5 @@ async def exchange(
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[AltlasClient]:
     """A Kafka client speaking altlas's contract with the test's topics."""
-    async with AltlasClient(
-        client_kwargs(settings.kafka, client_suffix="test"), build_codec(settings), settings.topics
-    ) as c:
+    async with connect(settings) as c:
         yield c

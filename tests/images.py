@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
 import textwrap
+import zlib
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -40,3 +42,18 @@ def rotated_page(clockwise_degrees: int, fmt: str = "PNG") -> bytes:
 def solid(rgb: tuple[int, int, int], size: int = 16, fmt: str = "PNG") -> bytes:
     """A one-colour image."""
     return encode(Image.new("RGB", (size, size), rgb), fmt)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG that declares a size and carries almost no data: a decompression bomb's shape."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )

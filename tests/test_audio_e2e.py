@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 
 from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.service import Orchestrator, build_codec
 from altlas.orchestration.settings import Settings
 from altlas.pipelines.audio import decode_audio
 from altlas.schemas.types import (
@@ -22,7 +20,7 @@ from altlas.schemas.types import (
     Speech,
     Transcription,
 )
-from tests.conftest import Running, isolated_settings
+from tests.conftest import Running, connect, isolated_settings, serving
 from tests.fixtures_audio import Conversation, espeak, ffmpeg_encode, silence, wav_bytes, word_recall
 
 SENTENCES = [
@@ -46,21 +44,14 @@ def audio_settings(kafka_bootstrap: str, audio_registry: Path) -> Settings:
 
 @pytest.fixture
 async def audio_client(audio_settings: Settings) -> AsyncIterator[AltlasClient]:
-    async with AltlasClient(
-        client_kwargs(audio_settings.kafka, client_suffix="test"),
-        build_codec(audio_settings),
-        audio_settings.topics,
-    ) as c:
+    async with connect(audio_settings) as c:
         yield c
 
 
 @pytest.fixture
 async def audio_running(audio_settings: Settings) -> AsyncIterator[Running]:
-    run = await Running(Orchestrator(audio_settings)).start()
-    try:
+    async with serving(audio_settings) as run:
         yield run
-    finally:
-        await run.stop()
 
 
 async def _drain(reader: Any, want: int, timeout_s: float = 60.0) -> list[Any]:

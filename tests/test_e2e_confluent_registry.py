@@ -42,7 +42,7 @@ from altlas.schemas.confluent import SchemaRegistryClient, SubjectStrategy
 from altlas.schemas.errors import UnknownSchemaError
 from altlas.schemas.types import Classification, ResultStatus, VisionResult
 from tests.builders import MEAN_COLOR_LABELS, expected_mean_color
-from tests.conftest import Running, isolated_settings
+from tests.conftest import Running, isolated_settings, serving
 from tests.images import solid
 
 VISION_RESULT = "altlas.events.VisionResult"
@@ -144,11 +144,8 @@ async def confluent_running(
 ) -> AsyncIterator[Running]:
     """An orchestrator that writes Confluent framing with ids from the real registry."""
     settings = confluent_settings(kafka_bootstrap, registry_file, schema_registry_url)
-    run = await Running(Orchestrator(settings)).start()
-    try:
+    async with serving(settings) as run:
         yield run
-    finally:
-        await run.stop()
 
 
 # --------------------------------------------------------------- our client vs the registry

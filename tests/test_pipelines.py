@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,27 +18,12 @@ from altlas.pipelines.image_classification import ImageClassificationPipeline, R
 from altlas.schemas.errors import ErrorCode, InvalidRequestError, PayloadTooLargeError
 from altlas.schemas.types import Classification
 from tests.builders import MEAN_COLOR_LABELS, expected_mean_color
-from tests.images import encode, rotated_page, solid
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares a size and carries almost no data: a decompression bomb's shape."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
-    )
+from tests.images import encode, png_declaring, rotated_page, solid
 
 
 def test_an_image_declaring_50000_by_50000_pixels_is_refused_before_decoding() -> None:
     with pytest.raises(PayloadTooLargeError, match="50000x50000"):
-        decode_image(_png_header_only(50_000, 50_000), max_pixels=40_000_000)
+        decode_image(png_declaring(50_000, 50_000), max_pixels=40_000_000)
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,6 @@ import yaml
 pytest.importorskip("llama_cpp")
 
 from altlas.orchestration.client import AltlasClient, TopicReader, make_request
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.service import Orchestrator, build_codec
 from altlas.schemas.types import (
     Classification,
     Embedding,
@@ -24,7 +22,7 @@ from altlas.schemas.types import (
     TextGeneration,
     TextResult,
 )
-from tests.conftest import Running, isolated_settings
+from tests.conftest import connect, isolated_settings, serving
 from tests.fixtures_text import text_registry_doc
 
 
@@ -43,14 +41,8 @@ async def text_client(
         yaml.safe_dump(text_registry_doc(tiny_gguf, smollm2_gguf, minilm_dir, bow_classifier))
     )
     settings = isolated_settings(kafka_bootstrap, registry, modalities=["text"])
-    run = await Running(Orchestrator(settings)).start()
-    try:
-        async with AltlasClient(
-            client_kwargs(settings.kafka, client_suffix="test"), build_codec(settings), settings.topics
-        ) as client:
-            yield client
-    finally:
-        await run.stop()
+    async with serving(settings), connect(settings) as client:
+        yield client
 
 
 async def _all_records(

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import struct
 import time
-import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,14 +12,13 @@ import pytest
 import yaml
 
 from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.service import Orchestrator, build_codec
 from altlas.orchestration.settings import Settings
 from altlas.pipelines.detection import DetectionPipeline
 from altlas.pipelines.masks import decode_rle
 from altlas.schemas.types import Classification, Detection, Ocr, ResultStatus, Segmentation
-from tests.conftest import Running, isolated_settings
+from tests.conftest import Running, connect, isolated_settings, serving
 from tests.fixtures_vision import load_runtime, vision_registry
+from tests.images import png_declaring
 from tests.vision_builders import document_page, encode, scene, text_lines
 
 
@@ -47,36 +44,14 @@ def vision_settings(
 
 @pytest.fixture
 async def vision_client(vision_settings: Settings) -> AsyncIterator[AltlasClient]:
-    async with AltlasClient(
-        client_kwargs(vision_settings.kafka, client_suffix="test"),
-        build_codec(vision_settings),
-        vision_settings.topics,
-    ) as c:
+    async with connect(vision_settings) as c:
         yield c
 
 
 @pytest.fixture
 async def vision_running(vision_settings: Settings) -> AsyncIterator[Running]:
-    run = await Running(Orchestrator(vision_settings)).start()
-    try:
+    async with serving(vision_settings) as run:
         yield run
-    finally:
-        await run.stop()
-
-
-def _png_declaring(width: int, height: int) -> bytes:
-    """A PNG header that declares a huge size and carries almost no data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 async def _drain(reader: Any, want: int, timeout_s: float = 60.0) -> list[Any]:
@@ -188,7 +163,7 @@ async def test_bad_images_and_params_get_error_results_and_dead_letters(
     cases = {
         "corrupt": (b"\x89PNG\r\n\x1a\n" + os.urandom(200), {}, "detect", "", "INVALID_PAYLOAD"),
         "truncated": (good[: len(good) // 2], {}, "ocr", "", "INVALID_PAYLOAD"),
-        "bomb": (_png_declaring(50_000, 50_000), {}, "segment", "", "PAYLOAD_TOO_LARGE"),
+        "bomb": (png_declaring(50_000, 50_000), {}, "segment", "", "PAYLOAD_TOO_LARGE"),
         "too-many-pixels": (encode(scene(1, (2000, 1500))), {}, "detect", "", "PAYLOAD_TOO_LARGE"),
         "bad-conf": (good, {"conf": 2.0}, "detect", "yolo", "INVALID_PARAMS"),
         "bad-lang": (good, {"lang": "xx"}, "ocr", "", "INVALID_PARAMS"),
