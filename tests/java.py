@@ -1,53 +1,23 @@
 """Java libraries from Maven Central for cross-language tests, cached under ``~/.cache/altlas/java``.
 
-The recipe of ``altlas.orchestration.kafka_dist``: Maven Central carries every
-Java library with its dependency tree, so a throwaway POM and ``mvn
-dependency:copy-dependencies`` give a runnable classpath without a build. A
-``.complete`` marker and a file lock make the download happen once, even when
-several pytest processes start together. It lives in ``tests/`` because only
-tests run Java; the installed packages never need a JVM.
+The Kafka broker's recipe (``altlas.orchestration.maven`` and ``once``): a
+throwaway POM and ``mvn dependency:copy-dependencies`` give a runnable
+classpath, fetched once even when several pytest processes start together. It
+lives in ``tests/`` because only tests run Java libraries other than Kafka.
 """
 
 from __future__ import annotations
 
-import fcntl
 import shutil
-import subprocess
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
+from altlas.orchestration.maven import Artifact, copy_dependencies
+from altlas.orchestration.once import build_once, is_complete
 from altlas.orchestration.settings import cache_dir
 
 AVRO_VERSION = "1.12.2"
 #: The slf4j-api that avro 1.12.2 depends on; the no-op binding keeps stderr free of its warnings.
 SLF4J_VERSION = "2.0.18"
-
-_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>altlas.local</groupId><artifactId>{name}-classpath</artifactId><version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-{dependencies}
-  </dependencies>
-</project>
-"""
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """Maven coordinates of one library."""
-
-    group: str
-    artifact: str
-    version: str
-
-    def pom_entry(self) -> str:
-        """The ``<dependency>`` element for the throwaway POM."""
-        return (
-            f"    <dependency><groupId>{self.group}</groupId><artifactId>{self.artifact}</artifactId>"
-            f"<version>{self.version}</version></dependency>"
-        )
 
 
 class MavenClasspath:
@@ -62,7 +32,7 @@ class MavenClasspath:
     @property
     def ready(self) -> bool:
         """Whether the jars were fetched completely."""
-        return (self.root / ".complete").exists()
+        return is_complete(self.root)
 
     @property
     def classpath(self) -> str:
@@ -71,37 +41,13 @@ class MavenClasspath:
 
     def ensure(self) -> MavenClasspath:
         """Fetch the jars once (safe across concurrent processes); raises when mvn fails."""
-        if self.ready:
-            return self
-        if shutil.which("mvn") is None:
+        if shutil.which("mvn") is None and not self.ready:
             raise RuntimeError(f"Maven (mvn) is needed to fetch the {self.name} jars")
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if self.ready:
-                return self
-            with tempfile.TemporaryDirectory() as tmp:
-                pom = Path(tmp) / "pom.xml"
-                entries = "\n".join(a.pom_entry() for a in self.artifacts)
-                pom.write_text(_POM.format(name=self.name, dependencies=entries))
-                staging = self.root / "libs.tmp"
-                shutil.rmtree(staging, ignore_errors=True)
-                cmd = [
-                    "mvn",
-                    "-q",
-                    "-B",
-                    "-f",
-                    str(pom),
-                    "dependency:copy-dependencies",
-                    f"-DoutputDirectory={staging}",
-                ]
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-                if proc.returncode != 0:
-                    output = proc.stdout[-3000:] + proc.stderr[-2000:]
-                    raise RuntimeError(f"mvn failed fetching the {self.name} jars:\n{output}")
-                shutil.rmtree(self.libs, ignore_errors=True)
-                staging.rename(self.libs)
-            (self.root / ".complete").write_text(" ".join(a.version for a in self.artifacts))
+        build_once(
+            self.root,
+            lambda: copy_dependencies(self.artifacts, self.libs, what=f"the {self.name} jars"),
+            stamp=" ".join(a.version for a in self.artifacts),
+        )
         return self
 
 

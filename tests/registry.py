@@ -12,7 +12,6 @@ an existing registry (Confluent, Karapace, Redpanda...) instead.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from altlas.orchestration.localkafka import free_port
+from altlas.orchestration.once import build_once, is_complete
 from altlas.orchestration.settings import cache_dir
 
 APICURIO_VERSION = os.environ.get("ALTLAS_TEST_APICURIO_VERSION", "3.0.9")
@@ -44,7 +44,7 @@ class ApicurioDistribution:
     @property
     def ready(self) -> bool:
         """Whether the tarball was unpacked completely (a half-done unpack has no marker)."""
-        return (self.root / ".complete").exists()
+        return is_complete(self.root)
 
     @property
     def runner_jar(self) -> Path:
@@ -60,33 +60,28 @@ class ApicurioDistribution:
 
     def ensure(self) -> ApicurioDistribution:
         """Fetch and unpack once; a file lock makes concurrent sessions wait for one fetch."""
-        if self.ready:
-            return self
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if self.ready:
-                return self
-            staging = self.root / "app.tmp"
-            shutil.rmtree(staging, ignore_errors=True)
-            with tempfile.TemporaryDirectory() as tmp:  # a folder without a pom.xml
-                cmd = [
-                    "mvn",
-                    "-q",
-                    "-B",
-                    "dependency:unpack",
-                    f"-Dartifact=io.apicurio:apicurio-registry-app:{self.version}:tar.gz:all",
-                    f"-DoutputDirectory={staging}",
-                ]
-                proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                output = proc.stdout[-3000:] + proc.stderr[-2000:]
-                raise RuntimeError(f"mvn failed fetching Apicurio Registry {self.version}:\n{output}")
-            shutil.rmtree(self.app, ignore_errors=True)
-            staging.rename(self.app)
-            self.runner_jar  # noqa: B018 - fail now, not at every start, if the layout changed
-            (self.root / ".complete").write_text(self.version)
+        build_once(self.root, self._unpack, stamp=self.version)
         return self
+
+    def _unpack(self) -> None:
+        staging = self.root / "app.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        with tempfile.TemporaryDirectory() as tmp:  # a folder without a pom.xml
+            cmd = [
+                "mvn",
+                "-q",
+                "-B",
+                "dependency:unpack",
+                f"-Dartifact=io.apicurio:apicurio-registry-app:{self.version}:tar.gz:all",
+                f"-DoutputDirectory={staging}",
+            ]
+            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            output = proc.stdout[-3000:] + proc.stderr[-2000:]
+            raise RuntimeError(f"mvn failed fetching Apicurio Registry {self.version}:\n{output}")
+        shutil.rmtree(self.app, ignore_errors=True)
+        staging.rename(self.app)
+        self.runner_jar  # noqa: B018 - fail now, not at every start, if the layout changed
 
 
 def _status(url: str) -> int | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ import yaml
 from fastavro.schema import to_parsing_canonical_form
 
 from altlas.orchestration.asyncapi import AVRO_SCHEMA_FORMAT, build_asyncapi, render_asyncapi
+from altlas.orchestration.once import build_once
 from altlas.orchestration.settings import Settings, cache_dir, load_settings
 from altlas.orchestration.topics import topic_plan
 from altlas.schemas.catalog import SchemaCatalog
@@ -236,21 +236,17 @@ def _asyncapi_parser() -> Path:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node/npm not installed: cannot run the AsyncAPI parser")
     root = cache_dir() / "npm" / "asyncapi-parser-3.6.6"
-    marker = root / ".complete"
-    if marker.exists():
-        return root
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not marker.exists():
-            proc = subprocess.run(
-                ["npm", "install", "--prefix", str(root), "--no-audit", "--no-fund", "--loglevel=error",
-                 *NPM_PACKAGES],
-                capture_output=True, text=True, timeout=300, check=False,
-            )  # fmt: skip
-            if proc.returncode != 0:
-                pytest.skip(f"npm install of the AsyncAPI parser failed: {proc.stderr[-500:]}")
-            marker.touch()
+
+    def install() -> None:
+        proc = subprocess.run(
+            ["npm", "install", "--prefix", str(root), "--no-audit", "--no-fund", "--loglevel=error",
+             *NPM_PACKAGES],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            pytest.skip(f"npm install of the AsyncAPI parser failed: {proc.stderr[-500:]}")
+
+    build_once(root, install, stamp="3.6.6")
     return root
 
 
