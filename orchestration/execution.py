@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -20,6 +19,7 @@ from opentelemetry.trace import SpanContext
 
 from altlas.models.errors import ModelError
 from altlas.models.registry import ModelSpec
+from altlas.orchestration.decoding import Decoder
 from altlas.orchestration.ensemble import aggregate
 from altlas.orchestration.health import error_code
 from altlas.orchestration.planning import Plan
@@ -62,9 +62,9 @@ class DeadlineExceeded(AltlasError):
 class MultiModelExecutor:
     """Runs fallback and ensemble plans."""
 
-    def __init__(self, workers: ModelWorkers, decode_pool: Executor, attempt_timeout_s: float) -> None:
+    def __init__(self, workers: ModelWorkers, decoder: Decoder, attempt_timeout_s: float) -> None:
         self.workers = workers
-        self.decode_pool = decode_pool
+        self.decoder = decoder
         self.attempt_timeout_s = attempt_timeout_s
 
     async def run(self, request: AnyRequest, plan: Plan, span: SpanContext | None) -> Execution:
@@ -88,11 +88,8 @@ class MultiModelExecutor:
     async def _attempt(
         self, request: AnyRequest, plan: Plan, spec: ModelSpec, span: SpanContext | None, timeout_s: float
     ) -> Member:
-        loop = asyncio.get_running_loop()
         try:
-            prepared = await loop.run_in_executor(
-                self.decode_pool, plan.pipeline.prepare, request.payload, request.params, spec
-            )
+            prepared = await self.decoder.prepare((plan.pipeline, request.payload, request.params, spec))
         except Exception as exc:
             return Member(spec, exc, None)
         future = self.workers.submit(spec, plan.pipeline, prepared, span)

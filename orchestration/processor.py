@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,12 +29,12 @@ from altlas.models.registry import ModelSpec
 from altlas.orchestration.answers import RESULT_TYPES, Answers, MemberAnswer, Outcome, error_info
 from altlas.orchestration.cache import ResultCache, cache_key
 from altlas.orchestration.chunks import ChunkStream
+from altlas.orchestration.decoding import Decoder
 from altlas.orchestration.execution import DeadlineExceeded, Execution, MultiModelExecutor
 from altlas.orchestration.planning import Plan, Planner
 from altlas.orchestration.settings import Modality, TopicSettings
 from altlas.orchestration.tracing import Tracing
 from altlas.orchestration.workers import JobResult, ModelWorkers
-from altlas.pipelines.base import Pipeline, Prepared
 from altlas.producers.publisher import OutboundMessage
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.errors import (
@@ -75,8 +74,7 @@ class ProcessorContext:
     executor: MultiModelExecutor
     workers: ModelWorkers
     topics: TopicSettings
-    decode_pool: Executor
-    decode_threads: int
+    decoder: Decoder
     max_message_bytes: int
     tracing: Tracing
     enqueue: Callable[[OutboundMessage], Awaitable[asyncio.Future[Any]]]
@@ -302,7 +300,9 @@ class RequestProcessor:
     async def _run_singles(
         self, records: Sequence[InboundRecord], singles: list[_Work], outcomes: list[Outcome | None]
     ) -> None:
-        prepared = await self._prepare_all([(w.request, w.plan.specs[0], w.plan.pipeline) for w in singles])
+        prepared = await self.ctx.decoder.prepare_many(
+            [(w.plan.pipeline, w.request.payload, w.request.params, w.plan.specs[0]) for w in singles]
+        )
         futures: dict[int, asyncio.Future[JobResult]] = {}
         streams: dict[int, ChunkStream] = {}
         for work, prep in zip(singles, prepared, strict=True):
@@ -366,20 +366,6 @@ class RequestProcessor:
                 pending.discard(i)
         return timed_out
 
-    async def _prepare_all(
-        self, todo: list[tuple[AnyRequest, ModelSpec, Pipeline]]
-    ) -> list[Prepared | BaseException]:
-        if not todo:
-            return []
-        loop = asyncio.get_running_loop()
-        chunks = max(1, min(self.ctx.decode_threads, len(todo) // 8))
-        size = -(-len(todo) // chunks)
-        parts = [todo[i : i + size] for i in range(0, len(todo), size)]
-        results = await asyncio.gather(
-            *(loop.run_in_executor(self.ctx.decode_pool, _prepare_many, p) for p in parts)
-        )
-        return [item for part in results for item in part]
-
     def _chunk_stream(self, rec: InboundRecord, work: _Work) -> ChunkStream:
         spec = work.plan.specs[0]
         topic = self.answers.reply_topic(work.request.reply_topic)
@@ -436,14 +422,3 @@ def _sampled(params: dict[str, Any]) -> bool:
 def _short(plan: Plan) -> str:
     """``classify`` for ``vision.classify``: results carry the task without the modality."""
     return plan.task.split(".", 1)[1]
-
-
-def _prepare_many(todo: list[tuple[AnyRequest, ModelSpec, Pipeline]]) -> list[Prepared | BaseException]:
-    """Decode payloads on a worker thread; each failure stays with its request."""
-    out: list[Prepared | BaseException] = []
-    for request, spec, pipeline in todo:
-        try:
-            out.append(pipeline.prepare(request.payload, request.params, spec))
-        except Exception as exc:
-            out.append(exc)
-    return out

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from aiokafka.errors import KafkaConnectionError
@@ -24,6 +23,8 @@ from altlas.models.manager import ModelEvent, ModelManager
 from altlas.models.registry import ModelRegistry, ModelSpec, check_pickle_paths
 from altlas.orchestration.cache import ResultCache
 from altlas.orchestration.commands import CommandHandler
+from altlas.orchestration.cpugate import CpuGate
+from altlas.orchestration.decoding import Decoder
 from altlas.orchestration.endpoints import HttpEndpoints, json_response
 from altlas.orchestration.execution import MultiModelExecutor
 from altlas.orchestration.health import ModelHealth
@@ -123,6 +124,7 @@ class Orchestrator:
             max_growth_bytes=int(growth * 1024 * 1024) if (growth := settings.models.max_growth_mb) else None,
         )
         batching = settings.batching
+        gate = CpuGate()
         self.workers = ModelWorkers(
             self.manager,
             self.tracing,
@@ -130,6 +132,7 @@ class Orchestrator:
             concurrency=batching.model_concurrency,
             health=self.health,
             on_batch=self.metrics.observe_batch,
+            gate=gate if batching.cpu_turns else None,
         )
         self.cache = (
             ResultCache(
@@ -140,9 +143,7 @@ class Orchestrator:
             if settings.cache.enabled
             else None
         )
-        self._decode_pool = ThreadPoolExecutor(
-            max_workers=batching.decode_threads, thread_name_prefix="decode"
-        )
+        self.decoder = Decoder(batching.decode_threads, gate)
         lim = settings.limits
         limits = PipelineLimits(
             max_payload_bytes=lim.max_message_bytes,
@@ -166,12 +167,11 @@ class Orchestrator:
         self.context = ProcessorContext(
             codec=self.codec,
             planner=self.planner,
-            executor=MultiModelExecutor(self.workers, self._decode_pool, routing.attempt_timeout_s),
+            executor=MultiModelExecutor(self.workers, self.decoder, routing.attempt_timeout_s),
             workers=self.workers,
             cache=self.cache,
             topics=settings.topics,
-            decode_pool=self._decode_pool,
-            decode_threads=batching.decode_threads,
+            decoder=self.decoder,
             max_message_bytes=settings.limits.max_message_bytes,
             enqueue=self.publisher.enqueue,
             tracing=self.tracing,
@@ -408,7 +408,7 @@ class Orchestrator:
                 await step()
             except Exception:
                 log.exception("shutdown step failed: %s", name)
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.decoder.shutdown()
         self.tracing.shutdown()
         log.info("altlas stopped", extra={"instance": self.settings.instance_id})
 
