@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from altlas.models.registry import ModelRegistry
+
 #: Weights of the "mean colour" classifier: 3 channel means -> 4 classes.
 MEAN_COLOR_W = np.array(
     [[4.0, -2.0, 0.5, 0.0], [-1.0, 3.0, 0.5, 0.0], [-1.0, -1.0, 0.5, 2.0]], dtype=np.float32
@@ -166,3 +168,15 @@ def white_intolerant_classifier(path: Path) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+def mean_color_registry(models_dir: Path, **params: object) -> ModelRegistry:
+    """A registry of one model, ``c``: the session's mean-colour classifier on 4x4 images."""
+    entry = {
+        "id": "c",
+        "task": "vision.classify",
+        "backend": "onnx",
+        "path": str(models_dir / "mean_color.onnx"),
+        "params": {"preprocess": {"resize": 4}, "labels_metadata_key": "labels", **params},
+    }
+    return ModelRegistry.from_dict({"models": [entry]})

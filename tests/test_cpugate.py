@@ -21,26 +21,14 @@ from altlas.orchestration.workers import ModelWorkers
 from altlas.pipelines.base import Output, Prepared
 from altlas.pipelines.image_classification import ImageClassificationPipeline
 from altlas.schemas.types import Classification, ParamValue
+from tests.builders import mean_color_registry
 from tests.images import solid
 
 MODEL_S = 0.05  # how long each model batch holds the cores
 
 
 def _spec(models_dir: Path, **params: object) -> ModelSpec:
-    registry = ModelRegistry.from_dict(
-        {
-            "models": [
-                {
-                    "id": "c",
-                    "task": "vision.classify",
-                    "backend": "onnx",
-                    "path": str(models_dir / "mean_color.onnx"),
-                    "params": {"preprocess": {"resize": 4}, "labels_metadata_key": "labels", **params},
-                }
-            ]
-        }
-    )
-    return registry.get("c")
+    return mean_color_registry(models_dir, **params).get("c")
 
 
 class Timed(ImageClassificationPipeline):

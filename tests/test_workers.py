@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from altlas.models.manager import ModelManager
-from altlas.models.registry import ModelRegistry
 from altlas.models.runtime import ModelRuntime
 from altlas.orchestration.tracing import Tracing
 from altlas.orchestration.workers import ModelWorkers
 from altlas.pipelines.base import Output, Prepared
 from altlas.pipelines.image_classification import ImageClassificationPipeline
 from altlas.schemas.types import Classification
+from tests.builders import mean_color_registry
 from tests.images import solid
 
 
@@ -36,19 +36,7 @@ class PoisonAware(ImageClassificationPipeline):
 
 
 async def test_a_raising_batch_is_retried_item_by_item_so_only_the_bad_item_fails(models_dir: Path) -> None:
-    registry = ModelRegistry.from_dict(
-        {
-            "models": [
-                {
-                    "id": "c",
-                    "task": "vision.classify",
-                    "backend": "onnx",
-                    "path": str(models_dir / "mean_color.onnx"),
-                    "params": {"preprocess": {"resize": 4}, "labels_metadata_key": "labels"},
-                }
-            ]
-        }
-    )
+    registry = mean_color_registry(models_dir)
     spec = registry.get("c")
     pipeline = PoisonAware()
     workers = ModelWorkers(ModelManager(registry), Tracing(None), max_batch=16, concurrency=1)
