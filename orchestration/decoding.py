@@ -1,10 +1,10 @@
-"""Payload decoding on threads, in turns with CPU-bound models.
+"""Payload decoding on threads.
 
 Decoding (image and audio containers, resampling, tokenising) is the CPU work
 of a request before its model runs. It happens on a few threads, in chunks, so
 a micro-batch of images decodes on every decoder thread at once while the
-event loop goes on fetching and publishing; and it takes the ``CpuGate`` in
-turns with models that run on every core (see ``cpugate``).
+event loop goes on fetching and publishing (Pillow, numpy and the audio
+decoders release the GIL while they work).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from altlas.models.registry import ModelSpec
-from altlas.orchestration.cpugate import CpuGate
 from altlas.pipelines.base import Pipeline, Prepared
 from altlas.schemas.types import ParamValue
 
@@ -28,9 +27,8 @@ class Decoder:
     #: A chunk is never smaller than this (a thread hop costs more than a small payload's decode).
     MIN_CHUNK = 8
 
-    def __init__(self, threads: int, gate: CpuGate) -> None:
+    def __init__(self, threads: int) -> None:
         self.threads = threads
-        self.gate = gate
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     async def prepare_many(self, todo: Sequence[Todo]) -> list[Prepared | BaseException]:
@@ -51,15 +49,14 @@ class Decoder:
             raise out
         return out
 
-    def _chunk(self, todo: Sequence[Todo]) -> list[Prepared | BaseException]:
+    @staticmethod
+    def _chunk(todo: Sequence[Todo]) -> list[Prepared | BaseException]:
         out: list[Prepared | BaseException] = []
-        with self.gate.decoding():
-            for pipeline, payload, params, spec in todo:
-                self.gate.yield_to_model()
-                try:
-                    out.append(pipeline.prepare(payload, params, spec))
-                except Exception as exc:
-                    out.append(exc)
+        for pipeline, payload, params, spec in todo:
+            try:
+                out.append(pipeline.prepare(payload, params, spec))
+            except Exception as exc:
+                out.append(exc)
         return out
 
     def shutdown(self) -> None:

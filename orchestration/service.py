@@ -23,7 +23,6 @@ from altlas.models.manager import ModelEvent, ModelManager
 from altlas.models.registry import ModelRegistry, ModelSpec, check_pickle_paths
 from altlas.orchestration.cache import ResultCache
 from altlas.orchestration.commands import CommandHandler
-from altlas.orchestration.cpugate import CpuGate
 from altlas.orchestration.decoding import Decoder
 from altlas.orchestration.endpoints import HttpEndpoints, json_response
 from altlas.orchestration.execution import MultiModelExecutor
@@ -124,7 +123,6 @@ class Orchestrator:
             max_growth_bytes=int(growth * 1024 * 1024) if (growth := settings.models.max_growth_mb) else None,
         )
         batching = settings.batching
-        gate = CpuGate()
         self.workers = ModelWorkers(
             self.manager,
             self.tracing,
@@ -132,7 +130,6 @@ class Orchestrator:
             concurrency=batching.model_concurrency,
             health=self.health,
             on_batch=self.metrics.observe_batch,
-            gate=gate if batching.cpu_turns else None,
         )
         self.cache = (
             ResultCache(
@@ -143,7 +140,7 @@ class Orchestrator:
             if settings.cache.enabled
             else None
         )
-        self.decoder = Decoder(batching.decode_threads, gate)
+        self.decoder = Decoder(batching.decode_threads)
         lim = settings.limits
         limits = PipelineLimits(
             max_payload_bytes=lim.max_message_bytes,

@@ -115,11 +115,6 @@ class BatchingSettings(BaseModel):
     )
     model_concurrency: int = Field(1, ge=1, description="Batches that may run at once on one model.")
     decode_threads: int = Field(2, ge=1, description="Threads decoding payloads (images, audio).")
-    cpu_turns: bool = Field(
-        True,
-        description="A model batch that runs on every CPU core runs alone: decoding waits between "
-        "batches instead of stalling it.",
-    )
 
 
 class LimitSettings(BaseModel):

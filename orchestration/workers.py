@@ -22,8 +22,7 @@ from opentelemetry.trace import SpanContext
 
 from altlas.models.manager import ModelManager
 from altlas.models.registry import ModelSpec
-from altlas.models.runtime import ModelRuntime, uses_every_core
-from altlas.orchestration.cpugate import CpuGate
+from altlas.models.runtime import ModelRuntime
 from altlas.orchestration.health import ModelHealth
 from altlas.orchestration.tracing import Tracing
 from altlas.pipelines.base import Output, Pipeline, Prepared
@@ -64,10 +63,8 @@ class _Lane:
         concurrency: int,
         health: ModelHealth | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
-        gate: CpuGate | None = None,
     ) -> None:
         self.spec = spec
-        self.gate = gate
         self.health = health
         self.on_batch = on_batch
         self.pipeline = pipeline
@@ -128,12 +125,6 @@ class _Lane:
                 job.future.set_result(JobResult(out, started, inference_ms, len(batch)))
 
     def _infer(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
-        if self.gate is not None and uses_every_core(runtime):
-            with self.gate.model():
-                return self._infer_alone(runtime, items)
-        return self._infer_alone(runtime, items)
-
-    def _infer_alone(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
         try:
             outputs = self.pipeline.run(runtime, items)
             if len(outputs) != len(items):
@@ -143,7 +134,7 @@ class _Lane:
             if len(items) == 1:
                 return [exc]
             log.warning("batch of %d on %s failed (%s); isolating items", len(items), self.spec.key, exc)
-            return [self._infer_alone(runtime, [item])[0] for item in items]
+            return [self._infer(runtime, [item])[0] for item in items]
 
     def _stream(
         self, runtime: ModelRuntime, item: Prepared, on_chunk: ChunkSink, loop: asyncio.AbstractEventLoop
@@ -182,10 +173,8 @@ class ModelWorkers:
         concurrency: int,
         health: ModelHealth | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
-        gate: CpuGate | None = None,
     ) -> None:
         self.manager = manager
-        self.gate = gate
         self.on_batch = on_batch
         self.tracing = tracing
         self.max_batch = max_batch
@@ -211,9 +200,8 @@ class ModelWorkers:
             max_batch = max(1, min(self.max_batch, spec.metadata.max_batch))
             concurrency = spec.metadata.concurrency or self.concurrency
             lane = self._lanes[key] = _Lane(
-                spec, pipeline, self.manager, self.tracing, max_batch, concurrency,
-                self.health, self.on_batch, self.gate,
-            )  # fmt: skip
+                spec, pipeline, self.manager, self.tracing, max_batch, concurrency, self.health, self.on_batch
+            )
         future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
         lane.queue.put_nowait(_Job(prepared, future, span, on_chunk))
         return future
