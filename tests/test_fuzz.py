@@ -12,7 +12,6 @@ import io
 import random
 import struct
 import time
-import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from altlas.schemas.codec import AvroCodec
 from altlas.schemas.types import AudioResult, DeadLetter, VisionResult
 from tests.conftest import Running, isolated_settings
 from tests.fixtures_audio import BAND_PARAMS
-from tests.images import solid
+from tests.images import png_declaring, solid
 
 pytestmark = pytest.mark.chaos
 N = 10_000
@@ -37,19 +36,6 @@ RESULT_TYPES: dict[str, type[VisionResult] | type[AudioResult]] = {
     "vision": VisionResult,
     "audio": AudioResult,
 }
-
-
-def _png_bomb(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(bytes(64)))
-        + chunk(b"IEND", b"")
-    )
 
 
 def _seeds() -> list[bytes]:
@@ -64,7 +50,7 @@ def _seeds() -> list[bytes]:
             "b": bool(i % 2),
             "n": None,
         }
-        payload = solid((i * 6, 30, 90)) if i % 4 else _png_bomb(50_000, 50_000)
+        payload = solid((i * 6, 30, 90)) if i % 4 else png_declaring(50_000, 50_000)
         req = make_request("vision", "classify", payload, model="mean-color" if i % 3 else "", params=params)
         seeds.append(codec.encode_record(req))
     seeds.append(codec.encode_record(make_request("text", "generate", "wrong topic")))
