@@ -96,6 +96,30 @@ def test_a_batch_equals_single_calls_in_order(models_dir: Path) -> None:
     assert batched == singles
 
 
+def test_a_batch_ranks_each_item_with_its_own_top_k(models_dir: Path) -> None:
+    """One argsort ranks the batch: each item still gets its own k, and a failed slot stays failed."""
+    runtime = _color_runtime(models_dir, "mean_color_b4.onnx")
+    pipeline = ImageClassificationPipeline()
+    colours = [(250, 10, 10), (10, 250, 10), (10, 10, 250), (90, 90, 90)]
+    items = [
+        pipeline.prepare(solid(c), {"top_k": k}, runtime.spec)
+        for c, k in zip(colours, (1, 4, 2, 3), strict=True)
+    ]
+    outputs = pipeline.run(runtime, items)
+    assert [len(o.labels) for o in outputs if isinstance(o, Classification)] == [1, 4, 2, 3]
+    for out, rgb in zip(outputs, colours, strict=True):
+        assert isinstance(out, Classification)
+        want = np.argsort(-expected_mean_color(rgb), kind="stable")
+        assert [lab.index for lab in out.labels] == list(want[: len(out.labels)])
+    failure = ValueError("decoder gave up")
+    scores = [np.array([0.1, 0.7, 0.2, 0.0]), failure, np.array([0.5, 0.5, 0.0, 0.0])]
+    ranked = ImageClassificationPipeline._top_k(items[:3], scores, dict(enumerate(MEAN_COLOR_LABELS)))
+    assert ranked[1] is failure
+    assert isinstance(ranked[0], Classification) and [lab.index for lab in ranked[0].labels] == [1]
+    assert isinstance(ranked[2], Classification)
+    assert [(lab.index, lab.score) for lab in ranked[2].labels] == [(0, 0.5), (1, 0.5)]  # ties: lower index
+
+
 def test_top_k_param_is_validated(models_dir: Path) -> None:
     runtime = _color_runtime(models_dir)
     pipeline = ImageClassificationPipeline()
