@@ -26,6 +26,7 @@ from altlas.orchestration.commands import CommandHandler
 from altlas.orchestration.decoding import Decoder
 from altlas.orchestration.endpoints import HttpEndpoints, json_response
 from altlas.orchestration.execution import MultiModelExecutor
+from altlas.orchestration.gc_tuning import GcTuning
 from altlas.orchestration.health import ModelHealth
 from altlas.orchestration.kafka_clients import client_kwargs
 from altlas.orchestration.metrics import Metrics
@@ -425,9 +426,17 @@ class Orchestrator:
 
 async def serve(settings: Settings) -> int:
     """Run one orchestrator until SIGINT or SIGTERM; returns the process exit code."""
+    tuning = GcTuning(settings.process)
+    tuning.apply()  # before the orchestrator builds anything or loads a model
     orchestrator = Orchestrator(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, orchestrator.stop)
-    await orchestrator.run()
+    sweeper = asyncio.create_task(tuning.sweep())
+    try:
+        await orchestrator.run()
+    finally:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
+        tuning.restore()
     return orchestrator.exit_code

@@ -223,6 +223,26 @@ class LogSettings(BaseModel):
     format: Literal["json", "text"] = "text"
 
 
+class ProcessSettings(BaseModel):
+    """The Python process of `altlas run` (an application embedding the orchestrator keeps its own)."""
+
+    gc_threshold: int | None = Field(
+        50_000,
+        ge=700,
+        description="Net container allocations between young garbage collections "
+        "(Python's default 700 ran the collector with every batch); unset keeps Python's.",
+    )
+    gc_freeze: bool = Field(
+        True,
+        description="Exempt what is alive before models load (modules, schemas) from every later collection.",
+    )
+    gc_sweep_s: float | None = Field(
+        2.0,
+        gt=0,
+        description="A full collection at least this often, so cyclic garbage never waits for the threshold.",
+    )
+
+
 def _default_instance() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -256,6 +276,7 @@ class Settings(BaseSettings):
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     local_broker: LocalBrokerSettings = Field(default_factory=LocalBrokerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    process: ProcessSettings = Field(default_factory=ProcessSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,91 @@
+"""`altlas run`'s garbage-collector tuning: a frozen start-up heap, and cyclic garbage still freed in time."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+
+from altlas.orchestration.gc_tuning import GcTuning
+from altlas.orchestration.settings import ProcessSettings
+
+
+class _Payload:
+    """Stands for a request's payload bytes (bytes cannot be weakly referenced)."""
+
+    def __init__(self) -> None:
+        self.data = bytes(1_000_000)
+
+
+def _fail(payload: _Payload) -> None:
+    raise ValueError(f"corrupt payload of {len(payload.data)} bytes")
+
+
+def _failed_decode(payload: _Payload) -> list[BaseException]:
+    """What a decoder does with a bad item: the exception is kept as that item's answer.
+
+    The list holds the exception, whose traceback holds this frame, which holds
+    the list: a cycle that keeps the payload alive until a collection finds it.
+    """
+    out: list[BaseException] = []
+    try:
+        _fail(payload)
+    except ValueError as exc:
+        out.append(exc)
+    return out
+
+
+def test_apply_raises_the_threshold_and_freezes_restore_undoes_both() -> None:
+    before, frozen_before = gc.get_threshold(), gc.get_freeze_count()
+    tuning = GcTuning(ProcessSettings(gc_threshold=50_000, gc_freeze=True, gc_sweep_s=None))
+    try:
+        tuning.apply()
+        assert gc.get_threshold() == (50_000, *before[1:])
+        assert gc.get_freeze_count() > frozen_before + 1000  # modules, schemas, this test's objects
+    finally:
+        tuning.restore()
+    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen_before
+
+
+def test_unset_settings_leave_pythons_collector_alone() -> None:
+    before, frozen_before = gc.get_threshold(), gc.get_freeze_count()
+    tuning = GcTuning(ProcessSettings(gc_threshold=None, gc_freeze=False, gc_sweep_s=None))
+    tuning.apply()
+    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen_before
+    tuning.restore()
+
+
+async def _garbage_payload_outlives(tuning: GcTuning, wait_s: float) -> bool:
+    """Leave a failed request's cyclic garbage under ``tuning``: is its payload alive ``wait_s`` later?"""
+    tuning.apply()
+    sweeper = asyncio.create_task(tuning.sweep())
+    try:
+        freed = asyncio.Event()
+        payload = _Payload()
+        alive = weakref.ref(payload, lambda _: freed.set())
+        _failed_decode(payload)
+        del payload
+        await asyncio.sleep(0)
+        assert alive() is not None, "no cycle held the payload: the test proves nothing"
+        try:
+            await asyncio.wait_for(freed.wait(), wait_s)
+        except TimeoutError:
+            return True
+        return False
+    finally:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
+        tuning.restore()
+        gc.collect()
+
+
+async def test_a_sweep_frees_a_failed_requests_payload_that_the_threshold_alone_would_keep() -> None:
+    tuning = GcTuning(ProcessSettings(gc_threshold=1_000_000, gc_freeze=False, gc_sweep_s=0.1))
+    assert not await _garbage_payload_outlives(tuning, wait_s=1.0), "cyclic garbage outlived the sweep period"
+    assert tuning.sweeps >= 1
+
+
+async def test_without_sweeps_the_same_garbage_waits_for_the_threshold() -> None:
+    """The control: the sweep, not some other collection, is what freed the payload above."""
+    tuning = GcTuning(ProcessSettings(gc_threshold=1_000_000, gc_freeze=False, gc_sweep_s=None))
+    assert await _garbage_payload_outlives(tuning, wait_s=0.3)
