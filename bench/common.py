@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +53,8 @@ def broker(heap: str = "512m") -> Iterator[str]:
 
 
 async def create_topics(
-    bootstrap: str, topics: dict[str, int], *, log_append_time: set[str] = frozenset()
-) -> None:  # type: ignore[assignment]
+    bootstrap: str, topics: dict[str, int], *, log_append_time: AbstractSet[str] = frozenset()
+) -> None:
     """Create fresh topics; those in ``log_append_time`` get broker-assigned timestamps."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()

@@ -5,6 +5,11 @@ result encoding are single-threaded, while model inference runs on other
 threads. More processes help until the machine's cores are busy; on a 2-core
 machine the broker, the benchmark's own reader and every orchestrator share
 those two cores, and the table says where that limit is reached.
+
+The backlog is produced only once every process has joined the group and the
+group is stable: a backlog waiting before the processes start is half drained
+by the first process to join while the others are still loading, which made
+the 2- and 3-process figures swing between 1x and 2x from run to run.
 Ends with ``RESULT rps_1=... rps_2=... rps_3=... scale_2=... scale_3=... cores=...``.
 """
 
@@ -18,6 +23,7 @@ import signal
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psutil
 import yaml
@@ -49,7 +55,7 @@ async def _run(bootstrap: str, n: int, processes: int, registry: Path, workdir: 
     tag = uuid.uuid4().hex[:6]
     topic_in, topic_out = f"scale.{tag}.in", f"scale.{tag}.out"
     await create_topics(bootstrap, {topic_in: 6, topic_out: 6}, log_append_time={topic_out})
-    await preload(bootstrap, topic_in, _requests(n))
+    requests = _requests(n)
     group = f"scale-{tag}"
     procs = []
     for k in range(processes):
@@ -63,8 +69,10 @@ async def _run(bootstrap: str, n: int, processes: int, registry: Path, workdir: 
             batching={"max_batch": 64, "fetch_max_records": 512, "max_wait_ms": 0},
         )  # fmt: skip
         procs.append(start_orchestrator(config, workdir / f"{group}-{k}.yaml"))
-    psutil.cpu_percent(None)
     try:
+        await _group_stable(bootstrap, f"{group}.vision", processes, 120)
+        psutil.cpu_percent(None)
+        await preload(bootstrap, topic_in, requests)
         got = await collect(bootstrap, topic_out, n, 600, key_of=lambda r: r.key.decode())
         busy = psutil.cpu_percent(None)
     finally:
@@ -74,6 +82,31 @@ async def _run(bootstrap: str, n: int, processes: int, registry: Path, workdir: 
             proc.wait(60)
     assert got.unique == n, f"lost {n - got.unique}"
     return got.rps, busy
+
+
+async def _group_stable(bootstrap: str, group: str, members: int, timeout_s: float) -> None:
+    """Until ``group`` is Stable with ``members`` members (every process owns its partitions)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        state: dict[str, Any] = {}
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                (response,) = await admin.describe_consumer_groups([group])
+            except KafkaError:  # no coordinator yet: the offsets topic is still being created
+                await asyncio.sleep(0.2)
+                continue
+            state = response.to_object()["groups"][0]
+            if state["state"] == "Stable" and len(state["members"]) == members:
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"group {group} not stable with {members} members: {state.get('state')}")
+    finally:
+        await admin.close()
 
 
 async def main() -> None:
