@@ -5,8 +5,8 @@ The collector runs whenever container allocations outnumber deallocations by
 full run walks the whole heap. A micro-batch keeps thousands of short-lived
 objects alive at once (records, requests, futures, result dicts), so on a small
 model the collector ran about 2,800 times while altlas drained a 40,000-request
-backlog and cost a quarter of its throughput (bench/peers.py, tiny model: 4,690
--4,789 req/s with Python's defaults, 6,166-6,236 with this). Nearly all of those
+backlog and cost a quarter of its throughput (bench/peers.py, tiny model: 4,334
+-4,789 req/s with Python's defaults, 5,418-6,636 with this). Nearly all of those
 objects are freed by reference counting the moment they die; the collector is
 only needed for cycles.
 
@@ -18,10 +18,15 @@ So ``altlas run``:
   settings: objects that live as long as the process), so no collection walks
   them again (``gc.freeze``, the Instagram recipe). Models are not frozen: an
   unloaded or evicted model must stay collectable, and a frozen cycle never is;
-- runs a full collection (of what is not frozen) every ``process.gc_sweep_s``
-  seconds, so cyclic garbage (a failed request's traceback still holding its
-  payload) is freed within that time however few allocations follow it, even
-  when part of the cycle is old.
+- collects the young generations every ``process.gc_sweep_s`` seconds, so
+  cyclic garbage (a failed request's traceback still holding its payload) is
+  freed within that time however few allocations follow it. That walks only
+  what was allocated since the sweep before last;
+- runs a full collection every ``process.gc_full_sweep_s`` seconds, for the
+  cycles that reach into objects already promoted to the oldest generation (a
+  request that failed after seconds of generation). A full collection walks
+  every object not frozen, the result cache and the loaded models among them,
+  which is why it is rare.
 
 The collector is process-wide: only ``altlas run`` tunes it, and an application
 that embeds the Orchestrator keeps its own settings.
@@ -43,7 +48,8 @@ class GcTuning:
 
     def __init__(self, settings: ProcessSettings) -> None:
         self.settings = settings
-        self.sweeps = 0  # collections the sweeper ran
+        self.sweeps = 0  # young collections the sweeper ran
+        self.full_sweeps = 0
         self._previous: tuple[int, int, int] | None = None
         self._frozen = False
 
@@ -60,12 +66,22 @@ class GcTuning:
             log.info("garbage collector: %d objects frozen", gc.get_freeze_count())
 
     async def sweep(self) -> None:
-        """A full collection every ``gc_sweep_s`` seconds, until cancelled (returns at once when unset)."""
-        period = self.settings.gc_sweep_s
-        while period is not None:
-            await asyncio.sleep(period)
-            gc.collect()
-            self.sweeps += 1
+        """Young collections every ``gc_sweep_s``, full ones every ``gc_full_sweep_s``, until cancelled."""
+        s = self.settings
+        periods = [p for p in (s.gc_sweep_s, s.gc_full_sweep_s) if p is not None]
+        if not periods:
+            return
+        loop = asyncio.get_running_loop()
+        next_full = loop.time() + s.gc_full_sweep_s if s.gc_full_sweep_s is not None else None
+        while True:
+            await asyncio.sleep(min(periods))
+            if next_full is not None and loop.time() >= next_full:
+                gc.collect()
+                self.full_sweeps += 1
+                next_full = loop.time() + (s.gc_full_sweep_s or 0.0)
+            elif s.gc_sweep_s is not None:
+                gc.collect(1)
+                self.sweeps += 1
 
     def restore(self) -> None:
         """Python's collector as it was before ``apply``."""

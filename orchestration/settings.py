@@ -239,7 +239,14 @@ class ProcessSettings(BaseModel):
     gc_sweep_s: float | None = Field(
         2.0,
         gt=0,
-        description="A full collection at least this often, so cyclic garbage never waits for the threshold.",
+        description="A young-generation collection at least this often, so cyclic garbage never waits "
+        "for the threshold.",
+    )
+    gc_full_sweep_s: float | None = Field(
+        60.0,
+        gt=0,
+        description="A full collection at least this often, for cycles that reach into old objects "
+        "(it walks every unfrozen object: result cache, loaded models).",
     )
 
 
