@@ -170,13 +170,13 @@ def white_intolerant_classifier(path: Path) -> Path:
     return path
 
 
-def mean_color_registry(models_dir: Path, **params: object) -> ModelRegistry:
-    """A registry of one model, ``c``: the session's mean-colour classifier on 4x4 images."""
+def mean_color_registry(models_dir: Path, file: str = "mean_color.onnx", **params: object) -> ModelRegistry:
+    """A registry of one model, ``c``: a mean-colour classifier of the session (``file``) on 4x4 images."""
     entry = {
         "id": "c",
         "task": "vision.classify",
         "backend": "onnx",
-        "path": str(models_dir / "mean_color.onnx"),
+        "path": str(models_dir / file),
         "params": {"preprocess": {"resize": 4}, "labels_metadata_key": "labels", **params},
     }
     return ModelRegistry.from_dict({"models": [entry]})

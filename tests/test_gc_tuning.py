@@ -32,14 +32,11 @@ def _failed_into(out: list[BaseException], payload: _Payload) -> None:
 def _failed_decode(payload: _Payload) -> list[BaseException]:
     """What a decoder does with a bad item: the exception is kept as that item's answer.
 
-    The list holds the exception, whose traceback holds this frame, which holds
-    the list: a cycle that keeps the payload alive until a collection finds it.
+    The list holds the exception, whose traceback holds the catching frame, which
+    holds the list: a cycle that keeps the payload alive until a collection finds it.
     """
     out: list[BaseException] = []
-    try:
-        _fail(payload)
-    except ValueError as exc:
-        out.append(exc)
+    _failed_into(out, payload)
     return out
 
 

@@ -17,7 +17,7 @@ from altlas.pipelines.image import decode_image
 from altlas.pipelines.image_classification import ImageClassificationPipeline, Recipe, preprocess
 from altlas.schemas.errors import ErrorCode, InvalidRequestError, PayloadTooLargeError
 from altlas.schemas.types import Classification
-from tests.builders import MEAN_COLOR_LABELS, expected_mean_color
+from tests.builders import MEAN_COLOR_LABELS, expected_mean_color, mean_color_registry
 from tests.images import encode, png_declaring, rotated_page, solid
 
 
@@ -52,19 +52,7 @@ def test_exif_orientation_is_applied() -> None:
 
 
 def _color_runtime(models_dir: Path, name: str = "mean_color.onnx") -> OnnxRuntime:
-    spec = ModelRegistry.from_dict(
-        {
-            "models": [
-                {
-                    "id": "c",
-                    "task": "vision.classify",
-                    "backend": "onnx",
-                    "path": str(models_dir / name),
-                    "params": {"preprocess": {"resize": 4}, "labels_metadata_key": "labels"},
-                }
-            ]
-        }
-    ).get("c")
+    spec = mean_color_registry(models_dir, name).get("c")
     runtime = OnnxRuntime(spec)
     runtime.load()
     return runtime
