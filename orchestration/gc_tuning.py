@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 
 from altlas.orchestration.settings import ProcessSettings
 
@@ -67,19 +68,19 @@ class GcTuning:
 
     async def sweep(self) -> None:
         """Young collections every ``gc_sweep_s``, full ones every ``gc_full_sweep_s``, until cancelled."""
-        s = self.settings
-        periods = [p for p in (s.gc_sweep_s, s.gc_full_sweep_s) if p is not None]
-        if not periods:
+        young, full = self.settings.gc_sweep_s, self.settings.gc_full_sweep_s
+        if young is None and full is None:
             return
+        period = min(p for p in (young, full) if p is not None)
         loop = asyncio.get_running_loop()
-        next_full = loop.time() + s.gc_full_sweep_s if s.gc_full_sweep_s is not None else None
+        next_full = loop.time() + (full if full is not None else math.inf)
         while True:
-            await asyncio.sleep(min(periods))
-            if next_full is not None and loop.time() >= next_full:
+            await asyncio.sleep(period)
+            if full is not None and loop.time() >= next_full:
                 gc.collect()
                 self.full_sweeps += 1
-                next_full = loop.time() + (s.gc_full_sweep_s or 0.0)
-            elif s.gc_sweep_s is not None:
+                next_full = loop.time() + full
+            elif young is not None:
                 gc.collect(1)
                 self.sweeps += 1
 
