@@ -92,9 +92,9 @@ class MultiModelExecutor:
             prepared = await self.decoder.prepare((plan.pipeline, request.payload, request.params, spec))
         except Exception as exc:
             return Member(spec, exc, None)
-        future = self.workers.submit(spec, plan.pipeline, prepared, span)
+        future = self.workers.submit(spec, plan.pipeline, [prepared], [span])
         try:
-            job = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            (job,) = await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
             future.cancel()  # still queued: the lane skips it; already running: its answer is dropped
             error = DeadlineExceeded(f"{spec.key} gave no answer within {timeout_s:.2f}s")

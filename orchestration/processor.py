@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from opentelemetry.trace import Span
+from opentelemetry.trace import Span, SpanContext
 
 from altlas.consumers.records import InboundRecord
 from altlas.models.errors import ModelError
@@ -35,6 +35,7 @@ from altlas.orchestration.planning import Plan, Planner
 from altlas.orchestration.settings import Modality, TopicSettings
 from altlas.orchestration.tracing import Tracing
 from altlas.orchestration.workers import JobResult, ModelWorkers
+from altlas.pipelines.base import Prepared
 from altlas.producers.publisher import OutboundMessage
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.errors import (
@@ -102,6 +103,18 @@ class _Work:
     span: Span | None
     cache_key: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Ticket:
+    """Requests of one batch that share a model and a deadline, submitted to its lane together."""
+
+    deadline: float  # event-loop time
+    works: list[_Work]
+    items: list[Prepared]
+    spans: list[SpanContext | None]
+    on_chunk: Callable[[Record], None] | None = None
+    future: asyncio.Future[list[JobResult]] | None = None
 
 
 class RequestProcessor:
@@ -303,7 +316,12 @@ class RequestProcessor:
         prepared = await self.ctx.decoder.prepare_many(
             [(w.plan.pipeline, w.request.payload, w.request.params, w.plan.specs[0]) for w in singles]
         )
-        futures: dict[int, asyncio.Future[JobResult]] = {}
+        loop = asyncio.get_running_loop()
+        now, budget = loop.time(), self.ctx.executor.budget
+        # Requests for the same model with the same time budget (all of them, unless requests set
+        # deadlines) go to its lane as one ticket: one future and one wait for the lot.
+        groups: dict[tuple[str, str, float], _Ticket] = {}
+        tickets: list[_Ticket] = []
         streams: dict[int, ChunkStream] = {}
         for work, prep in zip(singles, prepared, strict=True):
             i, spec = work.index, work.plan.specs[0]
@@ -312,58 +330,70 @@ class RequestProcessor:
                 outcomes[i] = self._failure(records[i], work, prep, default=ErrorCode.INVALID_PAYLOAD)
                 continue
             ctx = work.span.get_span_context() if work.span is not None else None
-            on_chunk = None
+            seconds = budget(work.request, spec)
             if prep.params.get("stream") is True and hasattr(work.plan.pipeline, "run_stream"):
                 streams[i] = self._chunk_stream(records[i], work)
-                on_chunk = streams[i].push
-            futures[i] = self.ctx.workers.submit(spec, work.plan.pipeline, prep, ctx, on_chunk)
-        timed_out = await self._await_with_deadlines(futures, {w.index: w for w in singles})
-        for work in singles:
-            i = work.index
-            if i not in futures:
+                tickets.append(_Ticket(now + seconds, [work], [prep], [ctx], streams[i].push))
                 continue
-            spec = work.plan.specs[0]
-            if i in timed_out:
-                error = DeadlineExceeded(f"{spec.key} gave no answer within the request's time budget")
+            key = (spec.key, work.plan.pipeline.task, seconds)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Ticket(now + seconds, [], [], [])
+                tickets.append(group)
+            group.works.append(work)
+            group.items.append(prep)
+            group.spans.append(ctx)
+        for ticket in tickets:
+            first = ticket.works[0]
+            ticket.future = self.ctx.workers.submit(
+                first.plan.specs[0], first.plan.pipeline, ticket.items, ticket.spans, ticket.on_chunk
+            )
+        for ticket in await self._await_with_deadlines(tickets):
+            spec = ticket.works[0].plan.specs[0]
+            error = DeadlineExceeded(f"{spec.key} gave no answer within the request's time budget")
+            for work in ticket.works:
                 self.ctx.workers.health_failure(spec, error)
                 await self._cache_store(work, error)
-                outcomes[i] = self._failure(records[i], work, error, spec=spec)
+                outcomes[work.index] = self._failure(records[work.index], work, error, spec=spec)
+            ticket.works = []
+        for ticket in tickets:
+            if not ticket.works:
                 continue
-            job = futures[i].result()
-            await self._cache_store(work, job.output)
-            if isinstance(job.output, BaseException):
-                outcomes[i] = self._failure(
-                    records[i], work, job.output, spec=spec, job=job, default=ErrorCode.MODEL_FAILED
-                )
-            else:
-                outcomes[i] = self.answers.result(
-                    records[i], work.request, spec, job.output, job, work.span, attributes=work.attributes,
-                    task=_short(work.plan),
-                )  # fmt: skip
-            outcomes[i].chunks = streams.get(i)  # type: ignore[union-attr]
+            spec = ticket.works[0].plan.specs[0]
+            assert ticket.future is not None
+            for work, job in zip(ticket.works, ticket.future.result(), strict=True):
+                i = work.index
+                await self._cache_store(work, job.output)
+                if isinstance(job.output, BaseException):
+                    outcomes[i] = self._failure(
+                        records[i], work, job.output, spec=spec, job=job, default=ErrorCode.MODEL_FAILED
+                    )
+                else:
+                    outcomes[i] = self.answers.result(
+                        records[i], work.request, spec, job.output, job, work.span,
+                        attributes=work.attributes, task=_short(work.plan),
+                    )  # fmt: skip
+                outcomes[i].chunks = streams.get(i)  # type: ignore[union-attr]
 
-    async def _await_with_deadlines(
-        self, futures: dict[int, asyncio.Future[JobResult]], works: dict[int, _Work]
-    ) -> set[int]:
-        """Wait for the jobs, each until its own time budget; returns the indexes that ran out."""
-        if not futures:
-            return set()
+    @staticmethod
+    async def _await_with_deadlines(tickets: list[_Ticket]) -> list[_Ticket]:
+        """Wait for the tickets, each until its deadline; returns those that ran out (cancelled)."""
         loop = asyncio.get_running_loop()
-        budget = self.ctx.executor.budget
-        deadline_of = {i: loop.time() + budget(works[i].request, works[i].plan.specs[0]) for i in futures}
-        pending = set(futures)
-        timed_out: set[int] = set()
-        for deadline in sorted(set(deadline_of.values())):
+        pending = [t for t in tickets if t.future is not None]
+        timed_out: list[_Ticket] = []
+        for deadline in sorted({t.deadline for t in pending}):
             if not pending:
                 break
             _, still = await asyncio.wait(
-                [futures[i] for i in pending], timeout=max(0.0, deadline - loop.time())
+                [t.future for t in pending if t.future is not None],
+                timeout=max(0.0, deadline - loop.time()),
             )
-            pending = {i for i in pending if futures[i] in still}
-            for i in [i for i in pending if deadline_of[i] <= deadline]:
-                futures[i].cancel()
-                timed_out.add(i)
-                pending.discard(i)
+            pending = [t for t in pending if t.future in still]
+            for ticket in [t for t in pending if t.deadline <= deadline]:
+                assert ticket.future is not None
+                ticket.future.cancel()
+                timed_out.append(ticket)
+                pending.remove(ticket)
         return timed_out
 
     def _chunk_stream(self, rec: InboundRecord, work: _Work) -> ChunkStream:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,12 +44,39 @@ class JobResult:
 ChunkSink = Callable[[Record], None]
 
 
-@dataclass
-class _Job:
-    prepared: Prepared
-    future: asyncio.Future[JobResult]
-    span: SpanContext | None
-    on_chunk: ChunkSink | None = None  # set for streamed requests
+class _Ticket:
+    """Requests queued together and answered together: one future for all of them.
+
+    A micro-batch puts hundreds of requests on a lane at once; one future per
+    ticket rather than per request saves the event loop a future, a callback
+    and a wake-up for each of them.
+    """
+
+    __slots__ = ("future", "items", "left", "on_chunk", "results", "spans")
+
+    def __init__(
+        self,
+        items: Sequence[Prepared],
+        spans: Sequence[SpanContext | None],
+        future: asyncio.Future[list[JobResult]],
+        on_chunk: ChunkSink | None,
+    ) -> None:
+        self.items = items
+        self.spans = spans
+        self.future = future
+        self.on_chunk = on_chunk  # set for a streamed request (a ticket of one)
+        self.results: list[JobResult | None] = [None] * len(items)
+        self.left = len(items)
+
+    def answer(self, index: int, result: JobResult) -> None:
+        self.results[index] = result
+        self.left -= 1
+        if not self.left and not self.future.done():
+            self.future.set_result(self.results)  # type: ignore[arg-type]  # all set by now
+
+
+#: One queued request: its ticket and its place in it.
+_Job = tuple[_Ticket, int]
 
 
 class _Lane:
@@ -71,36 +98,44 @@ class _Lane:
         self.manager = manager
         self.tracing = tracing
         self.max_batch = max_batch
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.queue: deque[_Job] = deque()
+        self.queued = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"infer-{spec.id}")
         self.runners = [asyncio.create_task(self._runner()) for _ in range(concurrency)]
 
+    def put(self, ticket: _Ticket) -> None:
+        self.queue.extend((ticket, i) for i in range(len(ticket.items)))
+        self.queued.set()
+
     async def _runner(self) -> None:
+        queue = self.queue
         while True:
-            batch = [await self.queue.get()]
-            while len(batch) < self.max_batch and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            batch = [job for job in batch if not job.future.done()]  # cancelled meanwhile
+            while not queue:
+                self.queued.clear()
+                await self.queued.wait()
+            batch = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
+            batch = [job for job in batch if not job[0].future.done()]  # cancelled meanwhile
             # A streamed request runs alone: its chunks must leave as they are made.
-            for job in [j for j in batch if j.on_chunk is not None]:
+            for job in [j for j in batch if j[0].on_chunk is not None]:
                 await self._run([job])
-            batch = [j for j in batch if j.on_chunk is None]
+            batch = [j for j in batch if j[0].on_chunk is None]
             if batch:
                 await self._run(batch)
 
     async def _run(self, batch: list[_Job]) -> None:
         started = time.time()
-        items = [job.prepared for job in batch]
-        links = [job.span for job in batch if job.span is not None]
+        items = [ticket.items[i] for ticket, i in batch]
+        links = [link for ticket, i in batch if (link := ticket.spans[i]) is not None]
         try:
             with self.tracing.batch_span(self.spec.key, links, len(batch)) as span:
                 async with self.manager.use(self.spec) as runtime:
                     t0 = time.perf_counter()
                     with self.tracing.inference_span(span, self.spec.key):
                         loop = asyncio.get_running_loop()
-                        if batch[0].on_chunk is not None:
+                        on_chunk = batch[0][0].on_chunk
+                        if on_chunk is not None:
                             outputs = await loop.run_in_executor(
-                                self.executor, self._stream, runtime, items[0], batch[0].on_chunk, loop
+                                self.executor, self._stream, runtime, items[0], on_chunk, loop
                             )
                         else:
                             outputs = await loop.run_in_executor(self.executor, self._infer, runtime, items)
@@ -112,7 +147,7 @@ class _Lane:
         if self.health is not None:
             # Jobs whose callers gave up (timed out) were already counted as failures;
             # their late answers must not count as successes and close an open circuit.
-            live = [out for job, out in zip(batch, outputs, strict=True) if not job.future.done()]
+            live = [out for job, out in zip(batch, outputs, strict=True) if not job[0].future.done()]
             if live:
                 # A model's first batch after loading pays its warm-up (allocations, kernel
                 # selection): timing it would rank the model by a cost it never pays again.
@@ -120,9 +155,9 @@ class _Lane:
                 self.health.observe(self.spec, live, inference_ms * len(live) / len(batch) if timed else 0.0)
         if self.on_batch is not None and inference_ms > 0:
             self.on_batch(self.spec.key, len(batch), inference_ms)
-        for job, out in zip(batch, outputs, strict=True):
-            if not job.future.done():
-                job.future.set_result(JobResult(out, started, inference_ms, len(batch)))
+        for (ticket, i), out in zip(batch, outputs, strict=True):
+            if not ticket.future.done():
+                ticket.answer(i, JobResult(out, started, inference_ms, len(batch)))
 
     def _infer(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
         try:
@@ -155,9 +190,8 @@ class _Lane:
         for task in self.runners:
             task.cancel()
         await asyncio.gather(*self.runners, return_exceptions=True)
-        while not self.queue.empty():
-            job = self.queue.get_nowait()
-            job.future.cancel()
+        while self.queue:
+            self.queue.popleft()[0].future.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -189,11 +223,15 @@ class ModelWorkers:
         self,
         spec: ModelSpec,
         pipeline: Pipeline,
-        prepared: Prepared,
-        span: SpanContext | None,
+        items: Sequence[Prepared],
+        spans: Sequence[SpanContext | None],
         on_chunk: ChunkSink | None = None,
-    ) -> asyncio.Future[JobResult]:
-        """Queue one prepared request on its model's lane (``on_chunk``: stream its partial outputs)."""
+    ) -> asyncio.Future[list[JobResult]]:
+        """Queue prepared requests on their model's lane; the future gives their results in order.
+
+        ``on_chunk`` streams the partial outputs of a single request. Cancelling
+        the future drops whatever of it has not run yet.
+        """
         key = (spec.key, pipeline.task)
         lane = self._lanes.get(key)
         if lane is None:
@@ -202,8 +240,10 @@ class ModelWorkers:
             lane = self._lanes[key] = _Lane(
                 spec, pipeline, self.manager, self.tracing, max_batch, concurrency, self.health, self.on_batch
             )
-        future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
-        lane.queue.put_nowait(_Job(prepared, future, span, on_chunk))
+        future: asyncio.Future[list[JobResult]] = asyncio.get_running_loop().create_future()
+        if on_chunk is not None and len(items) != 1:
+            raise ValueError("a streamed request is submitted alone")
+        lane.put(_Ticket(items, spans, future, on_chunk))
         return future
 
     def health_failure(self, spec: ModelSpec, error: BaseException) -> None:

@@ -26,6 +26,7 @@ from altlas.schemas.errors import (
     UnknownSchemaError,
 )
 from altlas.schemas.types import Record, from_datum, to_datum
+from altlas.schemas.writers import Writer, compile_writer
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
@@ -67,19 +68,30 @@ class AvroCodec:
         self.catalog = catalog or SchemaCatalog()
         self.encode_format = encode_format
         self.schema_ids = schema_ids
+        self._writers: dict[str, Writer | None] = {}  # compiled writers by record name, None: fastavro's
 
     # ------------------------------------------------------------ encoding
     def encode(self, name: str, datum: dict[str, Any], *, topic: str = "") -> bytes:
         """Frame and serialise ``datum`` as the current schema of ``name``."""
         info = self.catalog.get(name)
-        buf = io.BytesIO()
         if self.encode_format is WireFormat.CONFLUENT:
             assert self.schema_ids is not None
-            buf.write(bytes([CONFLUENT_MAGIC]))
-            buf.write(self.schema_ids.id_for(info, topic).to_bytes(4, "big"))
+            header = bytes([CONFLUENT_MAGIC]) + self.schema_ids.id_for(info, topic).to_bytes(4, "big")
         else:
-            buf.write(SINGLE_OBJECT_MAGIC)
-            buf.write(info.fingerprint)
+            header = SINGLE_OBJECT_MAGIC + info.fingerprint
+        if name in self._writers:
+            writer = self._writers[name]
+        else:
+            writer = self._writers[name] = compile_writer(info.parsed)
+        if writer is not None:
+            out = bytearray(header)
+            try:
+                writer(out, datum)
+                return bytes(out)
+            except Exception:  # outside the compiled subset: fastavro writes it, or raises its error
+                pass
+        buf = io.BytesIO()
+        buf.write(header)
         schemaless_writer(buf, info.parsed, datum)
         return buf.getvalue()
 

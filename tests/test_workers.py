@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,13 +41,33 @@ async def test_a_raising_batch_is_retried_item_by_item_so_only_the_bad_item_fail
     workers = ModelWorkers(ModelManager(registry), Tracing(None), max_batch=16, concurrency=1)
     try:
         items = [pipeline.prepare(solid((i * 20, 0, 0)), {"poison": i == 3}, spec) for i in range(8)]
-        results = await asyncio.gather(*(workers.submit(spec, pipeline, item, None) for item in items))
+        # Two tickets (two micro-batches' worth), both queued before the lane runs.
+        first, second = (workers.submit(spec, pipeline, part, [None] * 4) for part in (items[:4], items[4:]))
+        results = [*await first, *await second]
     finally:
         await workers.close()
     assert [type(r.output).__name__ for r in results] == ["Classification"] * 3 + ["RuntimeError"] + [
         "Classification"
     ] * 4
     assert all(isinstance(r.output, Classification) for i, r in enumerate(results) if i != 3)
-    # The 8 jobs were queued before the lane ran: one batch of 8, then 8 single retries.
+    # The 8 requests were queued before the lane ran: one batch of 8, then 8 single retries.
     assert pipeline.calls[0] == 8 and pipeline.calls[1:] == [1] * 8
     assert {r.batch_size for r in results} == {8}
+
+
+async def test_tickets_split_at_the_max_batch_and_a_cancelled_one_is_skipped(models_dir: Path) -> None:
+    registry = mean_color_registry(models_dir)
+    spec = registry.get("c")
+    pipeline = PoisonAware()
+    workers = ModelWorkers(ModelManager(registry), Tracing(None), max_batch=4, concurrency=1)
+    try:
+        items = [pipeline.prepare(solid((0, i * 20, 0)), {}, spec) for i in range(6)]
+        kept = workers.submit(spec, pipeline, items, [None] * 6)
+        dropped = workers.submit(spec, pipeline, items[:3], [None] * 3)
+        dropped.cancel()  # a request that timed out while queued
+        results = await kept
+    finally:
+        await workers.close()
+    assert [r.batch_size for r in results] == [4] * 4 + [2] * 2
+    assert all(isinstance(r.output, Classification) for r in results)
+    assert pipeline.calls == [4, 2]  # the cancelled ticket never reached the model
