@@ -20,6 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerClosed
 
+from altlas.producers.partitioner import KeyPartitioner
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.types import Record
 
@@ -77,6 +78,7 @@ class Publisher:
             max_request_size=cfg.max_request_size,
             compression_type=cfg.compression_type,
             request_timeout_ms=cfg.request_timeout_ms,
+            partitioner=KeyPartitioner(),
             **client_kwargs,
         )
         self._closing = False

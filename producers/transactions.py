@@ -25,6 +25,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
 
+from altlas.producers.partitioner import KeyPartitioner
 from altlas.producers.publisher import OutboundMessage
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class TransactionalPublisher:
             "max_batch_size": max(max_request_size, 1024 * 1024),
             "linger_ms": linger_ms,
             "transaction_timeout_ms": transaction_timeout_ms,
+            "partitioner": KeyPartitioner(),
         }
         self._producer = AIOKafkaProducer(**self._kwargs)
         self._lock = asyncio.Lock()

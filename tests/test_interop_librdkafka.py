@@ -17,6 +17,7 @@ from pathlib import Path
 
 import fastavro
 import pytest
+from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, Producer
 
 from altlas.orchestration.client import make_request
@@ -79,6 +80,8 @@ async def test_confluent_kafka_producer_and_read_committed_consumer(
         consumer.close()
     assert msg is not None, "no result within 60 s"
     assert msg.key() == b"ck-1"
+    # The partition Kafka's default partitioner picks for the key (aiokafka's murmur2, not ours).
+    assert msg.partition() == (murmur2(b"ck-1") & 0x7FFFFFFF) % settings.topics.partitions
     _check(_decode_result_independently(msg.value()), (20, 200, 30), "ck-1")
     headers = dict(msg.headers() or [])
     assert headers["traceparent"].split(b"-")[1] == traceparent.split(b"-")[1]
