@@ -106,15 +106,14 @@ class _Work:
 
 
 @dataclass
-class _Ticket:
-    """Requests of one batch that share a model and a deadline, submitted to its lane together."""
+class _Group:
+    """Requests of one batch that share a model and a deadline: submitted to its lane as one ticket."""
 
     deadline: float  # event-loop time
     works: list[_Work]
     items: list[Prepared]
     spans: list[SpanContext | None]
     on_chunk: Callable[[Record], None] | None = None
-    future: asyncio.Future[list[JobResult]] | None = None
 
 
 class RequestProcessor:
@@ -320,8 +319,8 @@ class RequestProcessor:
         now, budget = loop.time(), self.ctx.executor.budget
         # Requests for the same model with the same time budget (all of them, unless requests set
         # deadlines) go to its lane as one ticket: one future and one wait for the lot.
-        groups: dict[tuple[str, str, float], _Ticket] = {}
-        tickets: list[_Ticket] = []
+        by_key: dict[tuple[str, str, float], _Group] = {}
+        groups: list[_Group] = []
         streams: dict[int, ChunkStream] = {}
         for work, prep in zip(singles, prepared, strict=True):
             i, spec = work.index, work.plan.specs[0]
@@ -333,35 +332,33 @@ class RequestProcessor:
             seconds = budget(work.request, spec)
             if prep.params.get("stream") is True and hasattr(work.plan.pipeline, "run_stream"):
                 streams[i] = self._chunk_stream(records[i], work)
-                tickets.append(_Ticket(now + seconds, [work], [prep], [ctx], streams[i].push))
+                groups.append(_Group(now + seconds, [work], [prep], [ctx], streams[i].push))
                 continue
             key = (spec.key, work.plan.pipeline.task, seconds)
-            group = groups.get(key)
+            group = by_key.get(key)
             if group is None:
-                group = groups[key] = _Ticket(now + seconds, [], [], [])
-                tickets.append(group)
+                group = by_key[key] = _Group(now + seconds, [], [], [])
+                groups.append(group)
             group.works.append(work)
             group.items.append(prep)
             group.spans.append(ctx)
-        for ticket in tickets:
-            first = ticket.works[0]
-            ticket.future = self.ctx.workers.submit(
-                first.plan.specs[0], first.plan.pipeline, ticket.items, ticket.spans, ticket.on_chunk
+        futures = [
+            self.ctx.workers.submit(
+                g.works[0].plan.specs[0], g.works[0].plan.pipeline, g.items, g.spans, g.on_chunk
             )
-        for ticket in await self._await_with_deadlines(tickets):
-            spec = ticket.works[0].plan.specs[0]
-            error = DeadlineExceeded(f"{spec.key} gave no answer within the request's time budget")
-            for work in ticket.works:
-                self.ctx.workers.health_failure(spec, error)
-                await self._cache_store(work, error)
-                outcomes[work.index] = self._failure(records[work.index], work, error, spec=spec)
-            ticket.works = []
-        for ticket in tickets:
-            if not ticket.works:
+            for g in groups
+        ]
+        timed_out = await self._await_with_deadlines([g.deadline for g in groups], futures)
+        for n, (group, future) in enumerate(zip(groups, futures, strict=True)):
+            spec = group.works[0].plan.specs[0]
+            if n in timed_out:
+                error = DeadlineExceeded(f"{spec.key} gave no answer within the request's time budget")
+                for work in group.works:
+                    self.ctx.workers.health_failure(spec, error)
+                    await self._cache_store(work, error)
+                    outcomes[work.index] = self._failure(records[work.index], work, error, spec=spec)
                 continue
-            spec = ticket.works[0].plan.specs[0]
-            assert ticket.future is not None
-            for work, job in zip(ticket.works, ticket.future.result(), strict=True):
+            for work, job in zip(group.works, future.result(), strict=True):
                 i = work.index
                 await self._cache_store(work, job.output)
                 if isinstance(job.output, BaseException):
@@ -376,24 +373,24 @@ class RequestProcessor:
                 outcomes[i].chunks = streams.get(i)  # type: ignore[union-attr]
 
     @staticmethod
-    async def _await_with_deadlines(tickets: list[_Ticket]) -> list[_Ticket]:
-        """Wait for the tickets, each until its deadline; returns those that ran out (cancelled)."""
+    async def _await_with_deadlines(
+        deadlines: list[float], futures: list[asyncio.Future[list[JobResult]]]
+    ) -> set[int]:
+        """Wait for the futures, each until its deadline; returns the indexes that ran out (cancelled)."""
         loop = asyncio.get_running_loop()
-        pending = [t for t in tickets if t.future is not None]
-        timed_out: list[_Ticket] = []
-        for deadline in sorted({t.deadline for t in pending}):
+        pending = set(range(len(futures)))
+        timed_out: set[int] = set()
+        for deadline in sorted(set(deadlines)):
             if not pending:
                 break
             _, still = await asyncio.wait(
-                [t.future for t in pending if t.future is not None],
-                timeout=max(0.0, deadline - loop.time()),
+                [futures[n] for n in pending], timeout=max(0.0, deadline - loop.time())
             )
-            pending = [t for t in pending if t.future in still]
-            for ticket in [t for t in pending if t.deadline <= deadline]:
-                assert ticket.future is not None
-                ticket.future.cancel()
-                timed_out.append(ticket)
-                pending.remove(ticket)
+            pending = {n for n in pending if futures[n] in still}
+            for n in [n for n in pending if deadlines[n] <= deadline]:
+                futures[n].cancel()
+                timed_out.add(n)
+                pending.discard(n)
         return timed_out
 
     def _chunk_stream(self, rec: InboundRecord, work: _Work) -> ChunkStream:

@@ -69,9 +69,10 @@ class _Ticket:
         self.left = len(items)
 
     def answer(self, index: int, result: JobResult) -> None:
+        """Set one result (of a ticket whose future is not done); the last one resolves the future."""
         self.results[index] = result
         self.left -= 1
-        if not self.left and not self.future.done():
+        if not self.left:
             self.future.set_result(self.results)  # type: ignore[arg-type]  # all set by now
 
 

@@ -35,7 +35,6 @@ _LONG_MIN, _LONG_MAX = -(2**63), 2**63
 _INT_MIN, _INT_MAX = -(2**31), 2**31
 #: Zig-zag varints of the values 0..16383 (one or two bytes): lengths, counts, small numbers.
 _VARINTS = tuple(bytes([z]) if z < 128 else bytes([(z & 0x7F) | 0x80, z >> 7]) for z in range(1 << 14))
-_NAMED = ("record", "enum", "fixed")
 
 
 class Unsupported(Exception):
@@ -64,8 +63,7 @@ def _long(n: Any) -> bytes:
 def _bytes(b: Any) -> bytes:
     if b.__class__ is not bytes:
         raise Unsupported
-    n = len(b)
-    return (_VARINTS[n << 1] if n < 8192 else _varint(n << 1)) + b
+    return _varint(len(b) << 1) + b
 
 
 def _millis(t: Any) -> bytes:
@@ -98,6 +96,7 @@ class _Compiler:
     """Generates one function per named record of a parsed schema."""
 
     def __init__(self, parsed: dict[str, Any]) -> None:
+        self.parsed = parsed
         self.named: dict[str, Any] = dict(parsed.get("__named_schemas", {}))
         self.named.setdefault(parsed["name"], parsed)
         self.functions: dict[str, str] = {}  # record full name -> function name
@@ -105,8 +104,8 @@ class _Compiler:
         self.constants: dict[str, Any] = {}
         self._vars = 0
 
-    def compile(self, parsed: dict[str, Any]) -> Writer:
-        entry = self.record(parsed)
+    def compile(self) -> Writer:
+        entry = self.record(self.parsed)
         namespace = dict(_HELPERS, **self.constants)
         exec("\n".join(self.source), namespace)
         writer: Writer = namespace[entry]
@@ -251,6 +250,6 @@ class _Compiler:
 def compile_writer(parsed: dict[str, Any]) -> Writer | None:
     """A compiled writer for a fastavro-parsed record schema, or None when it uses what is not compiled."""
     try:
-        return _Compiler(parsed).compile(parsed)
+        return _Compiler(parsed).compile()
     except Unsupported:
         return None

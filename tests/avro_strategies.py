@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
+#: Settings for tests drawing whole event records: results nest (ensemble members are results,
+#: outputs hold lists of records), so some draws are large and slow by design; hypothesis's
+#: data_too_large health check once failed a clean-clone CI run on TextResult.
+RECORD_SETTINGS = settings(
+    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PRIMITIVES: dict[str, st.SearchStrategy[Any]] = {

@@ -9,7 +9,7 @@ from typing import Any
 import fastavro
 import pytest
 from fastavro.schema import to_parsing_canonical_form
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from altlas.schemas.catalog import EVENT_NAMES, NAMESPACE, SchemaCatalog
@@ -18,7 +18,7 @@ from altlas.schemas.confluent import SchemaIdMap
 from altlas.schemas.errors import DecodeError, ErrorCode, SchemaMismatchError, UnknownSchemaError
 from altlas.schemas.fingerprint import crc64_avro, fingerprint_bytes
 from altlas.schemas.types import RECORD_TYPES, Record, TextRequest, VisionRequest, from_datum, to_datum
-from tests.avro_strategies import datums
+from tests.avro_strategies import RECORD_SETTINGS, datums
 
 CATALOG = SchemaCatalog()
 
@@ -99,13 +99,7 @@ def _find_enum(catalog: SchemaCatalog, name: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", EVENT_NAMES)
-# Results nest (ensemble members are results, outputs hold lists of records), so some draws are
-# large by design; hypothesis's data_too_large health check once failed a clean-clone CI run on TextResult.
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@settings(RECORD_SETTINGS, max_examples=40)
 @given(data=st.data())
 def test_every_event_round_trips_through_its_pydantic_mirror(name: str, data: st.DataObject) -> None:
     info = CATALOG.get(name)

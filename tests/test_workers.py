@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from altlas.models.manager import ModelManager
+from altlas.models.registry import ModelSpec
 from altlas.models.runtime import ModelRuntime
 from altlas.orchestration.tracing import Tracing
 from altlas.orchestration.workers import ModelWorkers
@@ -34,11 +35,15 @@ class PoisonAware(ImageClassificationPipeline):
         return super().run(runtime, items)
 
 
-async def test_a_raising_batch_is_retried_item_by_item_so_only_the_bad_item_fails(models_dir: Path) -> None:
+def _lane_parts(models_dir: Path, max_batch: int) -> tuple[ModelSpec, PoisonAware, ModelWorkers]:
+    """The mean-colour model, the poison-aware pipeline and workers with one runner per lane."""
     registry = mean_color_registry(models_dir)
-    spec = registry.get("c")
-    pipeline = PoisonAware()
-    workers = ModelWorkers(ModelManager(registry), Tracing(None), max_batch=16, concurrency=1)
+    workers = ModelWorkers(ModelManager(registry), Tracing(None), max_batch=max_batch, concurrency=1)
+    return registry.get("c"), PoisonAware(), workers
+
+
+async def test_a_raising_batch_is_retried_item_by_item_so_only_the_bad_item_fails(models_dir: Path) -> None:
+    spec, pipeline, workers = _lane_parts(models_dir, max_batch=16)
     try:
         items = [pipeline.prepare(solid((i * 20, 0, 0)), {"poison": i == 3}, spec) for i in range(8)]
         # Two tickets (two micro-batches' worth), both queued before the lane runs.
@@ -56,10 +61,7 @@ async def test_a_raising_batch_is_retried_item_by_item_so_only_the_bad_item_fail
 
 
 async def test_tickets_split_at_the_max_batch_and_a_cancelled_one_is_skipped(models_dir: Path) -> None:
-    registry = mean_color_registry(models_dir)
-    spec = registry.get("c")
-    pipeline = PoisonAware()
-    workers = ModelWorkers(ModelManager(registry), Tracing(None), max_batch=4, concurrency=1)
+    spec, pipeline, workers = _lane_parts(models_dir, max_batch=4)
     try:
         items = [pipeline.prepare(solid((0, i * 20, 0)), {}, spec) for i in range(6)]
         kept = workers.submit(spec, pipeline, items, [None] * 6)

@@ -9,13 +9,13 @@ from typing import Any
 import fastavro
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from altlas.schemas.catalog import EVENT_NAMES, SchemaCatalog
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.writers import Unsupported, compile_writer
-from tests.avro_strategies import datums
+from tests.avro_strategies import RECORD_SETTINGS, datums
 
 CATALOG = SchemaCatalog()
 CODEC = AvroCodec(CATALOG)
@@ -47,11 +47,7 @@ def test_what_altlas_writes_compiles_and_requests_do_not() -> None:
 
 
 @pytest.mark.parametrize("name", COMPILED)
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@settings(RECORD_SETTINGS, max_examples=60)
 @given(data=st.data())
 def test_compiled_writers_write_fastavros_bytes(name: str, data: st.DataObject) -> None:
     datum = data.draw(datums(CATALOG.bundled(name)))
