@@ -98,7 +98,8 @@ SYSTEMS = [
         "altlas",
         "dev",
         "at-least-once; batching max_batch 512, max_wait_ms 0, fetch_max_records and model max_batch = B; "
-        "cache off; metrics port 0; orientation in the CPU throughput layout (registry "
+        "cache off; metrics port 0; one decoder process (`batching.decode_processes: 1`); orientation "
+        "in the CPU throughput layout (registry "
         "`intra_op_threads: 1`, `metadata.concurrency` = cores)",
     ),
     System("altlas-eos", "dev", "as altlas plus delivery exactly_once, kafka.transactional_id"),
@@ -354,7 +355,11 @@ def altlas_config(
         group=f"{system.name}-{tag}",
         create=True,
         # A fetch is published as a unit: pull no more than a model batch (512 tiny, 32 orientation).
-        batching={"max_batch": 512, "fetch_max_records": workload.batch, "max_wait_ms": 0},
+        # One decoder process: small images' decode leaves the GIL (big ones return to threads).
+        batching={
+            "max_batch": 512, "fetch_max_records": workload.batch, "max_wait_ms": 0,
+            "decode_processes": int(os.environ.get("ALTLAS_BENCH_DECODE_PROCESSES", "1")),
+        },
         # Repeated identical images would be answered from the result cache: an unfair edge here.
         cache={"enabled": False},
         metrics={"port": 0},

@@ -1,64 +1,159 @@
-"""Payload decoding on threads.
+"""Payload decoding on threads, or in worker processes where that pays.
 
 Decoding (image and audio containers, resampling, tokenising) is the CPU work
 of a request before its model runs. It happens on a few threads, in chunks, so
 a micro-batch of images decodes on every decoder thread at once while the
 event loop goes on fetching and publishing (Pillow, numpy and the audio
 decoders release the GIL while they work).
+
+With ``batching.decode_processes`` set, payloads of pipelines that can decode
+anywhere go to worker processes instead (decode_pool.py): the Python around
+the C decoders then no longer shares the GIL with the event loop. A model
+whose prepared input turns out too big to ship back cheaply (more than
+``decode_process_max_item_bytes`` per payload: a 224 px float tensor is
+600 KB) goes back to the threads after its first chunk, where the C decoders
+already run in parallel.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import logging
+import pickle
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from altlas.models.registry import ModelSpec
-from altlas.pipelines.base import Pipeline, Prepared
-from altlas.schemas.types import ParamValue
+from altlas.orchestration.decode_pool import DecodePool, Todo
+from altlas.pipelines.base import Prepared
 
-#: One payload to decode: the pipeline that decodes it, its bytes, params and model.
-Todo = tuple[Pipeline, bytes | str, Mapping[str, ParamValue], ModelSpec]
+log = logging.getLogger(__name__)
+
+__all__ = ["Decoder", "Todo"]
 
 
 class Decoder:
-    """The decoder threads of one process."""
+    """The decoder threads, and decoder processes if configured, of one service."""
 
     #: A chunk is never smaller than this (a thread hop costs more than a small payload's decode).
     MIN_CHUNK = 8
+    #: Nor is a chunk sent to a process (a round trip to a worker costs about 100 µs).
+    MIN_PROCESS_CHUNK = 64
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, processes: int = 0, *, process_max_item_bytes: int = 64 * 1024) -> None:
         self.threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self.processes = DecodePool(processes) if processes > 0 else None
+        self.process_max_item_bytes = process_max_item_bytes
+        self._threads_only: set[str] = set()  # model keys whose inputs are too big to ship between processes
+        self._local_pipelines: set[type] = set()  # pipelines that cannot be sent to a process
+
+    async def start(self) -> None:
+        """Start the decoder processes, if any, before the first request needs them."""
+        if self.processes is not None:
+            await asyncio.to_thread(self.processes.start)
 
     async def prepare_many(self, todo: Sequence[Todo]) -> list[Prepared | BaseException]:
         """Decode every payload; each failure stays in its slot."""
         if not todo:
             return []
-        loop = asyncio.get_running_loop()
-        chunks = max(1, min(self.threads, len(todo) // self.MIN_CHUNK))
-        size = -(-len(todo) // chunks)
-        parts = [todo[i : i + size] for i in range(0, len(todo), size)]
-        results = await asyncio.gather(*(loop.run_in_executor(self._pool, self._chunk, p) for p in parts))
-        return [item for part in results for item in part]
+        remote = [i for i, item in enumerate(todo) if self._in_process(item)]
+        if len(remote) == len(todo):
+            return await self._in_processes(todo)
+        if not remote:
+            return await self._on_threads(todo)
+        taken = set(remote)
+        local = [i for i in range(len(todo)) if i not in taken]
+        there, here = await asyncio.gather(
+            self._in_processes([todo[i] for i in remote]), self._on_threads([todo[i] for i in local])
+        )
+        placed: list[Prepared | BaseException] = list(there)  # placeholders, overwritten below
+        placed += here
+        for i, item in zip(remote + local, [*there, *here], strict=True):
+            placed[i] = item
+        return placed
 
     async def prepare(self, item: Todo) -> Prepared:
         """Decode one payload; raises its failure."""
-        out = (await asyncio.get_running_loop().run_in_executor(self._pool, self._chunk, [item]))[0]
+        (out,) = await self.prepare_many([item])
         if isinstance(out, BaseException):
             raise out
         return out
 
-    @staticmethod
-    def _chunk(todo: Sequence[Todo]) -> list[Prepared | BaseException]:
-        out: list[Prepared | BaseException] = []
-        for pipeline, payload, params, spec in todo:
-            try:
-                out.append(pipeline.prepare(payload, params, spec))
-            except Exception as exc:
-                out.append(exc)
-        return out
+    def _in_process(self, item: Todo) -> bool:
+        pipeline, _, _, spec = item
+        return (
+            self.processes is not None
+            and getattr(pipeline, "decodes_anywhere", False)
+            and spec.key not in self._threads_only
+            and type(pipeline) not in self._local_pipelines
+        )
+
+    async def _on_threads(self, todo: Sequence[Todo]) -> list[Prepared | BaseException]:
+        loop = asyncio.get_running_loop()
+        parts = _split(todo, max(1, min(self.threads, len(todo) // self.MIN_CHUNK)))
+        results = await asyncio.gather(*(loop.run_in_executor(self._pool, _prepare, p) for p in parts))
+        return [item for part in results for item in part]
+
+    async def _in_processes(self, todo: Sequence[Todo]) -> list[Prepared | BaseException]:
+        """Two chunks per worker: one is shipped while the other decodes."""
+        pool = self.processes
+        assert pool is not None
+        parts = _split(todo, max(1, min(2 * pool.processes, len(todo) // self.MIN_PROCESS_CHUNK)))
+        try:
+            results = await asyncio.gather(*(pool.decode(p) for p in parts))
+        except Exception as exc:  # e.g. a pipeline that does not pickle: never fail the batch for it
+            self._keep_local(todo, exc)
+            return await self.prepare_many(todo)
+        for _, sizes in results:
+            for key, size in sizes.items():
+                if size > self.process_max_item_bytes and key not in self._threads_only:
+                    self._threads_only.add(key)
+                    log.info(
+                        "%s decodes on threads from now on: its inputs (%d KiB) cost more to ship "
+                        "back from a process than decoding them there saves",
+                        key,
+                        size // 1024,
+                    )
+        return [item for part, _ in results for item in part]
+
+    def _keep_local(self, todo: Sequence[Todo], exc: Exception) -> None:
+        """After a failure to use the processes: the pipelines that do not pickle, else these models."""
+        pipelines = {id(pipeline): pipeline for pipeline, _, _, _ in todo}.values()
+        bad = {type(p) for p in pipelines if not _pickles(p)}
+        if bad:
+            self._local_pipelines |= bad
+            what = ", ".join(sorted(t.__name__ for t in bad))
+        else:
+            keys = {spec.key for _, _, _, spec in todo}
+            self._threads_only |= keys
+            what = ", ".join(sorted(keys))
+        log.warning("%s decode on threads from now on: decoder processes failed (%r)", what, exc)
 
     def shutdown(self) -> None:
-        """Stop the threads; decodes not started are dropped (their batch is abandoned anyway)."""
+        """Stop the threads and processes; decodes not started are dropped (their batch is abandoned)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.processes is not None:
+            self.processes.shutdown()
+
+
+def _split(todo: Sequence[Todo], chunks: int) -> list[Sequence[Todo]]:
+    size = -(-len(todo) // chunks)
+    return [todo[i : i + size] for i in range(0, len(todo), size)]
+
+
+def _pickles(obj: object) -> bool:
+    try:
+        pickle.dumps(obj)
+    except Exception:
+        return False
+    return True
+
+
+def _prepare(todo: Sequence[Todo]) -> list[Prepared | BaseException]:
+    out: list[Prepared | BaseException] = []
+    for pipeline, payload, params, spec in todo:
+        try:
+            out.append(pipeline.prepare(payload, params, spec))
+        except Exception as exc:
+            out.append(exc)
+    return out

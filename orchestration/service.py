@@ -141,7 +141,11 @@ class Orchestrator:
             if settings.cache.enabled
             else None
         )
-        self.decoder = Decoder(batching.decode_threads)
+        self.decoder = Decoder(
+            batching.decode_threads,
+            batching.decode_processes,
+            process_max_item_bytes=batching.decode_process_max_item_bytes,
+        )
         lim = settings.limits
         limits = PipelineLimits(
             max_payload_bytes=lim.max_message_bytes,
@@ -211,6 +215,7 @@ class Orchestrator:
                 "the security protocol and the credentials (a refused authentication looks like this too)"
             ) from exc
         await asyncio.to_thread(self._register_output_schemas)
+        await self.decoder.start()
         self.status.start()
         await self.commands.start()
         config = BatchingConfig(

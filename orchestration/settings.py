@@ -115,6 +115,12 @@ class BatchingSettings(BaseModel):
     )
     model_concurrency: int = Field(1, ge=1, description="Batches that may run at once on one model.")
     decode_threads: int = Field(2, ge=1, description="Threads decoding payloads (images, audio).")
+    decode_processes: int = Field(
+        0, ge=0, description="Worker processes decoding small payloads off the GIL (0: threads only)."
+    )
+    decode_process_max_item_bytes: int = Field(
+        64 * 1024, ge=0, description="A model whose inputs are larger decodes on threads instead."
+    )
 
 
 class LimitSettings(BaseModel):

@@ -135,6 +135,7 @@ class AudioClassificationPipeline:
     """``audio.classify`` on an ONNX classifier or a Silero VAD."""
 
     task = "audio.classify"
+    decodes_anywhere = True  # prepare() needs only its arguments: a decoder process may run it
 
     def __init__(self, limits: PipelineLimits | None = None) -> None:
         self.limits = limits or PipelineLimits()

@@ -49,6 +49,11 @@ class Pipeline(Protocol):
     ``run_stream(runtime, item, emit) -> Output``: it calls ``emit(chunk)`` with
     each partial output record as the model makes it, then returns the final
     output. Requests with ``params.stream = true`` go through it, one at a time.
+
+    A pipeline whose ``prepare`` depends only on its arguments and on the
+    pipeline's own picklable settings (no loaded model, no tokenizer cache)
+    says so with a class attribute ``decodes_anywhere = True``: decoder
+    processes may then run it (orchestration/decoding.py).
     """
 
     task: str

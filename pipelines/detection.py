@@ -131,6 +131,7 @@ class DetectionPipeline:
     """``vision.detect`` over the ultralytics, opencv-cascade and onnx (PicoDet) backends."""
 
     task = "vision.detect"
+    decodes_anywhere = True  # prepare() needs only its arguments: a decoder process may run it
 
     def __init__(self, limits: PipelineLimits | None = None) -> None:
         self.limits = limits or PipelineLimits()

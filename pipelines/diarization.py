@@ -93,6 +93,7 @@ class DiarizationPipeline:
     """``audio.diarize``."""
 
     task = "audio.diarize"
+    decodes_anywhere = True  # prepare() needs only its arguments: a decoder process may run it
 
     def __init__(self, limits: PipelineLimits | None = None) -> None:
         self.limits = limits or PipelineLimits()

@@ -118,6 +118,7 @@ class ImageClassificationPipeline:
     """``vision.classify`` on an ONNX classifier."""
 
     task = "vision.classify"
+    decodes_anywhere = True  # prepare() needs only its arguments: a decoder process may run it
 
     def __init__(self, limits: PipelineLimits | None = None) -> None:
         self.limits = limits or PipelineLimits()

@@ -71,6 +71,7 @@ class OcrPipeline:
     """``vision.ocr`` on the tesseract backend."""
 
     task = "vision.ocr"
+    decodes_anywhere = True  # prepare() needs only its arguments: a decoder process may run it
 
     def __init__(self, limits: PipelineLimits | None = None) -> None:
         self.limits = limits or PipelineLimits()

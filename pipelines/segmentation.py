@@ -76,6 +76,7 @@ class SegmentationPipeline:
     """``vision.segment`` over the ultralytics (instances) and onnx (semantic) backends."""
 
     task = "vision.segment"
+    decodes_anywhere = True  # prepare() needs only its arguments: a decoder process may run it
 
     def __init__(self, limits: PipelineLimits | None = None) -> None:
         self.limits = limits or PipelineLimits()

@@ -88,6 +88,7 @@ class TranscriptionPipeline:
     """``audio.transcribe`` on a faster-whisper model."""
 
     task = "audio.transcribe"
+    decodes_anywhere = True  # prepare() needs only its arguments: a decoder process may run it
 
     def __init__(self, limits: PipelineLimits | None = None) -> None:
         self.limits = limits or PipelineLimits()

@@ -1,0 +1,196 @@
+"""Payload decoding in worker processes, for decodes that hold the GIL.
+
+Pillow's and the audio decoders' C code releases the GIL, but what surrounds
+it does not: opening the container, parsing its headers and chunks, building
+the image object, a few numpy calls. On a small image that is nearly all of
+the decode (about 30 µs of Python for a 4x4 PNG), and on the decoder threads
+it competes with the event loop for the one GIL, so a busy service cannot use
+a second core. Worker processes take that Python elsewhere.
+
+Everything a worker returns is pickled and copied back, so processes pay only
+while the prepared input is small; the Decoder learns each model's input size
+from what comes back and keeps big ones on threads. A decoder that crashes on
+a payload (a segfault in a codec) takes down a worker, not the service: the
+pool is replaced and the payloads of the failed chunk are tried one at a
+time, so only the one that crashes again is answered with an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import pickle
+import signal
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import numpy as np
+
+from altlas.models.registry import ModelSpec
+from altlas.pipelines.base import Pipeline, Prepared
+from altlas.schemas.errors import ErrorCode, InvalidRequestError
+from altlas.schemas.types import ParamValue
+
+log = logging.getLogger(__name__)
+
+#: One payload to decode: the pipeline that decodes it, its bytes, params and model.
+Todo = tuple[Pipeline, bytes | str, Mapping[str, ParamValue], ModelSpec]
+#: What a chunk decodes to: one Prepared or error per payload, and the largest input per model key.
+Decoded = tuple[list[Prepared | BaseException], dict[str, int]]
+
+
+class DecodePool:
+    """A pool of decoder processes, replaced when one of them dies."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+        self._generation = 0  # bumped per replacement: a failure replaces only the pool it saw
+        self._recovering: asyncio.Lock | None = None
+        self.crashes = 0
+
+    def start(self) -> None:
+        """Start every worker now (blocking, about a second): a request should not wait for one."""
+        if self._pool is None:
+            self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # forkserver, not fork: the service has Kafka, ONNX Runtime and decoder threads running.
+        pool = ProcessPoolExecutor(
+            self.processes, mp_context=multiprocessing.get_context("forkserver"), initializer=_init_worker
+        )
+        for future in [pool.submit(_ready) for _ in range(self.processes)]:
+            future.result()
+        return pool
+
+    async def decode(self, todo: Sequence[Todo]) -> Decoded:
+        """Decode a chunk in one worker; a crash costs only the payload that causes it."""
+        if self._recovering is None:
+            self._recovering = asyncio.Lock()
+        if self._recovering.locked():  # a crash is being isolated: nothing else may share its pool
+            async with self._recovering:
+                pass
+        if self._pool is None:
+            await asyncio.to_thread(self.start)
+        assert self._pool is not None
+        generation = self._generation
+        try:
+            packed = await asyncio.wrap_future(self._pool.submit(_decode_chunk, list(todo)))
+        except BrokenProcessPool:
+            return await self._isolate(todo, generation)
+        return _unpack(packed)
+
+    async def _isolate(self, todo: Sequence[Todo], generation: int) -> Decoded:
+        """After a crash: a fresh pool, then each payload alone, so the crash finds its culprit."""
+        assert self._recovering is not None
+        async with self._recovering:
+            self.crashes += 1
+            log.warning("a decoder process died; retrying %d payloads one at a time", len(todo))
+            out: list[Prepared | BaseException] = []
+            sizes: dict[str, int] = {}
+            for item in todo:
+                if generation == self._generation:
+                    await asyncio.to_thread(self._replace)
+                generation = self._generation
+                assert self._pool is not None
+                try:
+                    packed = await asyncio.wrap_future(self._pool.submit(_decode_chunk, [item]))
+                except BrokenProcessPool:
+                    log.warning("the decoder crashed on a %s payload of %s", item[0].task, item[3].key)
+                    out.append(
+                        InvalidRequestError("the payload crashed its decoder", code=ErrorCode.INVALID_PAYLOAD)
+                    )
+                    continue
+                prepared, item_sizes = _unpack(packed)
+                out += prepared
+                for key, size in item_sizes.items():
+                    sizes[key] = max(sizes.get(key, 0), size)
+            return out, sizes
+
+    def _replace(self) -> None:
+        old, self._pool = self._pool, None
+        if old is not None:
+            old.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
+        self._generation += 1
+
+    def shutdown(self) -> None:
+        """Stop the workers; decodes not started are dropped (their batch is abandoned anyway)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+# ---------------------------------------------------------------- in the worker
+
+
+def _init_worker() -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the service stops its workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import altlas.pipelines.image  # noqa: F401  (Pillow and numpy, before the first chunk)
+
+
+def _ready() -> bool:
+    return True
+
+
+def _decode_chunk(todo: list[Todo]) -> tuple[Any, ...]:
+    """Prepare each payload; failures stay in their slots and must survive pickling."""
+    out: list[Prepared | BaseException] = []
+    sizes: dict[str, int] = {}
+    for pipeline, payload, params, spec in todo:
+        try:
+            item = pipeline.prepare(payload, params, spec)
+        except Exception as exc:
+            out.append(_portable(exc))
+            continue
+        out.append(item)
+        size = _nbytes(item.data)
+        sizes[spec.key] = max(sizes.get(spec.key, 0), size)
+    return _pack(out, sizes)
+
+
+def _portable(exc: Exception) -> BaseException:
+    """``exc`` if it survives pickling unchanged in kind, else the same message as an InvalidRequestError."""
+    try:
+        back = pickle.loads(pickle.dumps(exc))
+        if type(back) is type(exc) and str(back) == str(exc):
+            return exc
+    except Exception:
+        pass
+    return InvalidRequestError(f"{type(exc).__name__}: {exc}", code=ErrorCode.INVALID_PAYLOAD)
+
+
+def _nbytes(data: Any) -> int:
+    """What shipping ``data`` back costs, roughly: an array's bytes, else its pickle's."""
+    if isinstance(data, np.ndarray):
+        return int(data.nbytes)
+    return len(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _pack(out: list[Prepared | BaseException], sizes: dict[str, int]) -> tuple[Any, ...]:
+    """Equal-shaped arrays travel as one stacked array: unpickling one per item cost 5x more."""
+    first = out[0] if out else None
+    if isinstance(first, Prepared) and isinstance(first.data, np.ndarray):
+        shape, dtype = first.data.shape, first.data.dtype
+        if all(
+            isinstance(o, Prepared)
+            and isinstance(o.data, np.ndarray)
+            and o.data.shape == shape
+            and o.data.dtype == dtype
+            for o in out
+        ):
+            items: list[Prepared] = out  # type: ignore[assignment]
+            return ("stacked", np.stack([o.data for o in items]), [o.params for o in items], sizes)
+    return ("items", out, sizes)
+
+
+def _unpack(packed: tuple[Any, ...]) -> Decoded:
+    if packed[0] == "stacked":
+        _, stacked, params, sizes = packed
+        return [Prepared(data, p) for data, p in zip(stacked, params, strict=True)], sizes
+    _, out, sizes = packed
+    return out, sizes
