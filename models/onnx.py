@@ -53,6 +53,9 @@ class OnnxRuntime:
         self.session: ort.InferenceSession | None = None
         self.metadata: dict[str, str] = {}
         self._inputs: list[Any] = []
+        self._outputs: list[str] = []
+        self._names: frozenset[str] = frozenset()
+        self._checks: list[tuple[str, Any, int, tuple[tuple[int, int], ...], list[Any]]] = []
         self._batch_size: int | None = None  # None: dynamic
         self._max_batch = int(spec.params.get("max_batch", spec.metadata.max_batch))
 
@@ -76,6 +79,19 @@ class OnnxRuntime:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelLoadError(f"{self.spec.key}: cannot load {self.spec.path}: {exc}") from exc
         self._inputs = list(self.session.get_inputs())
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        self._names = frozenset(i.name for i in self._inputs)
+        # Per input: (name, dtype, rank without the batch axis, the fixed dims to check, declared dims).
+        self._checks = [
+            (
+                i.name,
+                _DTYPES.get(i.type),
+                len(i.shape) - 1,
+                tuple((n, d) for n, d in enumerate(i.shape[1:]) if isinstance(d, int) and d > 0),
+                i.shape[1:],
+            )
+            for i in self._inputs
+        ]
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         first = self._inputs[0].shape[0] if self._inputs and self._inputs[0].shape else None
         self._batch_size = first if isinstance(first, int) and first > 0 else None
@@ -123,7 +139,7 @@ class OnnxRuntime:
             except InvalidInputError as exc:
                 results[i] = exc
                 continue
-            signature = tuple((k, v.shape, v.dtype.str) for k, v in sorted(prepared[i].items()))
+            signature = tuple([(v.shape, v.dtype) for v in prepared[i].values()])  # in input order
             groups.setdefault(signature, []).append(i)
         step = self._batch_size or self._max_batch
         for indices in groups.values():
@@ -134,20 +150,23 @@ class OnnxRuntime:
         return results
 
     def _check(self, feed: Feed) -> Feed:
-        names = {i.name for i in self._inputs}
-        if set(feed) != names:
-            raise InvalidInputError(f"{self.spec.key} takes inputs {sorted(names)}, got {sorted(feed)}")
+        """The feed with each input as an array of the model's dtype; raises on a name or shape mismatch.
+
+        Runs for every item of every batch, so the model's declarations are read once at load.
+        """
+        if feed.keys() != self._names:
+            raise InvalidInputError(f"{self.spec.key} takes inputs {sorted(self._names)}, got {sorted(feed)}")
         prepared = {}
-        for inp in self._inputs:
-            arr = np.asarray(feed[inp.name], dtype=_DTYPES.get(inp.type))
-            declared = inp.shape[1:]
-            if arr.ndim != len(declared) or any(
-                isinstance(d, int) and d > 0 and d != s for d, s in zip(declared, arr.shape, strict=False)
-            ):
+        for name, dtype, rank, fixed, declared in self._checks:
+            arr = feed[name]
+            if type(arr) is not np.ndarray or (dtype is not None and arr.dtype != dtype):
+                arr = np.asarray(arr, dtype=dtype)
+            shape = arr.shape
+            if len(shape) != rank or any(shape[n] != d for n, d in fixed):
                 raise InvalidInputError(
-                    f"{self.spec.key}: input {inp.name} has shape {list(arr.shape)}, model wants {declared}"
+                    f"{self.spec.key}: input {name} has shape {list(shape)}, model wants {declared}"
                 )
-            prepared[inp.name] = arr
+            prepared[name] = arr
         return prepared
 
     def _run(self, feeds: list[Feed]) -> list[dict[str, np.ndarray]]:
@@ -155,6 +174,6 @@ class OnnxRuntime:
         n = len(feeds)
         pad = (self._batch_size - n) if self._batch_size else 0
         batch = {name: np.stack([f[name] for f in feeds] + [feeds[-1][name]] * pad) for name in feeds[0]}
-        names = [o.name for o in self.session.get_outputs()]
+        names = self._outputs
         outputs = self.session.run(names, batch)
         return [{name: out[i] for name, out in zip(names, outputs, strict=True)} for i in range(n)]

@@ -94,9 +94,21 @@ def test_onnx_runtime_rejects_a_malformed_item_without_failing_the_batch(models_
     runtime = OnnxRuntime(_registry(models_dir).get("dyn"))
     runtime.load()
     good = np.zeros((3, 4, 4), dtype=np.float32)
-    outputs = runtime.predict_batch([{"image": good}, {"image": np.zeros((3, 5, 4))}, {"wrong": good}])
+    outputs = runtime.predict_batch(
+        [
+            {"image": good},
+            {"image": np.zeros((3, 5, 4))},
+            {"wrong": good},
+            {"image": np.zeros((4, 4), dtype=np.float32)},  # the wrong rank
+            {"image": good.astype(np.float64)},  # converted to the model's dtype
+            {"image": good.tolist()},  # so is a nested list
+        ]
+    )
     assert "probs" in outputs[0]
-    assert [type(o).__name__ for o in outputs[1:]] == ["InvalidInputError", "InvalidInputError"]
+    assert [type(o).__name__ for o in outputs[1:4]] == ["InvalidInputError"] * 3
+    assert "has shape [3, 5, 4]" in str(outputs[1]) and "takes inputs ['image']" in str(outputs[2])
+    for converted in outputs[4:]:
+        np.testing.assert_array_equal(converted["probs"], outputs[0]["probs"])
 
 
 def test_onnx_pool_threads_do_not_spin_unless_asked(models_dir: Path) -> None:
