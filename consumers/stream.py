@@ -35,7 +35,9 @@ class BatchingConfig:
 
     max_records: int = 512
     max_wait_ms: int = 5
-    max_inflight: int = 4096
+    # Far above what the stream worker prefetches (8 batches of max_records): reaching it pauses
+    # the partitions, which drops what the fetcher had prefetched and drains the pipeline by half.
+    max_inflight: int = 16384
     max_batch_bytes: int = 64 * 1024 * 1024
     max_inflight_bytes: int = 256 * 1024 * 1024
     poll_timeout_ms: int = 200

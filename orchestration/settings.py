@@ -106,7 +106,7 @@ class BatchingSettings(BaseModel):
         5, ge=0, description="After the first record arrives, wait at most this for more."
     )
     fetch_max_records: int = Field(512, ge=1, description="Most records pulled from Kafka per fetch.")
-    max_inflight: int = Field(4096, ge=1, description="Records in flight before partitions are paused.")
+    max_inflight: int = Field(16384, ge=1, description="Records in flight before partitions are paused.")
     max_batch_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="Most request bytes per micro-batch (at least one record)."
     )
