@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class InboundRecord:
+# NamedTuples, not frozen dataclasses: one is built per record and per answer, and a frozen
+# dataclass's __init__ (an object.__setattr__ call per field) cost four times as much.
+class InboundRecord(NamedTuple):
     """One consumed record, with everything a dead letter must carry."""
 
     topic: str

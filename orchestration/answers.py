@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.trace import Span
 
@@ -61,9 +61,8 @@ class Outcome:
     dead_letter: bool = False
 
 
-@dataclass(frozen=True)
-class ResultSummary:
-    """What metrics and replays need of a result, without decoding it again."""
+class ResultSummary(NamedTuple):
+    """What metrics and replays need of a result, without decoding it again (one per answer)."""
 
     status: ResultStatus
     task: str

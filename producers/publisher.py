@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerClosed
@@ -27,14 +27,13 @@ from altlas.schemas.types import Record
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class OutboundMessage:
-    """A record to produce."""
+class OutboundMessage(NamedTuple):
+    """A record to produce (a NamedTuple: one is built per answer, like InboundRecord)."""
 
     topic: str
     value: bytes
     key: bytes | None = None
-    headers: tuple[tuple[str, bytes], ...] = field(default_factory=tuple)
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class PermanentSendError(Exception):
