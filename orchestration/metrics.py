@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -65,27 +68,47 @@ class Metrics:
         self.gpu_memory = Gauge("altlas_gpu_memory_used_bytes", "GPU memory used.", ["gpu"], registry=r)
         self.gpu_util = Gauge("altlas_gpu_utilization_percent", "GPU utilisation.", ["gpu"], registry=r)
 
-    def observe_outcome(self, modality: str, outcome: Outcome) -> None:
-        """Count one answered record."""
-        result = outcome.result
-        code = outcome.error.code if outcome.error is not None else ""
-        if outcome.dead_letter:
-            self.dead_letters.labels(modality, code).inc()
-        if result is None:
-            return
-        key = (modality, result.task, result.model_id, result.model_version, result.status.value, code)
-        children = self._children.get(key)
-        if children is None:  # labels() costs more than the increment: resolve each label set once
-            model = f"{result.model_id}@{result.model_version}" if result.model_id else ""
-            children = self._children[key] = (
-                self.requests.labels(modality, result.task, model, result.status.value, code),
-                self.request_seconds.labels(modality, model),
-            )
-        children[0].inc()
-        children[1].observe(result.total_ms / 1000)
-        how = result.attributes.get("cache")
-        if how is not None:
-            self.cache.labels(how).inc()
+    def observe_outcomes(self, modality: str, outcomes: Sequence[Outcome]) -> None:
+        """Count a micro-batch's answered records.
+
+        prometheus_client takes a lock for every increment, and a record costs a
+        counter, a histogram bucket and the histogram's sum. A batch's answers
+        mostly share one label set, so they are tallied here first and added
+        with one increment per label set and bucket.
+        """
+        seconds: dict[tuple[str, str, str, str, str, str], list[float]] = {}
+        dead: Tally[str] = Tally()
+        cached: Tally[str] = Tally()
+        for outcome in outcomes:
+            result = outcome.result
+            code = outcome.error.code if outcome.error is not None else ""
+            if outcome.dead_letter:
+                dead[code] += 1
+            if result is None:
+                continue
+            key = (modality, result.task, result.model_id, result.model_version, result.status.value, code)
+            values = seconds.get(key)
+            if values is None:
+                values = seconds[key] = []
+            values.append(result.total_ms / 1000)
+            how = result.attributes.get("cache")
+            if how is not None:
+                cached[how] += 1
+        for key, values in seconds.items():
+            children = self._children.get(key)
+            if children is None:  # labels() costs more than the increment: resolve each label set once
+                _, task, model_id, version, status, code = key
+                model = f"{model_id}@{version}" if model_id else ""
+                children = self._children[key] = (
+                    self.requests.labels(modality, task, model, status, code),
+                    self.request_seconds.labels(modality, model),
+                )
+            children[0].inc(len(values))
+            _observe_all(children[1], values)
+        for code, n in dead.items():
+            self.dead_letters.labels(modality, code).inc(n)
+        for how, n in cached.items():
+            self.cache.labels(how).inc(n)
 
     def observe_batch(self, model: str, size: int, inference_ms: float) -> None:
         """One model call."""
@@ -117,3 +140,21 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+
+def _observe_all(histogram: Any, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for each value, as one increment per bucket and one of the sum.
+
+    Reaches into prometheus_client's histogram child (its bounds, bucket and
+    sum values, unchanged since 0.4); where those are missing, observes one by one.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for value in values:
+            histogram.observe(value)
+        return
+    for index, n in Tally(bisect_left(bounds, value) for value in values).items():
+        buckets[index].inc(n)  # the first bucket whose bound is >= the value, as observe() picks
+    total.inc(sum(values))

@@ -82,7 +82,7 @@ class ProcessorContext:
     instance_id: str
     group_prefix: str
     cache: ResultCache | None = None
-    observe: Callable[[str, Outcome], None] | None = None  # metrics hook
+    observe: Callable[[str, Sequence[Outcome]], None] | None = None  # metrics hook, once per batch
 
 
 @dataclass(frozen=True)
@@ -160,8 +160,7 @@ class RequestProcessor:
             log.exception("batch processing failed; answering %d records with INTERNAL errors", len(records))
             outcomes = [self.answers.failure(r, exc, None) for r in records]
         if self.ctx.observe is not None:
-            for outcome in outcomes:
-                self.ctx.observe(self.modality, outcome)
+            self.ctx.observe(self.modality, outcomes)
         return outcomes
 
     async def _process(self, records: Sequence[InboundRecord]) -> list[Outcome]:
@@ -202,7 +201,7 @@ class RequestProcessor:
                     ctx = span.get_span_context() if span is not None else None
                     multis[i] = (work, asyncio.create_task(self.ctx.executor.run(request, plan, ctx)))
                     continue
-                hit = await self._cache_lookup(work)
+                hit = await self._cache_lookup(work) if self.ctx.cache is not None else None
                 if hit is not None:
                     cached[i] = (work, *hit)
                     continue

@@ -179,7 +179,7 @@ class Orchestrator:
             tracing=self.tracing,
             instance_id=settings.instance_id,
             group_prefix=settings.kafka.group_id,
-            observe=self.metrics.observe_outcome,
+            observe=self.metrics.observe_outcomes,
         )
         self.streams: dict[str, StreamWorker] = {}
         self.commands = CommandHandler(
