@@ -25,6 +25,7 @@ from altlas.schemas.errors import (
     TransientError,
     UnknownSchemaError,
 )
+from altlas.schemas.readers import Reader, compile_reader
 from altlas.schemas.types import Record, from_datum, to_datum
 from altlas.schemas.writers import Writer, compile_writer
 
@@ -69,6 +70,7 @@ class AvroCodec:
         self.encode_format = encode_format
         self.schema_ids = schema_ids
         self._writers: dict[str, Writer | None] = {}  # compiled writers by record name, None: fastavro's
+        self._readers: dict[str, Reader | None] = {}  # compiled readers of the current schemas, likewise
 
     # ------------------------------------------------------------ encoding
     def encode(self, name: str, datum: dict[str, Any], *, topic: str = "") -> bytes:
@@ -148,6 +150,10 @@ class AvroCodec:
         header = _SOE_HEADER if data[:1] == SINGLE_OBJECT_MAGIC[:1] else _CONFLUENT_HEADER
         if writer.name != reader.name:
             raise SchemaMismatchError(f"record is a {writer.name}, expected {reader.name}")
+        if writer.fingerprint == reader.fingerprint:  # no resolution: the compiled reader may read it
+            compiled = self._compiled_read(reader, data, header)
+            if compiled is not None:
+                return compiled
         body = io.BytesIO(data)
         body.seek(header)
         try:
@@ -168,6 +174,20 @@ class AvroCodec:
         if not isinstance(datum, dict):
             raise DecodeError(f"{writer.name} did not decode to a record")
         return datum
+
+    def _compiled_read(self, info: SchemaInfo, data: bytes, header: int) -> dict[str, Any] | None:
+        """The datum read by the compiled reader, or None: fastavro then reads it or says what is wrong."""
+        if info.name in self._readers:
+            reader = self._readers[info.name]
+        else:
+            reader = self._readers[info.name] = compile_reader(info.parsed)
+        if reader is None:
+            return None
+        try:
+            datum, end = reader(data, header)
+        except Exception:  # anything unusual, broken input included, is fastavro's to judge
+            return None
+        return datum if end == len(data) else None
 
     def decode_record(self, data: bytes, cls: type[R]) -> R:
         """Decode into the pydantic mirror ``cls``; invalid content is a DecodeError."""
