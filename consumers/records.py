@@ -34,6 +34,8 @@ class InboundRecord(NamedTuple):
             offset=rec.offset,
             key=rec.key,
             value=rec.value,
-            headers=tuple((k, bytes(v) if v is not None else b"") for k, v in (rec.headers or ())),
+            headers=tuple([(k, bytes(v) if v is not None else b"") for k, v in rec.headers])
+            if rec.headers
+            else (),
             timestamp_ms=int(rec.timestamp or 0),
         )

@@ -78,6 +78,8 @@ class MultiModelExecutor:
         budget = self.attempt_timeout_s
         if spec is not None and spec.metadata.timeout_s is not None:
             budget = spec.metadata.timeout_s
+        if not request.params and request.deadline is None:  # most requests: nothing to narrow it
+            return max(0.0, budget)
         timeout_ms = request.params.get("timeout_ms")
         if isinstance(timeout_ms, int | float) and not isinstance(timeout_ms, bool) and timeout_ms > 0:
             budget = min(budget, timeout_ms / 1000)

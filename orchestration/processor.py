@@ -359,7 +359,8 @@ class RequestProcessor:
                 continue
             for work, job in zip(group.works, future.result(), strict=True):
                 i = work.index
-                await self._cache_store(work, job.output)
+                if work.cache_key is not None:
+                    await self._cache_store(work, job.output)
                 if isinstance(job.output, BaseException):
                     outcomes[i] = self._failure(
                         records[i], work, job.output, spec=spec, job=job, default=ErrorCode.MODEL_FAILED
