@@ -937,8 +937,9 @@ def gaps(rows: list[Row]) -> list[str]:
             f"**{'met' if ratio >= 1.0 else 'not met'}**. altlas spends "
             f"{tiny.med('cpu_ms_per_req'):.3f} ms of CPU per request, {tiny_best.system} "
             f"{tiny_best.med('cpu_ms_per_req'):.3f} ms, but altlas used {tiny.med('cpu_pct'):.0f} % of "
-            f"a core and {tiny_best.system} {tiny_best.med('cpu_pct'):.0f} %: the peer's ONNX Runtime "
-            "threads run beside its Python thread, while altlas's one Python thread is the limit."
+            f"a core and {tiny_best.system} {tiny_best.med('cpu_pct'):.0f} % (altlas's figure includes its "
+            "decoder process, which decodes the images on the second core while the event loop's one "
+            "thread does everything else)."
         )
     eos = find(rows, "tiny", "altlas-eos")
     if eos and tiny_best and tiny_best.rps:
@@ -965,9 +966,10 @@ def gaps(rows: list[Row]) -> list[str]:
             f"**{'met' if ratio >= 1.2 else 'not met'}**. The model itself ({min(costs):.0f}-"
             f"{max(costs):.0f} ms of CPU a request, about 1 ms of it PNG decoding and 0.1 ms the rest of "
             "the preprocessing) dominates every system, and ONNX Runtime gains little from batching "
-            "this convolutional model on 2 cores. altlas's margin comes from how it spends the cores: "
-            "a call per core with one thread each (no thread-pool barriers, no idle spinning) while "
-            "the peers run one call at a time on every core. Per-run figures spread by +-15 % on this "
+            "this convolutional model on 2 cores (on one thread it costs 3.5 ms an image in calls of 4, "
+            "3.9 in calls of 32). altlas's margin comes from how it spends the cores: a call per core "
+            "with one thread each, in calls of 4 (no thread-pool barriers, no idle spinning), while "
+            "the peers run one call of 32 at a time on every core. Per-run figures spread by +-15 % on this "
             "shared machine; on a GPU, where a batch of 32 costs little more than one image, "
             "micro-batching itself would pay (not measured: no GPU)."
         )
@@ -990,14 +992,27 @@ def gaps(rows: list[Row]) -> list[str]:
         "32-bit words (2.8 µs per request id against aiokafka's 6.9 µs, same partitions as the Java "
         "client). Together about +13 % and +5 % in alternating runs (5,733-6,432 -> 6,078-6,862 req/s).",
         "",
-        "What the remaining CPU per request goes to (py-spy `--gil` on altlas draining the tiny backlog, "
-        "the thread holding the GIL): decoding the PNG and preprocessing it (~31 %, every system pays "
-        "it), the ONNX call and top-k (~13 %), reading the Avro request and validating it (~10 %), "
-        "building the result (~11 %, of which Avro encoding 2.4 %), aiokafka's per-message send "
-        "(~5 %), then many small per-request steps: planning, metrics, tracing context, lineage headers. "
-        "The fastest peers' batch handlers do none of the per-request routing, caching, tracing, "
-        "dead-letter and lineage bookkeeping that altlas does, and all of it runs on one Python thread "
-        "while their ONNX Runtime threads run beside it.",
+        "Then (2026-11-28, second session): payload decoding moved to a decoder process "
+        "(`batching.decode_processes: 1`, docs/operations.md): the Python around Pillow's C decoder "
+        "(opening the PNG, parsing its chunks, building the image: about 30 µs for a 4x4 image) held "
+        "the GIL the event loop needs, so the second core sat idle; 7,001-7,059 -> 9,357-9,653 req/s in "
+        "alternating runs, at 120 % of a core instead of 94 %. The in-flight bound "
+        "(`batching.max_inflight`, 4,096) equalled the 8 micro-batches of 512 the worker prefetches, so "
+        "partitions paused and the pipeline drained over and over: 16,384 now, +6 % at-least-once and "
+        "+8 % exactly-once. Requests are read by Avro readers compiled from the schemas (5.9 -> 2.9 µs a "
+        "request; fastavro reads anything unusual and stays the judge of broken input), the ONNX "
+        "runtime's per-item input checks went from 5.2 to 2.8 µs, and metrics are tallied per batch. "
+        "Alternating runs on 40,000-request backlogs went from 6,500-7,000 req/s to 9,800-11,200 over "
+        "the session. Producing each partition's results as one aiokafka batch instead of per-message "
+        "sends measured +1 % (within the noise) and was not kept.",
+        "",
+        "What the event loop's GIL time per request goes to now (py-spy `--gil` on altlas draining the "
+        "tiny backlog at 9,000 req/s, the GIL held 77 % of the time): building results ~20 % (Avro "
+        "encoding 6 % of it), the model lane ~17 % (the ONNX call and input checks 5 %, top-k and the "
+        "output records 10 %), aiokafka's per-message send ~9 %, reading and validating requests ~9 %, "
+        "fetching ~5 %, planning 3 %, then many small steps (metrics, tracing context, lineage "
+        "headers); image decoding no longer appears. The fastest peers' batch handlers do none of the "
+        "per-request routing, caching, tracing, dead-letter and lineage bookkeeping that altlas does.",
     ]
     return out
 
