@@ -969,9 +969,9 @@ def gaps(rows: list[Row]) -> list[str]:
             "this convolutional model on 2 cores (on one thread it costs 3.5 ms an image in calls of 4, "
             "3.9 in calls of 32). altlas's margin comes from how it spends the cores: a call per core "
             "with one thread each, in calls of 4 (no thread-pool barriers, no idle spinning), while "
-            "the peers run one call at a time (of one image, or of 32) on every core. Per-run figures spread by +-15 % on this "
-            "shared machine; on a GPU, where a batch of 32 costs little more than one image, "
-            "micro-batching itself would pay (not measured: no GPU)."
+            "the peers run one call at a time (of one image, or of 32) on every core. Per-run figures "
+            "spread by +-15 % on this shared machine; on a GPU, where a batch of 32 costs little more "
+            "than one image, micro-batching itself would pay (not measured: no GPU)."
         )
     lost = sum(r.lost for r in rows if r.system.startswith("altlas"))
     out.append(f"- **Nothing lost** (goal: lost = 0 in every altlas run): {lost} lost.")

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from altlas.schemas.codegen import Generator
+
 #: A compiled reader: (data, position) -> (datum, position after it).
 Reader = Callable[[bytes, int], tuple[Any, int]]
 
@@ -66,38 +68,11 @@ _HELPERS: dict[str, Any] = {
 }
 
 
-class _Compiler:
+class _Compiler(Generator):
     """Generates one function per named record of a parsed schema."""
 
     def __init__(self, parsed: dict[str, Any]) -> None:
-        self.parsed = parsed
-        self.named: dict[str, Any] = dict(parsed.get("__named_schemas", {}))
-        self.named.setdefault(parsed["name"], parsed)
-        self.functions: dict[str, str] = {}
-        self.source: list[str] = []
-        self.constants: dict[str, Any] = {}
-        self._vars = 0
-
-    def compile(self) -> Reader:
-        entry = self.record(self.parsed)
-        namespace = dict(_HELPERS, **self.constants)
-        exec("\n".join(self.source), namespace)
-        reader: Reader = namespace[entry]
-        return reader
-
-    def const(self, value: Any) -> str:
-        name = f"_c{len(self.constants)}"
-        self.constants[name] = value
-        return name
-
-    def var(self) -> str:
-        self._vars += 1
-        return f"v{self._vars}"
-
-    def resolve(self, schema: Any) -> Any:
-        if isinstance(schema, str) and schema in self.named:
-            return self.named[schema]
-        return schema
+        super().__init__(parsed, _HELPERS)
 
     def record(self, schema: dict[str, Any]) -> str:
         name = schema["name"]
@@ -233,6 +208,7 @@ class _Compiler:
 def compile_reader(parsed: dict[str, Any]) -> Reader | None:
     """A compiled reader for a fastavro-parsed record schema, or None when it uses what is not compiled."""
     try:
-        return _Compiler(parsed).compile()
+        compiled: Reader = _Compiler(parsed).compile()
+        return compiled
     except Unreadable:
         return None

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from altlas.schemas.codegen import Generator
+
 #: A compiled writer: appends the Avro body of the datum to the buffer.
 Writer = Callable[[bytearray, Any], None]
 
@@ -92,38 +94,11 @@ _HELPERS: dict[str, Any] = {
 }
 
 
-class _Compiler:
+class _Compiler(Generator):
     """Generates one function per named record of a parsed schema."""
 
     def __init__(self, parsed: dict[str, Any]) -> None:
-        self.parsed = parsed
-        self.named: dict[str, Any] = dict(parsed.get("__named_schemas", {}))
-        self.named.setdefault(parsed["name"], parsed)
-        self.functions: dict[str, str] = {}  # record full name -> function name
-        self.source: list[str] = []
-        self.constants: dict[str, Any] = {}
-        self._vars = 0
-
-    def compile(self) -> Writer:
-        entry = self.record(self.parsed)
-        namespace = dict(_HELPERS, **self.constants)
-        exec("\n".join(self.source), namespace)
-        writer: Writer = namespace[entry]
-        return writer
-
-    def const(self, value: Any) -> str:
-        name = f"_c{len(self.constants)}"
-        self.constants[name] = value
-        return name
-
-    def var(self) -> str:
-        self._vars += 1
-        return f"v{self._vars}"
-
-    def resolve(self, schema: Any) -> Any:
-        if isinstance(schema, str) and schema in self.named:
-            return self.named[schema]
-        return schema
+        super().__init__(parsed, _HELPERS)
 
     def record(self, schema: dict[str, Any]) -> str:
         name = schema["name"]
@@ -250,6 +225,7 @@ class _Compiler:
 def compile_writer(parsed: dict[str, Any]) -> Writer | None:
     """A compiled writer for a fastavro-parsed record schema, or None when it uses what is not compiled."""
     try:
-        return _Compiler(parsed).compile()
+        compiled: Writer = _Compiler(parsed).compile()
+        return compiled
     except Unsupported:
         return None
