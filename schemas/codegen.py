@@ -34,6 +34,18 @@ class Generator:
         """Generate the function of a record schema (once) and return its name."""
         raise NotImplementedError
 
+    def function_for(self, schema: dict[str, Any], prefix: str) -> tuple[str, bool]:
+        """The generated function's name for a record, and whether it is still to be written.
+
+        Registered before the record's fields are generated, so a recursive
+        record calls its own function.
+        """
+        name = schema["name"]
+        if name in self.functions:
+            return self.functions[name], False
+        fn = self.functions[name] = prefix + name.replace(".", "_")
+        return fn, True
+
     def const(self, value: Any) -> str:
         """A name under which generated code sees ``value``."""
         name = f"_c{len(self.constants)}"

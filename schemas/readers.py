@@ -75,11 +75,9 @@ class _Compiler(Generator):
         super().__init__(parsed, _HELPERS)
 
     def record(self, schema: dict[str, Any]) -> str:
-        name = schema["name"]
-        if name in self.functions:
-            return self.functions[name]
-        fn: str = "r_" + name.replace(".", "_")
-        self.functions[name] = fn
+        fn, new = self.function_for(schema, "r_")
+        if not new:
+            return fn
         lines = [f"def {fn}(b, p):"]
         fields = []
         for field in schema["fields"]:

@@ -101,11 +101,9 @@ class _Compiler(Generator):
         super().__init__(parsed, _HELPERS)
 
     def record(self, schema: dict[str, Any]) -> str:
-        name = schema["name"]
-        if name in self.functions:
-            return self.functions[name]
-        fn: str = "w_" + name.replace(".", "_")
-        self.functions[name] = fn
+        fn, new = self.function_for(schema, "w_")
+        if not new:
+            return fn
         lines = [f"def {fn}(o, d):", "    if d.__class__ is not dict: raise Unsupported"]
         for field in schema["fields"]:
             v = self.var()
