@@ -49,8 +49,8 @@ class DecodePool:
         self.processes = processes
         self._pool: ProcessPoolExecutor | None = None
         self._generation = 0  # bumped per replacement: a failure replaces only the pool it saw
-        self._recovering: asyncio.Lock | None = None
-        self.crashes = 0
+        self._guarding: asyncio.Lock | None = None
+        self.crashes = 0  # worker processes that died
 
     def start(self) -> None:
         """Start every worker now (blocking, about a second): a request should not wait for one."""
@@ -68,37 +68,44 @@ class DecodePool:
 
     async def decode(self, todo: Sequence[Todo]) -> Decoded:
         """Decode a chunk in one worker; a crash costs only the payload that causes it."""
-        if self._recovering is None:
-            self._recovering = asyncio.Lock()
-        if self._recovering.locked():  # a crash is being isolated: nothing else may share its pool
-            async with self._recovering:
-                pass
-        if self._pool is None:
-            await asyncio.to_thread(self.start)
-        assert self._pool is not None
-        generation = self._generation
+        guard = self._guard()
+        if self._pool is None or guard.locked():
+            # Starting, or isolating a crash: nothing else may share the pool it tests payloads in.
+            async with guard:
+                if self._pool is None:
+                    await asyncio.to_thread(self.start)
+        pool, generation = self._pool, self._generation
+        assert pool is not None
         try:
-            packed = await asyncio.wrap_future(self._pool.submit(_decode_chunk, list(todo)))
+            packed = await asyncio.wrap_future(pool.submit(_decode_chunk, list(todo)))
         except BrokenProcessPool:
             return await self._isolate(todo, generation)
         return _unpack(packed)
 
+    def _guard(self) -> asyncio.Lock:
+        if self._guarding is None:  # created on first use, in the event loop that decodes
+            self._guarding = asyncio.Lock()
+        return self._guarding
+
     async def _isolate(self, todo: Sequence[Todo], generation: int) -> Decoded:
         """After a crash: a fresh pool, then each payload alone, so the crash finds its culprit."""
-        assert self._recovering is not None
-        async with self._recovering:
-            self.crashes += 1
+        async with self._guard():
+            broken = generation == self._generation  # else another chunk has replaced that pool already
+            if broken:
+                self.crashes += 1
             log.warning("a decoder process died; retrying %d payloads one at a time", len(todo))
             out: list[Prepared | BaseException] = []
             sizes: dict[str, int] = {}
             for item in todo:
-                if generation == self._generation:
+                if broken:
                     await asyncio.to_thread(self._replace)
-                generation = self._generation
+                    broken = False
                 assert self._pool is not None
                 try:
                     packed = await asyncio.wrap_future(self._pool.submit(_decode_chunk, [item]))
                 except BrokenProcessPool:
+                    self.crashes += 1
+                    broken = True
                     log.warning("the decoder crashed on a %s payload of %s", item[0].task, item[3].key)
                     out.append(
                         InvalidRequestError("the payload crashed its decoder", code=ErrorCode.INVALID_PAYLOAD)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -106,7 +107,10 @@ async def test_a_payload_that_crashes_its_decoder_fails_alone(decoder: Decoder) 
     payloads = [b"a", b"bb", b"segv", b"ccc", b"dddd"] * 2
     out = await decoder.prepare_many([(where, p, {}, SPEC) for p in payloads])
 
-    assert decoder.processes is not None and decoder.processes.crashes >= 1
+    # The chunk broke its worker; alone, each "segv" broke one more. A pool is replaced only after a
+    # crash, never before a payload that follows one that went through.
+    assert decoder.processes is not None and decoder.processes.crashes == 3
+    assert decoder.processes._generation == 3
     for payload, o in zip(payloads, out, strict=True):
         if payload == b"segv":
             assert isinstance(o, InvalidRequestError) and o.code == ErrorCode.INVALID_PAYLOAD
@@ -179,3 +183,20 @@ async def test_service_with_a_decoder_process_answers_and_dead_letters_over_kafk
     (letter,) = letters
     assert letter.request_id == "corrupt" and letter.error_code == ErrorCode.INVALID_PAYLOAD.value
     assert letter.value is not None and letter.topic == settings.topics.requests("vision")
+
+
+async def test_concurrent_first_decodes_start_one_pool() -> None:
+    decoder = Decoder(1, 1)  # not started: the first decodes start it
+    assert decoder.processes is not None
+    pools = []
+    new_pool = decoder.processes._new_pool
+    decoder.processes._new_pool = lambda: pools.append(1) or new_pool()  # type: ignore[method-assign]
+    try:
+        where = WherePipeline()
+        outs = await asyncio.gather(
+            *(decoder.prepare_many([(where, b"x" * (n + 1), {}, SPEC)]) for n in range(3))
+        )
+        assert [len(out[0].data) for out in outs] == [1, 2, 3]  # type: ignore[union-attr]
+        assert pools == [1]
+    finally:
+        decoder.shutdown()
