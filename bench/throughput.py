@@ -68,7 +68,8 @@ def _start_altlas(
         "vision", bootstrap, topic_in, topic_out, registry,
         group=f"bench-{uuid.uuid4().hex[:6]}",
         create=True,
-        batching={"max_batch": 512, "fetch_max_records": 512, "max_wait_ms": 0},
+        # One decoder process, as for small images in docs/operations.md ("Decoder processes").
+        batching={"max_batch": 512, "fetch_max_records": 512, "max_wait_ms": 0, "decode_processes": 1},
         cache={"enabled": False},  # the requests repeat 64 images: the raw loop has no cache either
         metrics={"port": 0},
     )  # fmt: skip
