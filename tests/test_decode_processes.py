@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -200,3 +201,76 @@ async def test_concurrent_first_decodes_start_one_pool() -> None:
         assert pools == [1]
     finally:
         decoder.shutdown()
+
+
+async def test_every_pipeline_that_decodes_anywhere_prepares_the_same_in_a_process() -> None:
+    """Vision detect/segment/OCR and the audio pipelines, with their real decoders: what a worker
+    process prepares and pickles back is what the threads prepare."""
+    from altlas.models.registry import ModelRegistry
+    from altlas.pipelines.audio_classification import AudioClassificationPipeline
+    from altlas.pipelines.detection import DetectionPipeline
+    from altlas.pipelines.diarization import DiarizationPipeline
+    from altlas.pipelines.ocr import OcrPipeline
+    from altlas.pipelines.segmentation import SegmentationPipeline
+    from altlas.pipelines.transcription import TranscriptionPipeline
+    from tests.fixtures_audio import BAND_PARAMS, synthetic_voice, wav_bytes
+    from tests.images import text_page
+    from tests.vision_builders import DBNET_PARAMS, LAYOUT_PARAMS
+
+    entries = [
+        ("face", "vision.detect", "opencv-cascade", {}),
+        ("layout", "vision.detect", "onnx", LAYOUT_PARAMS),
+        ("yolo", "vision.detect", "ultralytics", {}),
+        ("text-map", "vision.segment", "onnx", DBNET_PARAMS),
+        ("tesseract", "vision.ocr", "tesseract", {}),
+        ("band", "audio.classify", "onnx", BAND_PARAMS),
+        ("vad", "audio.classify", "silero-vad", {}),
+        ("whisper", "audio.transcribe", "faster-whisper", {}),
+        ("speakers", "audio.diarize", "ge2e", {}),
+    ]
+    # prepare() reads the registry entries only: no model file is opened.
+    registry = ModelRegistry.from_dict(
+        {
+            "models": [  # tesseract's path would name its tessdata folder: none here
+                {
+                    "id": i,
+                    "task": t,
+                    "backend": b,
+                    "params": p,
+                    **({} if b == "tesseract" else {"path": f"/m/{i}"}),
+                }
+                for i, t, b, p in entries
+            ]
+        }
+    )
+    page = encode(text_page(320, 240), "PNG")
+    speech = wav_bytes(synthetic_voice(1.5))
+    todo: list[Todo] = [
+        (DetectionPipeline(), page, {}, registry.get("face")),
+        (DetectionPipeline(), page, {"threshold": 0.3}, registry.get("layout")),
+        (DetectionPipeline(), page, {}, registry.get("yolo")),
+        (SegmentationPipeline(), page, {}, registry.get("text-map")),
+        (OcrPipeline(), page, {}, registry.get("tesseract")),
+        (AudioClassificationPipeline(), speech, {}, registry.get("band")),
+        (AudioClassificationPipeline(), speech, {}, registry.get("vad")),
+        (TranscriptionPipeline(), speech, {"language": "en"}, registry.get("whisper")),
+        (DiarizationPipeline(), speech, {}, registry.get("speakers")),
+        (TranscriptionPipeline(), b"not audio", {}, registry.get("whisper")),
+    ]
+    threads = Decoder(1)
+    processes = Decoder(1, 1, process_max_item_bytes=1 << 40)
+    await processes.start()
+    try:
+        expected = await threads.prepare_many(todo)
+        got = await processes.prepare_many(todo)
+    finally:
+        threads.shutdown()
+        processes.shutdown()
+    assert not processes._threads_only and not processes._local_pipelines  # all went to the process
+    for (pipeline, _, _, spec), mine, theirs in zip(todo, got, expected, strict=True):
+        if isinstance(theirs, BaseException):
+            assert type(mine) is type(theirs) and str(mine) == str(theirs), spec.key
+        else:
+            assert isinstance(mine, Prepared), (spec.key, mine)
+            assert pickle.dumps(mine.data) == pickle.dumps(theirs.data), (pipeline.task, spec.key)
+    assert sum(isinstance(o, Prepared) for o in got) == 9
