@@ -144,23 +144,30 @@ def _ready() -> bool:
     return True
 
 
-def _decode_chunk(todo: list[Todo]) -> tuple[Any, ...]:
-    """Prepare each payload; failures stay in their slots and must survive pickling."""
+def prepare_each(todo: Sequence[Todo]) -> list[Prepared | BaseException]:
+    """Prepare each payload; a failure stays in its slot (on the decoder threads and in the workers)."""
     out: list[Prepared | BaseException] = []
-    sizes: dict[str, int] = {}
     for pipeline, payload, params, spec in todo:
         try:
-            item = pipeline.prepare(payload, params, spec)
+            out.append(pipeline.prepare(payload, params, spec))
         except Exception as exc:
-            out.append(_portable(exc))
-            continue
-        out.append(item)
-        size = _nbytes(item.data)
-        sizes[spec.key] = max(sizes.get(spec.key, 0), size)
+            out.append(exc)
+    return out
+
+
+def _decode_chunk(todo: list[Todo]) -> tuple[Any, ...]:
+    """``prepare_each`` in a worker: failures must survive pickling, and sizes travel back too."""
+    out = prepare_each(todo)
+    sizes: dict[str, int] = {}
+    for n, (item, (_, _, _, spec)) in enumerate(zip(out, todo, strict=True)):
+        if isinstance(item, BaseException):
+            out[n] = _portable(item)
+        else:
+            sizes[spec.key] = max(sizes.get(spec.key, 0), _nbytes(item.data))
     return _pack(out, sizes)
 
 
-def _portable(exc: Exception) -> BaseException:
+def _portable(exc: BaseException) -> BaseException:
     """``exc`` if it survives pickling unchanged in kind, else the same message as an InvalidRequestError."""
     try:
         back = pickle.loads(pickle.dumps(exc))

@@ -23,7 +23,7 @@ import pickle
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from altlas.orchestration.decode_pool import DecodePool, Todo
+from altlas.orchestration.decode_pool import DecodePool, Todo, prepare_each
 from altlas.pipelines.base import Prepared
 
 log = logging.getLogger(__name__)
@@ -66,11 +66,9 @@ class Decoder:
         there, here = await asyncio.gather(
             self._in_processes([todo[i] for i in remote]), self._on_threads([todo[i] for i in local])
         )
-        placed: list[Prepared | BaseException] = list(there)  # placeholders, overwritten below
-        placed += here
-        for i, item in zip(remote + local, [*there, *here], strict=True):
-            placed[i] = item
-        return placed
+        # Both parts keep request order: merge them back by where each item came from.
+        from_there, from_here = iter(there), iter(here)
+        return [next(from_there) if i in taken else next(from_here) for i in range(len(todo))]
 
     async def prepare(self, item: Todo) -> Prepared:
         """Decode one payload; raises its failure."""
@@ -91,7 +89,7 @@ class Decoder:
     async def _on_threads(self, todo: Sequence[Todo]) -> list[Prepared | BaseException]:
         loop = asyncio.get_running_loop()
         parts = _split(todo, max(1, min(self.threads, len(todo) // self.MIN_CHUNK)))
-        results = await asyncio.gather(*(loop.run_in_executor(self._pool, _prepare, p) for p in parts))
+        results = await asyncio.gather(*(loop.run_in_executor(self._pool, prepare_each, p) for p in parts))
         return [item for part in results for item in part]
 
     async def _in_processes(self, todo: Sequence[Todo]) -> list[Prepared | BaseException]:
@@ -147,13 +145,3 @@ def _pickles(obj: object) -> bool:
     except Exception:
         return False
     return True
-
-
-def _prepare(todo: Sequence[Todo]) -> list[Prepared | BaseException]:
-    out: list[Prepared | BaseException] = []
-    for pipeline, payload, params, spec in todo:
-        try:
-            out.append(pipeline.prepare(payload, params, spec))
-        except Exception as exc:
-            out.append(exc)
-    return out

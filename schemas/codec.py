@@ -11,7 +11,7 @@ using Confluent serializers interoperate without a bridge.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
@@ -35,6 +35,7 @@ _SOE_HEADER = 10
 _CONFLUENT_HEADER = 5
 
 R = TypeVar("R", bound=Record)
+C = TypeVar("C")
 
 
 class WireFormat(StrEnum):
@@ -81,10 +82,7 @@ class AvroCodec:
             header = bytes([CONFLUENT_MAGIC]) + self.schema_ids.id_for(info, topic).to_bytes(4, "big")
         else:
             header = SINGLE_OBJECT_MAGIC + info.fingerprint
-        if name in self._writers:
-            writer = self._writers[name]
-        else:
-            writer = self._writers[name] = compile_writer(info.parsed)
+        writer = _compiled(self._writers, info, compile_writer)
         if writer is not None:
             out = bytearray(header)
             try:
@@ -177,10 +175,7 @@ class AvroCodec:
 
     def _compiled_read(self, info: SchemaInfo, data: bytes, header: int) -> dict[str, Any] | None:
         """The datum read by the compiled reader, or None: fastavro then reads it or says what is wrong."""
-        if info.name in self._readers:
-            reader = self._readers[info.name]
-        else:
-            reader = self._readers[info.name] = compile_reader(info.parsed)
+        reader = _compiled(self._readers, info, compile_reader)
         if reader is None:
             return None
         try:
@@ -197,3 +192,12 @@ class AvroCodec:
         except ValueError as exc:
             raise DecodeError(f"invalid {cls.avro_name}: {exc}") from exc
         return record
+
+
+def _compiled(
+    cache: dict[str, C | None], info: SchemaInfo, compile: Callable[[dict[str, Any]], C | None]
+) -> C | None:
+    """The compiled reader or writer of a schema (None: fastavro's), compiled on first use."""
+    if info.name not in cache:
+        cache[info.name] = compile(info.parsed)
+    return cache[info.name]
