@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from altlas.pipelines.masks import decode_rle
 from altlas.schemas.types import (
     AnyRequest,
     AudioClassification,
+    AudioResult,
     Classification,
     Detection,
     Diarization,
@@ -35,7 +39,9 @@ from altlas.schemas.types import (
     Speech,
     TextChunk,
     TextGeneration,
+    TextResult,
     Transcription,
+    VisionResult,
 )
 
 MODALITIES: tuple[Modality, ...] = ("text", "vision", "audio")
@@ -123,13 +129,11 @@ async def exchange(
     return found
 
 
-def _result_classes() -> dict[Modality, type[Result]]:
-    from altlas.schemas.types import AudioResult, TextResult, VisionResult
-
-    return {"text": TextResult, "vision": VisionResult, "audio": AudioResult}
-
-
-_RESULT_CLASSES = _result_classes()
+_RESULT_CLASSES: dict[Modality, type[Result]] = {
+    "text": TextResult,
+    "vision": VisionResult,
+    "audio": AudioResult,
+}
 
 
 def gist(result: Result) -> str:
@@ -201,18 +205,15 @@ def save_speech(results: Iterable[tuple[str, Result]], output: Path, *, many: bo
 def jsonable(result: Result, **extra: Any) -> dict[str, Any]:
     """The raw result as JSON-ready data (bytes, such as audio, as base64)."""
     doc = result.model_dump(mode="python", exclude_none=True)
-    return {**_plain(doc), **extra}
+    plain: dict[str, Any] = json.loads(json.dumps(doc, default=_json_default))
+    return {**plain, **extra}
 
 
-def _plain(value: Any) -> Any:
+def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if hasattr(value, "isoformat"):
+    if isinstance(value, datetime):
         return value.isoformat()
-    if hasattr(value, "value") and not isinstance(value, int | float | str):
+    if isinstance(value, Enum):
         return value.value
-    return value
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -8,6 +8,7 @@ prints raw JSON and saves speech. Every answer here comes from a trained model.
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -48,12 +49,15 @@ TASKS = {
 }
 
 
-def _altlas(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def _altlas(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "altlas.orchestration", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**os.environ, **(env or {})},
         check=False,
     )
 
@@ -217,22 +221,27 @@ async def test_send_saves_speech_with_output(starter_settings: Settings, tmp_pat
             _altlas, "send", "-c", config, "-t", "tts", "Results are published back to the stream.", "-o",
             str(tmp_path / "out.wav"),
         )  # fmt: skip
+        raw = await asyncio.to_thread(
+            _altlas, "send", "-c", config, "-t", "tts", "Results are published back to the stream.", "--json"
+        )
     assert said.returncode == 0, said.stderr
     assert "joe@1" in said.stdout and "s of speech" in said.stdout
     wav = (tmp_path / "out.wav").read_bytes()
     assert sniff(wav) == "audio/wav"
     audio, rate = sf.read(io.BytesIO(wav))
     assert rate == 22050 and 1.0 < len(audio) / rate < 6.0 and abs(audio).max() > 0.1
+    doc = json.loads(raw.stdout)  # the raw result carries the same audio, as base64
+    assert base64.b64decode(doc["output"]["audio"]) == wav  # the voice has no sampling noise
 
 
 # ------------------------------------------------------------------ the first hour, as a test
-def _start(*args: str) -> subprocess.Popen[str]:
+def _start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "altlas.orchestration", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "ALTLAS_LOG__LEVEL": "WARNING"},
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -248,35 +257,39 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 
 
 async def _until_answered(
-    config: str, target: str, deadline_s: float = 120
+    target: str, *args: str, env: dict[str, str] | None = None, deadline_s: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """`altlas send` until the starting instance answers (it creates its topics first)."""
     deadline = time.monotonic() + deadline_s
     while True:
-        done = await asyncio.to_thread(_altlas, "send", "-c", config, target, "--json", "--timeout", "60")
+        done = await asyncio.to_thread(_altlas, "send", target, *args, "--json", "--timeout", "60", env=env)
         if done.returncode != 1 or time.monotonic() > deadline:
             return done
         await asyncio.sleep(1)
 
 
-async def test_altlas_run_with_no_registry_answers_a_png_a_wav_and_a_sentence_with_trained_models(
-    kafka_bootstrap: str, starter_registry: Path, samples: Path, tmp_path: Path
+async def test_the_first_hour_broker_up_run_send_and_status_answer_with_trained_models(
+    starter_registry: Path, samples: Path, tmp_path: Path
 ) -> None:
-    """The README's first hour: `altlas run` with nothing configured, then `altlas send` three times.
+    """The README's walk-through, with nothing configured: only the broker address, as users give it.
 
     (``starter_registry`` only fetches the models beforehand, so a cold cache does not eat the wait.)
     """
-    settings = isolated_settings(kafka_bootstrap, None)  # no registry: nothing written by hand
-    config = str(write_config(settings, tmp_path / "altlas.yaml"))
-    proc = _start("run", "-c", config)
+    env = {"ALTLAS_LOCAL_BROKER__STATE_DIR": str(tmp_path / "broker")}
+    up = await asyncio.to_thread(_altlas, "broker", "up", env=env)
+    assert up.returncode == 0 and up.stdout.startswith("bootstrap="), up.stderr
+    env["KAFKA_BOOTSTRAP_SERVERS"] = up.stdout.strip().split("=", 1)[1]
     try:
-        page = await _until_answered(config, str(samples / "page.png"))
-        speech = await asyncio.to_thread(_altlas, "send", "-c", config, str(samples / "speech.wav"), "--json")
-        sentence = await asyncio.to_thread(
-            _altlas, "send", "-c", config, "The capital of France is", "--json"
-        )
+        proc = _start("run", env=env)
+        try:
+            page = await _until_answered(str(samples / "page.png"), env=env)
+            speech = await asyncio.to_thread(_altlas, "send", str(samples / "speech.wav"), "--json", env=env)
+            sentence = await asyncio.to_thread(_altlas, "send", "The capital of France is", "--json", env=env)
+            status = await asyncio.to_thread(_altlas, "status", env=env)
+        finally:
+            log = _stop(proc)
     finally:
-        log = _stop(proc)
+        await asyncio.to_thread(_altlas, "broker", "down", env=env)
     assert "serving the starter registry" in log and "smollm2" in log and "left out" not in log, log[-2000:]
     results = [json.loads(done.stdout) for done in (page, speech, sentence)]
     assert [(r["task"], r["model_id"]) for r in results] == [
@@ -287,6 +300,9 @@ async def test_altlas_run_with_no_registry_answers_a_png_a_wav_and_a_sentence_wi
     assert "Kafka carries each request" in " ".join(results[0]["output"]["text"].split())
     assert word_recall(SPOKEN, results[1]["output"]["text"]) >= 0.7
     assert "Paris" in results[2]["output"]["text"]
+    assert status.returncode == 0, status.stderr
+    models = {line.split("│")[1].strip(): line for line in status.stdout.splitlines() if "ready" in line}
+    assert set(models) == {"tesseract", "whisper-tiny-en", "smollm2"}, status.stdout
 
 
 async def test_altlas_run_registry_none_serves_nothing(
@@ -296,7 +312,7 @@ async def test_altlas_run_registry_none_serves_nothing(
     config = str(write_config(settings, tmp_path / "altlas.yaml"))
     proc = _start("run", "-c", config, "--registry", "none")
     try:
-        done = await _until_answered(config, str(samples / "page.png"))
+        done = await _until_answered(str(samples / "page.png"), "-c", config)
     finally:
         log = _stop(proc)
     assert "starter" not in log and "no model registry configured" in log
