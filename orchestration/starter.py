@@ -319,7 +319,7 @@ def registry_file(progress: Progress | None = None, *, announce: bool = True) ->
     path = cache_dir() / "starter" / "registry.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(_HEADER + yaml.safe_dump(doc, sort_keys=False))
+    tmp.write_text(_HEADER + _GENERATED_NOTE + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
     tmp.replace(path)
     if not announce:
         return path
@@ -342,13 +342,12 @@ def export(directory: Path, *, link: bool = False, progress: Progress | None = N
         source = paths[model.id]
         local[model.id] = None if source is None else _place(model, source, directory / model.id, link)
     doc = document(models, local)
-    lines = [_HEADER.replace("is generated", "was written by `altlas models export-starter`")]
-    lines.append(_EXPORT_NOTE)
+    lines = [_HEADER, _EXPORT_NOTE]
     lines += [f"# left out here: {k}: {v}\n" for k, v in left_out.items()]
     lines.append("models:\n")
     for model, entry in zip(models, doc["models"], strict=True):
         lines.append(f"  # {model.about}\n")
-        dumped = yaml.safe_dump([entry], sort_keys=False)
+        dumped = yaml.safe_dump([entry], sort_keys=False, default_flow_style=None)
         lines.append("".join(f"  {line}\n" for line in dumped.splitlines()))
     lines.append(yaml.safe_dump({"defaults": doc["defaults"]}, sort_keys=False))
     target = directory / "registry.yaml"
@@ -377,13 +376,16 @@ def _place(model: StarterModel, source: Path, folder: Path, link: bool) -> Path:
 
 _HEADER = """\
 # The altlas starter registry: trained models that ship inside packages.
-# This file is generated; `altlas models export-starter DIR` writes an editable copy.
-# metadata: accuracy = share right on a small labelled check, cost = CPU milliseconds per
+# metadata: accuracy = mean score (0..1) on a small labelled check, cost = CPU milliseconds per
 # request, latency_ms = wall milliseconds per request at batch 1; measured by bench/starter.py
 # (`python -m bench.starter`) on a 2-core machine. Re-measure on yours and edit them.
 """
 
+_GENERATED_NOTE = """\
+# Rewritten by each `altlas run` without a registry; `altlas models export-starter DIR` writes one to edit.
+"""
+
 _EXPORT_NOTE = """\
-# Paths are relative to this file. Edit, add or remove entries, then serve it with
-#   altlas run --registry THIS_FILE
+# Written by `altlas models export-starter`. Paths are relative to this file. Edit, add or remove
+# entries, then serve it with: altlas run --registry THIS_FILE
 """
