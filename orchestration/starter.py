@@ -115,7 +115,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_VISION = ("PIL",)
 _AUDIO = ("soundfile", "soxr", "av")
 
 # `metadata` here is configuration; the measured figures are added from MEASURED.
