@@ -218,10 +218,9 @@ def _channels(settings: Settings) -> list[_Channel]:
 
 
 def _topic_binding(settings: Settings, config: dict[str, str]) -> dict[str, Any]:
-    binding: dict[str, Any] = {
-        "partitions": settings.topics.partitions,
-        "replicas": settings.topics.replication_factor,
-    }
+    binding: dict[str, Any] = {"partitions": settings.topics.partitions}
+    if settings.topics.replication_factor is not None:  # else the broker's default.replication.factor
+        binding["replicas"] = settings.topics.replication_factor
     topic_config: dict[str, Any] = {}
     if "cleanup.policy" in config:
         topic_config["cleanup.policy"] = config["cleanup.policy"].split(",")

@@ -102,13 +102,22 @@ def _starter_registry(*, announce: bool = True) -> Path:
 def broker_up(
     config: ConfigOpt = None,
     kafka_version: Annotated[str | None, typer.Option(help="Kafka version (default from settings).")] = None,
+    brokers: Annotated[
+        int, typer.Option(min=1, help="Nodes; 2 or more start a KRaft cluster (replication 3, min ISR 2).")
+    ] = 1,
 ) -> None:
-    """Start a local broker on free ports and print `bootstrap=127.0.0.1:PORT`."""
+    """Start a local broker (or cluster) on free ports and print `bootstrap=127.0.0.1:PORT[,...]`."""
     from altlas.orchestration.kafka_dist import KafkaDistribution
     from altlas.orchestration.localkafka import BrokerState, LocalBroker
 
     settings = _settings(config)
     lb = settings.local_broker
+    if brokers > 1:
+        from altlas.orchestration.localcluster import cluster_up
+
+        with console.status(f"starting a {brokers}-node Kafka cluster..."):
+            print(f"bootstrap={cluster_up(lb, kafka_version or lb.kafka_version, brokers)}")
+        return
     state_file = lb.state_dir / "state.json"
     if state_file.exists():
         state = BrokerState(**json.loads(state_file.read_text()))
@@ -136,15 +145,19 @@ def broker_up(
 
 @broker_app.command("down")
 def broker_down(config: ConfigOpt = None) -> None:
-    """Stop the local broker started by `broker up` and delete its data."""
+    """Stop the local broker (and cluster) started by `broker up` and delete its data."""
     import shutil
 
+    from altlas.orchestration.localcluster import cluster_down
     from altlas.orchestration.localkafka import BrokerState, stop_process
 
     settings = _settings(config)
     state_file = settings.local_broker.state_dir / "state.json"
+    if pids := cluster_down(settings.local_broker.state_dir):
+        console.print(f"stopped cluster pids {', '.join(map(str, pids))}")
     if not state_file.exists():
-        console.print("no local broker is running")
+        if not pids:
+            console.print("no local broker is running")
         return
     state = BrokerState(**json.loads(state_file.read_text()))
     stop_process(state.pid)

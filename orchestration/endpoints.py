@@ -3,6 +3,10 @@
 Hand-written on asyncio streams (a few dozen lines) rather than a web
 framework: it serves three GETs, must not share the event loop's fate with a
 framework's worker model, and must start and stop with the orchestrator.
+
+Several instances on one host must not fight over one port: when the configured
+port is taken, the next ones are tried (``attempts`` ports in all), then any
+free port. The port taken is logged and shown in ``/readyz``.
 """
 
 from __future__ import annotations
@@ -20,16 +24,34 @@ Handler = Callable[[], Awaitable[tuple[int, str, bytes]]]
 class HttpEndpoints:
     """GET routes on one port."""
 
-    def __init__(self, host: str, port: int, routes: dict[str, Handler]) -> None:
+    def __init__(self, host: str, port: int, routes: dict[str, Handler], *, attempts: int = 1) -> None:
         self.host = host
         self.port = port
         self.routes = routes
+        self.attempts = attempts
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
-        """Listen; returns the bound port (useful with port 0)."""
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        """Listen on the first free port of the range (any free one after it); returns the port taken."""
+        wanted = self.port
+        candidates = [wanted + i for i in range(self.attempts) if wanted + i <= 65535] if wanted else []
+        for port in [*candidates, 0]:
+            try:
+                self._server = await asyncio.start_server(self._serve, self.host, port)
+                break
+            except OSError as exc:
+                if port == 0:
+                    raise
+                log.debug("port %d on %s taken: %s", port, self.host, exc)
+        assert self._server is not None
         self.port = int(self._server.sockets[0].getsockname()[1])
+        if wanted and self.port != wanted:
+            log.warning(
+                "metrics port %d on %s is taken; this instance serves metrics and health on port %d",
+                wanted,
+                self.host,
+                self.port,
+            )
         return self.port
 
     async def stop(self) -> None:

@@ -14,6 +14,10 @@ def client_kwargs(kafka: KafkaSettings, *, client_suffix: str = "") -> dict[str,
         "bootstrap_servers": kafka.bootstrap_servers,
         "client_id": f"{kafka.client_id}{'-' + client_suffix if client_suffix else ''}",
         "security_protocol": kafka.security_protocol,
+        # On a cluster, leaders move: a leader error refreshes metadata at once, and the periodic
+        # refresh finds brokers and leaders that came back without an error to announce them.
+        "metadata_max_age_ms": kafka.metadata_max_age_ms,
+        "retry_backoff_ms": kafka.retry_backoff_ms,
     }
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)

@@ -82,6 +82,30 @@ class SaslUsers:
             "sasl_plain_password": self.admin[1],
         }
 
+    def broker_config(self) -> dict[str, str]:
+        """server.properties entries of the SASL_PLAINTEXT listener (PLAIN users in its JAAS line)."""
+        users = {self.admin[0]: self.admin[1], **self.plain}
+        plain = " ".join(f'user_{name}="{password}"' for name, password in users.items())
+        return {
+            "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256",
+            "sasl.mechanism.inter.broker.protocol": "PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'username="{self.admin[0]}" password="{self.admin[1]}" {plain};'
+            ),
+            "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+        }
+
+    def format_args(self) -> list[str]:
+        """StorageTool arguments that create the SCRAM users (they live in the metadata log)."""
+        args = []
+        for name, password in self.scram_sha_256.items():
+            args += ["--add-scram", f"SCRAM-SHA-256=[name={name},password={password}]"]
+        return args
+
 
 @dataclass
 class BrokerState:
@@ -122,6 +146,7 @@ class LocalBroker:
         self.sasl = sasl
         self.state: BrokerState | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._ports: tuple[int, int] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -141,32 +166,6 @@ class LocalBroker:
     def _protocol(self) -> str:
         return "SASL_PLAINTEXT" if self.sasl is not None else "PLAINTEXT"
 
-    def _sasl_config(self) -> dict[str, str]:
-        if self.sasl is None:
-            return {}
-        users = {self.sasl.admin[0]: self.sasl.admin[1], **self.sasl.plain}
-        plain = " ".join(f'user_{name}="{password}"' for name, password in users.items())
-        return {
-            "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256",
-            "sasl.mechanism.inter.broker.protocol": "PLAIN",
-            "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
-                "org.apache.kafka.common.security.plain.PlainLoginModule required "
-                f'username="{self.sasl.admin[0]}" password="{self.sasl.admin[1]}" {plain};'
-            ),
-            "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": (
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-            ),
-        }
-
-    def _scram_args(self) -> list[str]:
-        if self.sasl is None:
-            return []
-        args = []
-        for name, password in self.sasl.scram_sha_256.items():
-            args += ["--add-scram", f"SCRAM-SHA-256=[name={name},password={password}]"]
-        return args
-
     @property
     def _admin_kwargs(self) -> dict[str, Any]:
         return self.sasl.client_kwargs() if self.sasl is not None else {}
@@ -182,7 +181,7 @@ class LocalBroker:
             "advertised.listeners": f"{self._protocol}://127.0.0.1:{port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": self._protocol,
-            **self._sasl_config(),
+            **(self.sasl.broker_config() if self.sasl is not None else {}),
             "log.dirs": str(logs.resolve()),
             "offsets.topic.replication.factor": "1",
             "offsets.topic.num.partitions": "1",
@@ -209,24 +208,42 @@ class LocalBroker:
 
     def start(self, timeout_s: float = 60.0) -> BrokerState:
         """Format storage, launch the JVM and block until it answers metadata."""
+        self.prepare()
+        self.launch()
+        try:
+            self.wait_ready(timeout_s)
+        except Exception:
+            self.stop()
+            raise
+        assert self.state is not None
+        return self.state
+
+    def prepare(self, ports: tuple[int, int] | None = None, cluster_id: str | None = None) -> None:
+        """Choose the ports, write the config and format the storage; no JVM yet.
+
+        A cluster node cannot become ready alone (its controller needs a quorum), so a
+        cluster prepares and launches every node before it waits for any.
+        """
         self.dist.ensure()
-        port, cport = free_port(), free_port()
-        while cport == port:
-            cport = free_port()
-        server, jvm = self._write_config(port, cport)
-        java = self._java()
+        if ports is None:
+            port, cport = free_port(), free_port()
+            while cport == port:
+                cport = free_port()
+            ports = (port, cport)
+        self._ports = ports
+        server, jvm = self._write_config(*ports)
         fmt = subprocess.run(
             [
-                java,
+                self._java(),
                 *jvm,
                 "-cp",
                 self.dist.classpath,
                 "kafka.tools.StorageTool",
                 "format",
-                f"--cluster-id={new_cluster_id()}",
+                f"--cluster-id={cluster_id or new_cluster_id()}",
                 "-c",
                 str(server),
-                *self._scram_args(),
+                *(self.sasl.format_args() if self.sasl is not None else []),
             ],
             capture_output=True,
             text=True,
@@ -234,24 +251,50 @@ class LocalBroker:
         )
         if fmt.returncode != 0:
             raise RuntimeError(f"kafka storage format failed: {fmt.stderr[-2000:] or fmt.stdout[-2000:]}")
+
+    def launch(self) -> BrokerState:
+        """Start the JVM on the prepared config and data (again after a stop or a kill)."""
+        if self._ports is None:
+            raise RuntimeError("broker not prepared")
+        server, jvm = self._write_config(*self._ports)
         log_file = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115 (owned by the child)
         self._proc = subprocess.Popen(
-            [java, *jvm, "-cp", self.dist.classpath, "kafka.Kafka", str(server)],
+            [self._java(), *jvm, "-cp", self.dist.classpath, "kafka.Kafka", str(server)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         log_file.close()
+        port, cport = self._ports
         self.state = BrokerState(self._proc.pid, port, cport, str(self.data_dir), self.dist.version)
-        try:
-            wait_until_ready(
-                self.state.bootstrap, timeout_s, process=self._proc, client_kwargs=self._admin_kwargs
-            )
-        except Exception:
-            self.stop()
-            raise
         return self.state
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Block until the launched JVM answers metadata (fail early if it exits)."""
+        if self.state is None:
+            raise RuntimeError("broker not started")
+        wait_until_ready(
+            self.state.bootstrap, timeout_s, process=self._proc, client_kwargs=self._admin_kwargs
+        )
+
+    def kill(self, sig: signal.Signals = signal.SIGKILL, timeout_s: float = 30.0) -> None:
+        """Send ``sig`` to the JVM and wait for it to exit, keeping the data (crash injection)."""
+        if self._proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, sig)
+        try:
+            self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(timeout=10)
+
+    @property
+    def running(self) -> bool:
+        """Whether the JVM this object launched is still alive."""
+        return self._proc is not None and self._proc.poll() is None
 
     def stop(self, *, remove_data: bool = True, timeout_s: float = 15.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout_s``; optionally delete the data dir."""
@@ -265,26 +308,10 @@ class LocalBroker:
 
     def restart(self, timeout_s: float = 60.0) -> BrokerState:
         """Stop (keeping data) and start again on the same ports and data."""
-        assert self.state is not None
-        state = self.state
         self.stop(remove_data=False)
-        server = Path(state.data_dir) / "server.properties"
-        _, jvm = self._write_config(state.port, state.controller_port)
-        log_file = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115
-        self._proc = subprocess.Popen(
-            [self._java(), *jvm, "-cp", self.dist.classpath, "kafka.Kafka", str(server)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log_file.close()
-        self.state = BrokerState(
-            self._proc.pid, state.port, state.controller_port, state.data_dir, state.version
-        )
-        wait_until_ready(
-            self.state.bootstrap, timeout_s, process=self._proc, client_kwargs=self._admin_kwargs
-        )
+        self.launch()
+        self.wait_ready(timeout_s)
+        assert self.state is not None
         return self.state
 
     def save_state(self, path: Path) -> None:

@@ -28,6 +28,7 @@ from altlas.orchestration.endpoints import HttpEndpoints, json_response
 from altlas.orchestration.execution import MultiModelExecutor
 from altlas.orchestration.gc_tuning import GcTuning
 from altlas.orchestration.health import ModelHealth
+from altlas.orchestration.identity import transactional_prefix
 from altlas.orchestration.kafka_clients import client_kwargs
 from altlas.orchestration.metrics import Metrics
 from altlas.orchestration.planning import Planner
@@ -92,6 +93,8 @@ class Orchestrator:
             tracer_provider if tracer_provider is not None else build_provider(settings.tracing)
         )
         self._kwargs = client_kwargs(settings.kafka)
+        # Refuse an unstable exactly-once id before connecting to anything.
+        self._txn_prefix = transactional_prefix(settings) if settings.delivery == "exactly_once" else None
         self.publisher = Publisher(
             client_kwargs(settings.kafka, client_suffix="producer"),
             codec=self.codec,
@@ -106,6 +109,7 @@ class Orchestrator:
                 settings.metrics.host,
                 settings.metrics.port,
                 {"/metrics": self._metrics_page, "/healthz": self._healthz, "/readyz": self._readyz},
+                attempts=settings.metrics.port_attempts,
             )
         budget = settings.models.memory_budget_mb
         routing = settings.routing
@@ -246,7 +250,7 @@ class Orchestrator:
             if exactly_once:
                 transactions = TransactionalPublisher(
                     client_kwargs(s.kafka, client_suffix=f"txn-{modality}"),
-                    f"{s.kafka.transactional_id or s.instance_id}.{modality}",
+                    f"{self._txn_prefix}.{modality}",
                     max_request_size=s.limits.max_result_bytes,
                 )
                 await transactions.start()
@@ -335,7 +339,14 @@ class Orchestrator:
         checks["default_models"] = all(v is True for v in models.values())
         ready = all(v is True for v in checks.values())
         return json_response(
-            200 if ready else 503, {"ready": ready, **checks, "partitions": assigned, "models": models}
+            200 if ready else 503,
+            {
+                "ready": ready,
+                **checks,
+                "partitions": assigned,
+                "models": models,
+                "metrics_port": self.endpoints.port if self.endpoints is not None else None,
+            },
         )
 
     async def _stop_endpoints(self) -> None:

@@ -63,9 +63,21 @@ class KafkaSettings(BaseModel):
     )
     transactional_id: str | None = Field(
         None,
-        description="Exactly-once: stable id of this instance's transactional producers "
-        "(instance_id if unset); a restarted instance with the same id fences its zombie.",
+        description="Exactly-once: stable id of this instance's transactional producers; if unset, a "
+        "configured instance_id, else <group_id>-<ordinal> (instance_ordinal, or a StatefulSet pod's "
+        "hostname); a restarted instance with the same id fences its zombie.",
     )
+    allow_unstable_transactional_id: bool = Field(
+        False,
+        description="Let exactly-once start on the <hostname>-<pid> instance_id, which changes at every "
+        "restart, so a zombie is never fenced.",
+    )
+    metadata_max_age_ms: int = Field(
+        60_000,
+        ge=1000,
+        description="Refresh cluster metadata at least this often (leader errors refresh it at once).",
+    )
+    retry_backoff_ms: int = Field(100, ge=1, description="Pause before a client retries a failed request.")
     schema_ids: dict[int, str] = Field(
         default_factory=dict, description="Static Confluent schema ids: id -> record name or .avsc path."
     )
@@ -85,7 +97,9 @@ class TopicSettings(BaseModel):
     dead_letter: str = "ai.deadletter"
     create: bool = Field(True, description="Create missing topics at start.")
     partitions: int = Field(3, ge=1, description="Partitions of topics altlas creates.")
-    replication_factor: int = Field(1, ge=1)
+    replication_factor: int | None = Field(
+        None, ge=1, description="Replicas of topics altlas creates; unset: the broker's default."
+    )
 
     def requests(self, modality: Modality) -> str:
         """Request topic of a modality."""
@@ -192,6 +206,11 @@ class MetricsSettings(BaseModel):
     """The HTTP endpoint for Prometheus metrics (and health checks)."""
 
     port: int | None = Field(9464, description="0 picks a free port; unset disables the endpoint.")
+    port_attempts: int = Field(
+        10,
+        ge=1,
+        description="If the port is taken, try the next ones, this many ports in all; then any free port.",
+    )
     host: str = "127.0.0.1"
     monitor_interval_s: float = Field(15.0, gt=0, description="Resource sampling and heartbeat period.")
 
@@ -214,6 +233,7 @@ class LocalBrokerSettings(BaseModel):
     )
     scala_version: str = "2.13"
     heap: str = Field("256m", description="JVM -Xmx of the broker.")
+    cluster_heap: str = Field("384m", description="JVM -Xmx of each node of `broker up --brokers N`.")
     jvm_opts: str = Field(
         "-XX:+UseSerialGC -XX:TieredStopAtLevel=1", description="Extra JVM flags (fast start)."
     )
@@ -270,6 +290,11 @@ class Settings(BaseSettings):
     instance_id: str = Field(
         default_factory=_default_instance,
         description="Names this process in events; <hostname>-<pid> by default.",
+    )
+    instance_ordinal: int | None = Field(
+        None,
+        ge=0,
+        description="This replica's ordinal (a StatefulSet pod index): gives a stable transactional id.",
     )
     delivery: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once",

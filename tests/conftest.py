@@ -24,6 +24,7 @@ from altlas.orchestration.assets import ORIENTATION_CLASSIFIER, ORIENTATION_PARA
 from altlas.orchestration.client import AltlasClient
 from altlas.orchestration.kafka_clients import client_kwargs
 from altlas.orchestration.kafka_dist import KafkaDistribution
+from altlas.orchestration.localcluster import LocalCluster
 from altlas.orchestration.localkafka import LocalBroker
 from altlas.orchestration.service import Orchestrator, build_codec
 from altlas.orchestration.settings import Modality, Settings, load_settings
@@ -59,6 +60,20 @@ def kafka_bootstrap() -> Iterator[str]:
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster() -> Iterator[LocalCluster]:
+    """A 3-node KRaft cluster (replication 3, min ISR 2) from the same jars, only for tests that ask.
+
+    Module-scoped: a test that kills nodes leaves at most its own module with a damaged cluster.
+    """
+    cluster = LocalCluster(KafkaDistribution(KAFKA_VERSION))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

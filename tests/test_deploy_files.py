@@ -568,3 +568,75 @@ def test_the_files_the_dockerfile_copies_build_a_complete_wheel(tmp_path: Path) 
     assert {"llm", "vision", "audio", "gateway", "all"} <= extras
     entry_points = zipfile.ZipFile(wheel).read(f"{dist_info}/entry_points.txt").decode()
     assert "altlas = altlas.orchestration.cli:main" in entry_points  # the image's ENTRYPOINT
+
+
+# ------------------------------------------------------------------ Kubernetes (rendered, never run here)
+KUBERNETES = DEPLOY / "kubernetes"
+
+
+def _manifests() -> dict[str, dict[str, Any]]:
+    """Every document under deploy/kubernetes by kind (each kind once)."""
+    docs: dict[str, dict[str, Any]] = {}
+    for path in sorted(KUBERNETES.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            for field in ("apiVersion", "kind", "metadata", "spec"):
+                assert field in doc, f"{path.name}: a {doc.get('kind')} without {field}"
+            assert doc["kind"] not in docs, f"two {doc['kind']} documents"
+            docs[doc["kind"]] = doc
+    return docs
+
+
+def _k8s_env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "<from the pod>") for e in container["env"]}
+
+
+def test_statefulset_pods_get_stable_transactional_ids_from_their_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from altlas.orchestration.identity import transactional_id
+
+    docs = _manifests()
+    sts, service = docs["StatefulSet"], docs["Service"]
+    assert sts["apiVersion"] == "apps/v1" and sts["spec"]["serviceName"] == service["metadata"]["name"]
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    assert {"name", "image"} <= container.keys()
+    (instance,) = [e for e in container["env"] if e["name"] == "ALTLAS_INSTANCE_ID"]
+    assert instance["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"  # altlas-<ordinal>
+    env = {k: v for k, v in _k8s_env(container).items() if v != "<from the pod>"}
+    for variable in env:
+        _setting_path(variable)
+    settings = _settings_from({**env, "ALTLAS_INSTANCE_ID": f"{sts['metadata']['name']}-2"}, monkeypatch)
+    assert settings.delivery == "exactly_once"
+    assert transactional_id(settings, "vision") == "altlas-2.vision"  # the same after any restart
+    metrics_port = settings.metrics.port
+    assert [p["containerPort"] for p in container["ports"]] == [metrics_port]
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert container[probe]["httpGet"]["path"] == path
+    grace = sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > 30  # altlas drains for up to 30 s on SIGTERM
+
+
+def test_keda_scales_the_statefulset_on_the_lag_of_altlas_group_within_the_partitions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    docs = _manifests()
+    scaled, sts = docs["ScaledObject"], docs["StatefulSet"]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    target = scaled["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("StatefulSet", sts["metadata"]["name"])
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    env = {k: v for k, v in _k8s_env(container).items() if v != "<from the pod>"}
+    settings = _settings_from(env, monkeypatch)
+    for trigger in scaled["spec"]["triggers"]:
+        assert trigger["type"] == "kafka"
+        meta = trigger["metadata"]
+        assert {"bootstrapServers", "consumerGroup", "topic", "lagThreshold"} <= meta.keys()
+        assert meta["bootstrapServers"] == settings.kafka.bootstrap_servers
+        modality = next(m for m in settings.modalities if settings.topics.requests(m) == meta["topic"])
+        assert meta["consumerGroup"] == f"{settings.kafka.group_id}.{modality}"
+        assert int(meta["lagThreshold"]) > 0
+    assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
+    assert scaled["spec"]["maxReplicaCount"] <= settings.topics.partitions  # more would idle
