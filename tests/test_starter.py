@@ -162,6 +162,18 @@ def test_export_starter_copies_a_model_with_the_files_beside_it(tmp_path: Path) 
     ).read_bytes()
 
 
+def test_the_starter_llm_is_greedy_and_short_unless_a_request_asks_otherwise(starter_registry: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    spec = ModelRegistry.from_file(starter_registry).get("smollm2")
+    pipelines = load_pipelines(PipelineLimits())[0]
+    for task in ("text.generate", "text.chat"):
+        prompt = "Hi" if task == "text.generate" else '[{"role": "user", "content": "Hi"}]'
+        plain = pipelines[task].prepare(prompt, {}, spec).data.sampling
+        assert (plain.temperature, plain.max_tokens) == (0.0, 32)
+        asked = pipelines[task].prepare(prompt, {"temperature": 0.7, "max_tokens": 200}, spec).data.sampling
+        assert (asked.temperature, asked.max_tokens) == (0.7, 200)
+
+
 # ------------------------------------------------------------------ altlas send, for people
 async def test_send_sniffs_a_page_a_photo_speech_and_a_sentence_and_prints_answers(
     starter_settings: Settings, samples: Path, tmp_path: Path
