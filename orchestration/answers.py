@@ -1,16 +1,16 @@
 """Building the messages that answer a request: results, error results, dead letters.
 
 Everything that turns an outcome into bytes for Kafka lives here, so the
-processor only decides *what* happened. Error results go to the caller's
-reply topic when it is a legal, non-internal name (a request cannot direct
-output into altlas's own command or request topics); every error also
+processor only decides *what* happened. Answers go to the caller's reply
+topic when the reply policy (replies.py) allows it, else to the modality's
+results topic; an answer the broker has refused for its topic or size is
+turned into an error result with the refusal's code. Every error also
 produces a dead letter carrying the original record untouched.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +22,8 @@ from opentelemetry.trace import Span
 from altlas.consumers.records import InboundRecord
 from altlas.models.errors import ModelError
 from altlas.models.registry import ModelSpec
-from altlas.orchestration.settings import MODALITIES, TopicSettings
+from altlas.orchestration.replies import ReplyPolicy
+from altlas.orchestration.settings import TopicSettings
 from altlas.orchestration.tracing import Tracing
 from altlas.orchestration.workers import JobResult
 from altlas.producers.publisher import OutboundMessage
@@ -45,7 +46,6 @@ from altlas.schemas.types import (
 log = logging.getLogger(__name__)
 
 RESULT_TYPES: dict[str, type[Result]] = {"text": TextResult, "vision": VisionResult, "audio": AudioResult}
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 @dataclass
@@ -125,6 +125,7 @@ class Answers:
         instance_id: str,
         group_id: str,
         max_message_bytes: int,
+        policy: ReplyPolicy | None = None,
     ) -> None:
         self.result_type = RESULT_TYPES[modality]
         self.codec = codec
@@ -139,11 +140,7 @@ class Answers:
         self.dead_letters = True
         self.extra_headers: tuple[tuple[str, bytes], ...] = ()
         self._model_headers: dict[str, list[tuple[str, bytes]]] = {}
-        self._forbidden_replies = {topics.requests(m) for m in MODALITIES} | {
-            topics.model_commands,
-            topics.model_status,
-            topics.dead_letter,
-        }
+        self.policy = policy or ReplyPolicy(modality, topics, topics.reply_topics)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ results
     def result(
@@ -160,7 +157,15 @@ class Answers:
         members: Sequence[MemberAnswer] = (),
         task: str | None = None,
     ) -> Outcome:
-        """A successful (or partial) result."""
+        """A successful (or partial) result (an error result when the broker refused such an answer)."""
+        topic = self.reply_topic(request.reply_topic)
+        refused = self.policy.refused_answer(topic, request.request_id.encode())
+        if refused is not None:
+            error = AltlasError(refused.reason, code=refused.code)
+            return self.failure(
+                rec, error, request, span=span, spec=spec, job=job, attributes=attributes,
+                members=members, task=task, default_topic=True,
+            )  # fmt: skip
         result = self._result(
             request.request_id,
             task or str(request.task),
@@ -174,7 +179,6 @@ class Answers:
             attributes,
             members,
         )
-        topic = self.reply_topic(request.reply_topic)
         msg = self.message(result, topic, request.request_id, self.headers(span, topic, rec, spec))
         self.tracing.end(span)
         return Outcome(rec, [msg], request, result=ResultSummary.of(result))
@@ -235,8 +239,13 @@ class Answers:
         attributes: dict[str, str] | None = None,
         members: Sequence[MemberAnswer] = (),
         task: str | None = None,
+        default_topic: bool = False,
     ) -> Outcome:
-        """An error result (when a request id is readable) and always a dead letter."""
+        """An error result (when a request id is readable) and always a dead letter.
+
+        ``default_topic`` answers on the modality's results topic whatever the
+        request asked: the last resort when answering on its reply topic failed.
+        """
         info = error_info(exc, default=default)
         messages: list[OutboundMessage] = []
         result = None
@@ -255,7 +264,7 @@ class Answers:
                 attributes,
                 members,
             )
-            topic = self.reply_topic(salvage.reply_topic)
+            topic = self.default_results if default_topic else self.reply_topic(salvage.reply_topic)
             messages.append(
                 self.message(result, topic, salvage.request_id, self.headers(span, topic, rec, spec))
             )
@@ -405,15 +414,12 @@ class Answers:
         return headers + list(self.extra_headers)
 
     def reply_topic(self, requested: str | None) -> str:
-        """The caller's reply topic when it is a legal, non-internal name; else the default."""
+        """The caller's reply topic when the policy allows it; else the default."""
         if self.forced_topic is not None:
             return self.forced_topic
         if not requested:
             return self.default_results
-        if not _TOPIC_NAME.match(requested) or requested in self._forbidden_replies:
-            log.warning("refusing reply_topic %r; answering on %s", requested, self.default_results)
-            return self.default_results
-        return requested
+        return self.policy.topic(requested)
 
     @staticmethod
     def timings(request: AnyRequest | None, job: JobResult | None) -> dict[str, Any]:

@@ -153,11 +153,15 @@ class ResultCache:
             return None
         if raw is None:
             return None
-        doc = json.loads(raw)
-        cls = RECORD_TYPES.get(doc.get("type", ""))
-        if cls is None:
+        try:  # written by another instance, maybe another version: an entry that does not validate is a miss
+            doc = json.loads(raw)
+            cls = RECORD_TYPES.get(doc.get("type", "")) if isinstance(doc, dict) else None
+            if cls is None:
+                return None
+            value = cls.model_validate_json(doc["value"])
+        except Exception as exc:
+            log.warning("ignoring an unreadable redis cache entry: %s", type(exc).__name__)
             return None
-        value = cls.model_validate_json(doc["value"])
         self._put_local(key, value)
         return value
 

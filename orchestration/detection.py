@@ -114,6 +114,10 @@ def _audio(params: Mapping[str, ParamValue]) -> list[tuple[str, str]]:
     return out
 
 
+#: Largest image task detection decodes whole to look at (the request's own limit still applies).
+DETECTION_MAX_PIXELS = 16_000_000
+
+
 def text_likeness(data: bytes, size: int = 384) -> float:
     """0..1: the share of the marks of a printed page this image has (1.0: all of them).
 
@@ -124,6 +128,9 @@ def text_likeness(data: bytes, size: int = 384) -> float:
     """
     try:
         with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > DETECTION_MAX_PIXELS:  # only JPEG decodes a thumbnail directly
+                return 0.0
             img.draft("L", (size, size))
             gray = img.convert("L")
             gray.thumbnail((size, size))

@@ -62,6 +62,7 @@ class Planner:
         *,
         default_strategies: dict[str, str] | None = None,
         load_penalty_ms: float = 200.0,
+        max_models: int = 8,
     ) -> None:
         self.registry = registry
         self.pipelines = pipelines
@@ -69,6 +70,7 @@ class Planner:
         self.manager = manager
         self.default_strategies = dict(default_strategies or {})
         self.load_penalty_ms = load_penalty_ms
+        self.max_models = max_models
         self._preloading: set[str] = set()
         self.manager_demand: Callable[[str], int] = lambda key: 0  # set by the wiring: requests in flight
 
@@ -76,8 +78,13 @@ class Planner:
         """Tasks with a pipeline and at least one model here."""
         return {task for task in self.pipelines if self.registry.for_task(task)}
 
-    def plan(self, modality: str, request: AnyRequest) -> Plan:
-        """The plan for ``request``; raises AltlasError/UnknownModelError when there is none."""
+    def plan(self, modality: str, request: AnyRequest, *, detected: tuple[str, str] | None = None) -> Plan:
+        """The plan for ``request``; raises AltlasError/UnknownModelError when there is none.
+
+        ``detected`` is the (task, reason) of an ``auto`` request when the
+        caller already ran task detection (off the event loop: it decodes a
+        thumbnail of the payload).
+        """
         params = request.params
         attributes: dict[str, str] = {}
         task = str(request.task)
@@ -103,7 +110,7 @@ class Planner:
                 own = [t for t in explicit.tasks if t.startswith(f"{modality}.")]
                 task = (own or [explicit.task])[0].split(".", 1)[1]
         if task == "auto":
-            task, reason = detect_task(modality, request.payload, params, self.available_tasks())
+            task, reason = detected or detect_task(modality, request.payload, params, self.available_tasks())
             attributes["detected_task"] = task
             attributes["detected_reason"] = reason
         full = f"{modality}.{task}"
@@ -149,7 +156,16 @@ class Planner:
                 raise InvalidRequestError(
                     "param models must be a non-empty list of model ids", code=ErrorCode.INVALID_PARAMS
                 )
-            refs: Sequence[str] = requested
+            if not all(isinstance(r, str) for r in requested):
+                raise InvalidRequestError(
+                    "param models must be a list of model ids", code=ErrorCode.INVALID_PARAMS
+                )
+            refs: Sequence[str] = list(dict.fromkeys(requested))  # each member once
+            if len(refs) > self.max_models:
+                raise InvalidRequestError(
+                    f"param models names {len(refs)} models; at most {self.max_models} may serve a request",
+                    code=ErrorCode.INVALID_PARAMS,
+                )
         elif route:
             refs = route
         else:

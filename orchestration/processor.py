@@ -30,13 +30,16 @@ from altlas.orchestration.answers import RESULT_TYPES, Answers, MemberAnswer, Ou
 from altlas.orchestration.cache import ResultCache, cache_key
 from altlas.orchestration.chunks import ChunkStream
 from altlas.orchestration.decoding import Decoder
+from altlas.orchestration.detection import detect_task
 from altlas.orchestration.execution import DeadlineExceeded, Execution, MultiModelExecutor
 from altlas.orchestration.planning import Plan, Planner
+from altlas.orchestration.replies import ReplyPolicy, ReplyTopicRefused
 from altlas.orchestration.settings import Modality, TopicSettings
 from altlas.orchestration.tracing import Tracing
 from altlas.orchestration.workers import JobResult, ModelWorkers
 from altlas.pipelines.base import Prepared
 from altlas.producers.publisher import OutboundMessage
+from altlas.producers.refusals import Refusals
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.errors import (
     AltlasError,
@@ -83,6 +86,7 @@ class ProcessorContext:
     group_prefix: str
     cache: ResultCache | None = None
     observe: Callable[[str, Sequence[Outcome]], None] | None = None  # metrics hook, once per batch
+    refusals: Refusals = field(default_factory=Refusals)  # what the broker refused, shared with publishers
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,17 @@ class _Work:
     span: Span | None
     cache_key: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Admitted:
+    """A batch's admitted work, by how it will be answered."""
+
+    now: datetime
+    singles: list[_Work] = field(default_factory=list)
+    multis: dict[int, tuple[_Work, asyncio.Task[Execution]]] = field(default_factory=dict)
+    cached: dict[int, tuple[_Work, Record | asyncio.Future[Record], str]] = field(default_factory=dict)
+    demand: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -133,6 +148,7 @@ class RequestProcessor:
             instance_id=ctx.instance_id,
             group_id=self.group_id,
             max_message_bytes=ctx.max_message_bytes,
+            policy=ReplyPolicy(modality, ctx.topics, ctx.topics.reply_topics, ctx.refusals),
         )
 
     # Kept for the stream worker's last-resort paths.
@@ -166,58 +182,108 @@ class RequestProcessor:
     async def _process(self, records: Sequence[InboundRecord]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(records)
         decoded = await self._decode_all(records)
-        singles: list[_Work] = []
-        multis: dict[int, tuple[_Work, asyncio.Task[Execution]]] = {}
-        cached: dict[int, tuple[_Work, Record | asyncio.Future[Record], str]] = {}
-        demand: list[str] = []
-        now = datetime.now(UTC)
+        batch = _Admitted(datetime.now(UTC))
         try:
             for i, (rec, request) in enumerate(zip(records, decoded, strict=True)):
-                if isinstance(request, AltlasError):
-                    outcomes[i] = self.answers.failure(rec, request, None)
-                    continue
-                span = self.ctx.tracing.consume_span(
-                    rec.topic,
-                    rec.headers,
-                    {"altlas.request_id": request.request_id, "altlas.task": str(request.task)},
-                )
-                if self.overrides.model is not None:
-                    request = request.model_copy(update={"model": self.overrides.model})
-                if self.overrides.ignore_deadlines and request.deadline is not None:
-                    request = request.model_copy(update={"deadline": None})
-                if request.deadline is not None and request.deadline < now:
-                    outcomes[i] = self.answers.expired(rec, request, span)
-                    continue
                 try:
-                    plan = self.ctx.planner.plan(self.modality, request)
-                except (AltlasError, ModelError) as exc:
-                    outcomes[i] = self.answers.failure(rec, exc, request, span=span)
-                    continue
-                work = _Work(i, request, plan, span, attributes=dict(plan.attributes))
-                for spec in plan.specs:
-                    self.ctx.workers.demand[spec.key] += 1
-                    demand.append(spec.key)
-                if plan.kind != "single":
-                    ctx = span.get_span_context() if span is not None else None
-                    multis[i] = (work, asyncio.create_task(self.ctx.executor.run(request, plan, ctx)))
-                    continue
-                hit = await self._cache_lookup(work) if self.ctx.cache is not None else None
-                if hit is not None:
-                    cached[i] = (work, *hit)
-                    continue
-                singles.append(work)
-            await self._run_singles(records, singles, outcomes)
-            for i, (work, task) in multis.items():
-                outcomes[i] = self._answer_execution(records[i], work, await task)
-            for i, (work, value, how) in cached.items():
-                outcomes[i] = await self._answer_cached(records[i], work, value, how)
+                    if isinstance(request, AltlasError):
+                        outcomes[i] = self.answers.failure(rec, request, None)
+                    else:
+                        outcomes[i] = await self._intake(i, rec, request, batch)
+                except Exception as exc:  # one record's failure, never its batch's
+                    outcomes[i] = self._fallback(
+                        rec, None if isinstance(request, AltlasError) else request, exc
+                    )
+            await self._run_singles(records, batch.singles, outcomes)
+            for i, (work, task) in batch.multis.items():
+                outcomes[i] = await self._safely(
+                    records[i], work, self._answer_execution(records[i], work, task)
+                )
+            for i, (work, value, how) in batch.cached.items():
+                outcomes[i] = await self._safely(
+                    records[i], work, self._answer_cached(records[i], work, value, how)
+                )
         finally:
-            for work in singles:
+            for work in batch.singles:
                 if work.cache_key is not None and self.ctx.cache is not None:
                     self.ctx.cache.abandon(work.cache_key, AltlasError("computation abandoned"))
-            for key in demand:
+            for key in batch.demand:
                 self.ctx.workers.demand[key] -= 1
         return [o for o in outcomes if o is not None]
+
+    async def _safely(self, rec: InboundRecord, work: _Work, answer: Awaitable[Outcome]) -> Outcome:
+        """``answer``, or the record's error answer when building it raised."""
+        try:
+            return await answer
+        except Exception as exc:
+            return self._fallback(rec, work.request, exc)
+
+    async def _intake(
+        self, i: int, rec: InboundRecord, request: AnyRequest, batch: _Admitted
+    ) -> Outcome | None:
+        """Admit one decoded request: an outcome at once, or its work queued in the batch."""
+        span = self.ctx.tracing.consume_span(
+            rec.topic,
+            rec.headers,
+            {"altlas.request_id": request.request_id, "altlas.task": str(request.task)},
+        )
+        if self.overrides.model is not None:
+            request = request.model_copy(update={"model": self.overrides.model})
+        if self.overrides.ignore_deadlines and request.deadline is not None:
+            request = request.model_copy(update={"deadline": None})
+        if request.deadline is not None and request.deadline < batch.now:
+            return self.answers.expired(rec, request, span)
+        if self.answers.forced_topic is None:
+            why = self.answers.policy.refusal(request.reply_topic)
+            if why is not None:
+                return self.answers.failure(rec, ReplyTopicRefused(why), request, span=span)
+        try:
+            plan = await self._plan(request)
+        except (AltlasError, ModelError) as exc:
+            return self.answers.failure(rec, exc, request, span=span)
+        work = _Work(i, request, plan, span, attributes=dict(plan.attributes))
+        for spec in plan.specs:
+            self.ctx.workers.demand[spec.key] += 1
+            batch.demand.append(spec.key)
+        if plan.kind != "single":
+            ctx = span.get_span_context() if span is not None else None
+            batch.multis[i] = (work, asyncio.create_task(self.ctx.executor.run(request, plan, ctx)))
+            return None
+        hit = await self._cache_lookup(work) if self.ctx.cache is not None else None
+        if hit is not None:
+            batch.cached[i] = (work, *hit)
+            return None
+        batch.singles.append(work)
+        return None
+
+    async def _plan(self, request: AnyRequest) -> Plan:
+        """The plan; task detection, which decodes a thumbnail of the payload, runs off the event loop."""
+        planner = self.ctx.planner
+        if str(request.task) != "auto" or request.model:
+            return planner.plan(self.modality, request)
+        detected = await asyncio.to_thread(
+            detect_task, self.modality, request.payload, request.params, planner.available_tasks()
+        )
+        return planner.plan(self.modality, request, detected=detected)
+
+    def _fallback(self, rec: InboundRecord, request: AnyRequest | None, exc: BaseException) -> Outcome:
+        """The answer of a record whose handling raised: an error result if possible, else a dead letter."""
+        log.warning(
+            "request failed unexpectedly (%s: %s)", type(exc).__name__, exc,
+            extra={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
+        )  # fmt: skip
+        for attempt in (request, None):
+            try:
+                return self.answers.failure(rec, exc, attempt, default_topic=attempt is None)
+            except Exception as again:
+                exc_again = again
+        info = error_info(exc)
+        try:
+            letter = self.answers.dead_letter(rec, info, type(exc).__name__, None, with_value=False)
+            return Outcome(rec, [letter], request, info, dead_letter=True)
+        except Exception:
+            log.error("cannot even dead-letter a record (%s); committing past it", exc_again)
+            return Outcome(rec, [], request, info)
 
     # ------------------------------------------------------------ decoding
     async def _decode_all(self, records: Sequence[InboundRecord]) -> list[AnyRequest | AltlasError]:
@@ -271,7 +337,11 @@ class RequestProcessor:
         if _sampled(request.params):  # a random answer is not the answer: never reuse it
             return None
         key = cache_key(request.payload, work.plan.task, work.plan.specs[0], request.params)
-        state, value = await cache.lookup(key)
+        try:
+            state, value = await cache.lookup(key)
+        except Exception as exc:  # the cache is an optimisation: when it fails, compute
+            log.warning("cache lookup failed (%s); computing", type(exc).__name__)
+            return None
         if state == "miss":
             work.cache_key = key
             return None
@@ -361,15 +431,18 @@ class RequestProcessor:
                 i = work.index
                 if work.cache_key is not None:
                     await self._cache_store(work, job.output)
-                if isinstance(job.output, BaseException):
-                    outcomes[i] = self._failure(
-                        records[i], work, job.output, spec=spec, job=job, default=ErrorCode.MODEL_FAILED
-                    )
-                else:
-                    outcomes[i] = self.answers.result(
-                        records[i], work.request, spec, job.output, job, work.span,
-                        attributes=work.attributes, task=_short(work.plan),
-                    )  # fmt: skip
+                try:
+                    if isinstance(job.output, BaseException):
+                        outcomes[i] = self._failure(
+                            records[i], work, job.output, spec=spec, job=job, default=ErrorCode.MODEL_FAILED
+                        )
+                    else:
+                        outcomes[i] = self.answers.result(
+                            records[i], work.request, spec, job.output, job, work.span,
+                            attributes=work.attributes, task=_short(work.plan),
+                        )  # fmt: skip
+                except Exception as exc:  # e.g. an output that does not encode: this record's failure
+                    outcomes[i] = self._fallback(records[i], work.request, exc)
                 outcomes[i].chunks = streams.get(i)  # type: ignore[union-attr]
 
     @staticmethod
@@ -402,7 +475,10 @@ class RequestProcessor:
         )
 
     # ------------------------------------------------------------ multi-model answers
-    def _answer_execution(self, rec: InboundRecord, work: _Work, execution: Execution) -> Outcome:
+    async def _answer_execution(
+        self, rec: InboundRecord, work: _Work, task: asyncio.Task[Execution]
+    ) -> Outcome:
+        execution = await task
         attributes = {**work.attributes, **execution.attributes}
         members = (
             [MemberAnswer(m.spec, m.output, m.job) for m in execution.members]

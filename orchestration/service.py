@@ -13,7 +13,6 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from functools import partial
 
 from aiokafka.errors import KafkaConnectionError
 from opentelemetry.sdk.trace import TracerProvider
@@ -34,7 +33,7 @@ from altlas.orchestration.metrics import Metrics
 from altlas.orchestration.planning import Planner
 from altlas.orchestration.processor import ProcessorContext, RequestProcessor
 from altlas.orchestration.resources import ResourceSampler
-from altlas.orchestration.settings import Settings, cache_dir
+from altlas.orchestration.settings import MODALITIES, Settings, cache_dir
 from altlas.orchestration.status import StatusReporter
 from altlas.orchestration.stream import StreamWorker
 from altlas.orchestration.topics import ensure_topics, topic_plan
@@ -42,6 +41,7 @@ from altlas.orchestration.tracing import Tracing, build_provider
 from altlas.orchestration.workers import ModelWorkers
 from altlas.pipelines import PipelineLimits, load_pipelines
 from altlas.producers.publisher import ProducerConfig, Publisher
+from altlas.producers.refusals import Refusals
 from altlas.producers.transactions import TransactionalPublisher
 from altlas.schemas.catalog import SchemaCatalog
 from altlas.schemas.codec import AvroCodec, WireFormat
@@ -95,10 +95,18 @@ class Orchestrator:
         self._kwargs = client_kwargs(settings.kafka)
         # Refuse an unstable exactly-once id before connecting to anything.
         self._txn_prefix = transactional_prefix(settings) if settings.delivery == "exactly_once" else None
+        topics = settings.topics
+        own = [topics.results(m) for m in MODALITIES] + [topics.dead_letter, topics.model_status]
+        self.refusals = Refusals(ttl_s=settings.limits.refusal_ttl_s, exempt=frozenset(own))
         self.publisher = Publisher(
             client_kwargs(settings.kafka, client_suffix="producer"),
             codec=self.codec,
-            config=ProducerConfig(max_request_size=settings.limits.max_result_bytes),
+            config=ProducerConfig(
+                max_request_size=settings.limits.max_result_bytes,
+                send_timeout_s=settings.limits.send_timeout_s,
+            ),
+            patient_topics=own,
+            refusals=self.refusals,
         )
         self.status = StatusReporter(self.publisher, settings.topics.model_status, settings.instance_id)
         self.metrics = Metrics()
@@ -168,6 +176,7 @@ class Orchestrator:
             self.manager,
             default_strategies=routing.default_strategy,
             load_penalty_ms=routing.load_penalty_ms,
+            max_models=routing.max_models,
         )
         self.planner.manager_demand = self.workers.pending
         self.context = ProcessorContext(
@@ -184,6 +193,7 @@ class Orchestrator:
             instance_id=settings.instance_id,
             group_prefix=settings.kafka.group_id,
             observe=self.metrics.observe_outcomes,
+            refusals=self.refusals,
         )
         self.streams: dict[str, StreamWorker] = {}
         self.commands = CommandHandler(
@@ -252,6 +262,7 @@ class Orchestrator:
                     client_kwargs(s.kafka, client_suffix=f"txn-{modality}"),
                     f"{self._txn_prefix}.{modality}",
                     max_request_size=s.limits.max_result_bytes,
+                    refusals=self.refusals,
                 )
                 await transactions.start()
                 self._transactions.append(transactions)
@@ -393,19 +404,32 @@ class Orchestrator:
                     self.stop_event.set()
         finally:
             self.stop_event.set()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.settings.process.drain_timeout_s
+            # The loops stop at once; an exactly-once committer gets half the time to finish its work.
+            _, pending = await asyncio.wait(tasks, timeout=self.settings.process.drain_timeout_s / 2)
+            for task in pending:
+                task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             stopper.cancel()
-            await self.shutdown()
+            await self.shutdown(max(1.0, deadline - loop.time()))
 
     def stop(self) -> None:
         """Ask the run loop to stop (safe from signal handlers)."""
         self.stop_event.set()
 
     async def shutdown(self, grace_s: float = 30.0) -> None:
-        """Drain, commit, unload and close, in that order; each step runs even if one before failed."""
+        """Drain, commit, unload and close, in that order, all within ``grace_s``.
+
+        Each step runs even if one before failed, and each gets only the time
+        left, so that a broker that does not answer cannot hold a SIGTERM.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        drains = [self._drain(worker, grace_s * 0.6) for worker in self.streams.values()]
+        await asyncio.gather(*drains, return_exceptions=True)  # all modalities at once, not one by one
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         for modality, worker in self.streams.items():
-            steps.append((f"drain {modality}", partial(self._drain, worker, grace_s)))
             steps.append((f"stop {modality} consumer", worker.consumer.stop))
         steps += [
             ("stop commands", self.commands.stop),
@@ -419,7 +443,9 @@ class Orchestrator:
         ]
         for name, step in steps:
             try:
-                await step()
+                await asyncio.wait_for(step(), max(0.5, deadline - loop.time()))
+            except TimeoutError:
+                log.warning("shutdown step timed out: %s", name)
             except Exception:
                 log.exception("shutdown step failed: %s", name)
         self.decoder.shutdown()

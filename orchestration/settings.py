@@ -95,6 +95,11 @@ class TopicSettings(BaseModel):
     model_status: str = "ai.models.status"
     model_commands: str = "ai.models.commands"
     dead_letter: str = "ai.deadletter"
+    reply_topics: list[str] = Field(
+        default_factory=lambda: [r"ai\.results\..+"],
+        description="Patterns (full match) a request's reply_topic must match; the modality's results "
+        "topic is always allowed, and names starting with _ and altlas's other topics never are.",
+    )
     create: bool = Field(True, description="Create missing topics at start.")
     partitions: int = Field(3, ge=1, description="Partitions of topics altlas creates.")
     replication_factor: int | None = Field(
@@ -148,6 +153,13 @@ class LimitSettings(BaseModel):
     max_prompt_tokens: int | None = Field(
         None, description="Prompt token cap (the model's context always applies)."
     )
+    send_timeout_s: float = Field(
+        30.0, gt=0, description="How long an answer to a reply topic may keep failing before it is "
+        "answered on the results topic instead (altlas's own topics wait for the broker).",
+    )
+    refusal_ttl_s: float = Field(
+        300.0, gt=0, description="How long a reply topic the broker refused stays refused."
+    )
 
 
 class ModelSettings(BaseModel):
@@ -190,6 +202,9 @@ class RoutingSettings(BaseModel):
     )
     load_penalty_ms: float = Field(
         200.0, ge=0, description="Least load cost `performance` assumes for a model that is not loaded."
+    )
+    max_models: int = Field(
+        8, ge=1, description="Most models one request may name in params.models (fallback, ensemble)."
     )
 
 
@@ -251,6 +266,11 @@ class LogSettings(BaseModel):
 
 class ProcessSettings(BaseModel):
     """The Python process of `altlas run` (an application embedding the orchestrator keeps its own)."""
+
+    drain_timeout_s: float = Field(
+        30.0, gt=0, description="SIGTERM: the longest shutdown takes, in-flight batches drained first; "
+        "what is not published by then is answered again after the restart.",
+    )
 
     gc_threshold: int | None = Field(
         50_000,

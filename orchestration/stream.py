@@ -24,7 +24,7 @@ from altlas.consumers.stream import BatchingConsumer
 from altlas.orchestration.processor import Outcome, RequestProcessor
 from altlas.producers.publisher import OutboundMessage, PermanentSendError, Publisher
 from altlas.producers.transactions import Fenced, TransactionAborted, TransactionalPublisher
-from altlas.schemas.errors import ErrorCode, PayloadTooLargeError
+from altlas.schemas.errors import AltlasError, ErrorCode, PayloadTooLargeError
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +144,14 @@ class StreamWorker:
             ]
         finally:
             queued.set()  # never hold up later batches, even when this one failed
-        # Wait for all acks at once; only the rare message that failed gets individual handling
+        # Wait for all acks at once, for at most the send time limit; only the rare message that
+        # failed or is still waiting gets individual handling, one after another in batch order
         # (a coroutine per message just to await its future cost more than producing it).
-        acks = await asyncio.gather(*(f for _, _, f in sends), return_exceptions=True)
-        failed = [
-            (o, m, f) for (o, m, f), ack in zip(sends, acks, strict=True) if isinstance(ack, BaseException)
-        ]
-        if failed:
-            await asyncio.gather(*(self._deliver(o, m, f) for o, m, f in failed))
+        if sends:
+            await asyncio.wait([f for _, _, f in sends], timeout=self.publisher.config.send_timeout_s)
+        for outcome, msg, future in sends:
+            if not future.done() or future.cancelled() or future.exception() is not None:
+                await self._deliver(outcome, msg, future)
         await asyncio.gather(*chunk_acks, return_exceptions=True)  # streamed chunks: best effort
         await self.consumer.finished(records)
 
@@ -167,7 +167,7 @@ class StreamWorker:
             await previous.wait()
             if self._rewind_needed:
                 return  # an earlier batch aborted: these records will be fetched and answered again
-            messages = [msg for outcome in outcomes for msg in self._fit(outcome)]
+            messages = [msg for outcome in outcomes for msg in await self._fit(outcome)]
             self._txn_work.append((messages, records))
             self._txn_idle.clear()
             self._txn_ready.set()
@@ -233,16 +233,26 @@ class StreamWorker:
         self._rewind_needed = False
         log.warning("rewound to the committed offsets after an aborted transaction")
 
-    def _fit(self, outcome: Outcome) -> list[OutboundMessage]:
-        """The outcome's messages, too large ones replaced: a transaction must not fail on them."""
+    async def _fit(self, outcome: Outcome) -> list[OutboundMessage]:
+        """The outcome's messages, those that cannot be sent replaced: a transaction must not fail on them."""
         limit = self.max_message_bytes
-        if limit is None or all(_size(m) <= limit for m in outcome.messages):
+        error: Exception | None = None
+        for msg in outcome.messages:
+            if limit is not None and _size(msg) > limit:
+                error = PayloadTooLargeError("result too large to publish", code=ErrorCode.RESULT_TOO_LARGE)
+                break
+            refused = await self.publisher.ready(msg)
+            if refused is not None:
+                error = AltlasError(f"{msg.topic}: {refused.reason}", code=refused.code)
+                break
+        if error is None:
             return outcome.messages
-        error = PayloadTooLargeError("result too large to publish", code=ErrorCode.RESULT_TOO_LARGE)
-        replacement = self.processor.failure(outcome.record, error, outcome.request)
+        replacement = self.processor.answers.failure(
+            outcome.record, error, outcome.request, default_topic=not isinstance(error, PayloadTooLargeError)
+        )
         fitted = []
         for msg in replacement.messages:
-            if _size(msg) <= limit:
+            if limit is None or _size(msg) <= limit:
                 fitted.append(msg)
             elif msg.topic == self.processor.ctx.topics.dead_letter and replacement.error is not None:
                 fitted.append(
@@ -285,7 +295,7 @@ class StreamWorker:
             await self.publisher.deliver(msg, future)
             return
         except PermanentSendError as exc:
-            reason = str(exc)
+            reason, code = str(exc), exc.code
         log.warning("cannot publish to %s (%s); sending an error result instead", msg.topic, reason)
         if msg.topic == self.processor.ctx.topics.dead_letter:
             # The dead letter itself did not fit: keep everything but the original value.
@@ -296,26 +306,34 @@ class StreamWorker:
             )
             await self._deliver_last_resort(slim)
             return
-        error = PayloadTooLargeError(
-            f"result could not be published: {reason}", code=ErrorCode.RESULT_TOO_LARGE
-        )
-        replacement = self.processor.failure(outcome.record, error, outcome.request)
+        # The error result goes where the request wanted it when that topic still takes messages,
+        # else to the results topic; the dead letter loses the original value only if it must.
+        error = AltlasError(f"result could not be published: {reason}", code=code)
+        answers = self.processor.answers
+        replacement = answers.failure(outcome.record, error, outcome.request)
         for extra in replacement.messages:
             try:
                 await self.publisher.deliver(extra)
+                continue
             except PermanentSendError:
-                info = replacement.error
-                assert info is not None
-                slim = self.processor.dead_letter(
-                    outcome.record, info, "PayloadTooLargeError", None, with_value=False
-                )
-                await self._deliver_last_resort(slim)
+                pass
+            info = replacement.error
+            assert info is not None
+            if extra.topic != self.processor.ctx.topics.dead_letter:
+                fallback = answers.failure(outcome.record, error, outcome.request, default_topic=True)
+                if fallback.messages and fallback.messages[0].topic != extra.topic:
+                    await self._deliver_last_resort(fallback.messages[0])
+                continue
+            slim = self.processor.dead_letter(
+                outcome.record, info, "PayloadTooLargeError", None, with_value=False
+            )
+            await self._deliver_last_resort(slim)
 
     async def _deliver_last_resort(self, msg: OutboundMessage) -> None:
         try:
             await self.publisher.deliver(msg)
         except PermanentSendError as exc:
-            log.error("dropping unpublishable dead letter for %s: %s", msg.topic, exc)
+            log.error("dropping an unpublishable answer for %s: %s", msg.topic, exc)
 
 
 def _size(msg: OutboundMessage) -> int:

@@ -30,10 +30,22 @@ PIPELINES: dict[str, str] = {
 }
 
 
+def guard_images(max_pixels: int) -> None:
+    """Set Pillow's process-wide bomb guard to the configured limit before any image is opened.
+
+    Task detection opens images before any pipeline decodes one, and decoder
+    processes import this package afresh.
+    """
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def load_pipelines(limits: PipelineLimits) -> tuple[dict[str, Pipeline], dict[str, str]]:
     """Every pipeline that can be imported here, and why the others could not."""
     loaded: dict[str, Pipeline] = {}
     missing: dict[str, str] = {}
+    guard_images(limits.max_image_pixels)
     for task, target in PIPELINES.items():
         module, _, name = target.partition(":")
         try:

@@ -19,6 +19,9 @@ from altlas.schemas.errors import ErrorCode, InvalidRequestError, PayloadTooLarg
 
 MAX_CHANNELS = 64
 MAX_SAMPLE_RATE = 384_000
+#: Frames x channels a payload may declare: what its decoder would have to produce.
+MAX_SAMPLES = 64_000_000
+_BLOCK_FRAMES = 65_536
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,9 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def decode_audio(data: bytes, *, max_seconds: float, target_rate: int | None = None) -> Audio:
+def decode_audio(
+    data: bytes, *, max_seconds: float, target_rate: int | None = None, max_samples: int = MAX_SAMPLES
+) -> Audio:
     """Decode, bound-check, downmix and (optionally) resample encoded audio."""
     if not data:
         raise InvalidRequestError("empty audio payload")
@@ -58,9 +63,9 @@ def decode_audio(data: bytes, *, max_seconds: float, target_rate: int | None = N
         raise InvalidRequestError("not a supported audio format (WAV, FLAC, MP3, OGG/Opus, WebM)")
     try:
         if kind in ("wav", "flac"):
-            audio = _decode_soundfile(data, max_seconds)
+            audio = _decode_soundfile(data, max_seconds, max_samples)
         else:
-            audio = _decode_ffmpeg(data, max_seconds)
+            audio = _decode_ffmpeg(data, max_seconds, max_samples)
     except (InvalidRequestError, PayloadTooLargeError):
         raise
     except Exception as exc:  # libsndfile and FFmpeg raise a zoo of error types on corrupt input
@@ -82,27 +87,36 @@ def resample(audio: Audio, rate: int) -> Audio:
     return Audio(np.ascontiguousarray(out, dtype=np.float32), rate)
 
 
-def _check_declared(frames: float, rate: float, channels: int, max_seconds: float) -> None:
+def _check_declared(frames: float, rate: float, channels: int, max_seconds: float, max_samples: int) -> None:
     if rate <= 0 or rate > MAX_SAMPLE_RATE:
         raise InvalidRequestError(f"audio declares an impossible sample rate {rate}")
     if channels <= 0 or channels > MAX_CHANNELS:
         raise InvalidRequestError(f"audio declares {channels} channels (limit {MAX_CHANNELS})")
     if frames / rate > max_seconds:
         raise PayloadTooLargeError(f"audio declares {frames / rate:.1f} s, limit is {max_seconds:.0f} s")
+    if frames * channels > max_samples:
+        raise PayloadTooLargeError(
+            f"audio declares {int(frames)} frames x {channels} channels, limit is {max_samples} samples"
+        )
 
 
-def _decode_soundfile(data: bytes, max_seconds: float) -> Audio:
+def _decode_soundfile(data: bytes, max_seconds: float, max_samples: int) -> Audio:
+    """Read in blocks, downmixing each: memory stays one mono track, however many channels it has."""
     import soundfile as sf
 
     with sf.SoundFile(io.BytesIO(data)) as f:
-        _check_declared(f.frames, f.samplerate, f.channels, max_seconds)
-        limit = int(max_seconds * f.samplerate) + 1
-        samples = f.read(frames=min(f.frames, limit), dtype="float32", always_2d=True)
+        _check_declared(f.frames, f.samplerate, f.channels, max_seconds, max_samples)
+        frames = min(f.frames, int(max_seconds * f.samplerate) + 1)
+        mono = np.empty(frames, dtype=np.float32)
+        done = 0
+        for block in f.blocks(_BLOCK_FRAMES, dtype="float32", always_2d=True, frames=frames):
+            mono[done : done + len(block)] = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)
+            done += len(block)
         rate = int(f.samplerate)
-    return Audio(np.ascontiguousarray(samples.mean(axis=1), dtype=np.float32), rate)
+    return Audio(mono[:done], rate)
 
 
-def _decode_ffmpeg(data: bytes, max_seconds: float) -> Audio:
+def _decode_ffmpeg(data: bytes, max_seconds: float, max_samples: int) -> Audio:
     import av
 
     with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
@@ -112,7 +126,7 @@ def _decode_ffmpeg(data: bytes, max_seconds: float) -> Audio:
         rate = int(stream.codec_context.sample_rate or stream.rate or 0)
         channels = int(stream.codec_context.channels or 1)
         declared = float(container.duration) / 1_000_000 if container.duration else 0.0
-        _check_declared(declared * rate, rate, channels, max_seconds)
+        _check_declared(declared * rate, rate, channels, max_seconds, max_samples)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
         limit = int(max_seconds * rate)
         pieces: list[np.ndarray] = []

@@ -15,11 +15,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from altlas.schemas.errors import ErrorCode, InvalidRequestError, PayloadTooLargeError
 
-# Pillow's own bomb check (a fixed 179 Mpx, raised from open()) is replaced by
-# ours: configurable, checked from the header before any pixel is decoded, and
-# reported with the declared size.
-Image.MAX_IMAGE_PIXELS = None
-
 _ORIENTATION = 0x0112  # the EXIF tag
 
 #: Container formats accepted on the wire (Pillow's names).
@@ -30,6 +25,11 @@ def decode_image(data: bytes, *, max_pixels: int, mode: str = "RGB") -> Image.Im
     """Decode, bound-check, EXIF-rotate and convert an encoded image."""
     if not data:
         raise InvalidRequestError("empty image payload")
+    # Pillow's own bomb guard follows the configured limit (a warning above it, which is turned
+    # into an error below, and an error above twice it), so every open() in the process, task
+    # detection's included, stops where this one does.
+    if max_pixels != Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

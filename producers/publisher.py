@@ -4,24 +4,38 @@ Sends are enqueued in the order they are asked for (aiokafka keeps one
 in-flight request per partition, so per-key order holds on the wire), and each
 send returns a future that resolves when the broker acknowledged it with
 ``acks=all``. A caller commits input offsets only after those futures resolve.
-Retriable failures are retried here with backoff; what cannot succeed
-(a record over the size limit) is raised so the caller can replace it with an
-error result.
+
+What a failure means comes from one table (``refusals.verdict``):
+
+- transient errors are retried, for ever on the patient topics (altlas's own
+  results, dead letters and status, without which nothing can be answered) and
+  for at most ``send_timeout_s`` elsewhere, so that one reply topic never holds
+  a batch;
+- an idempotent producer whose sequence the broker no longer accepts
+  (OutOfOrderSequenceNumber after a refused batch or a broker restart,
+  UnknownProducerId) is replaced, and what it had not delivered is sent again
+  by the new one;
+- a refusal (invalid or forbidden topic, record too large) is raised as a
+  PermanentSendError carrying the error code the replacement answer gets, and
+  is remembered in ``Refusals`` so that later answers go elsewhere at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerClosed
+from aiokafka.errors import ProducerClosed, UnknownTopicOrPartitionError
 
 from altlas.producers.partitioner import KeyPartitioner
+from altlas.producers.refusals import TIMED_OUT, UNKNOWN_TOPIC, Fate, Refusal, Refusals, Verdict, verdict
 from altlas.schemas.codec import AvroCodec
+from altlas.schemas.errors import ErrorCode
 from altlas.schemas.types import Record
 
 log = logging.getLogger(__name__)
@@ -37,10 +51,11 @@ class OutboundMessage(NamedTuple):
 
 
 class PermanentSendError(Exception):
-    """A message the broker will never accept as it is (e.g. too large)."""
+    """A message the broker will never accept as it is; ``code`` is what its error result says."""
 
-
-_PERMANENT = (MessageSizeTooLargeError,)
+    def __init__(self, message: str, *, code: ErrorCode = ErrorCode.PUBLISH_REFUSED) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -54,10 +69,12 @@ class ProducerConfig:
     request_timeout_ms: int = 30_000
     retry_backoff_s: float = 0.2
     max_retry_backoff_s: float = 5.0
+    send_timeout_s: float = 30.0  # how long a message to a non-patient topic may keep failing
+    metadata_timeout_s: float = 10.0  # how long a send waits to learn a new topic's partitions
 
 
 class Publisher:
-    """Produces encoded messages; owns the producer's lifecycle."""
+    """Produces encoded messages; owns the producer's lifecycle and replaces a broken one."""
 
     def __init__(
         self,
@@ -65,35 +82,55 @@ class Publisher:
         *,
         codec: AvroCodec | None = None,
         config: ProducerConfig | None = None,
+        patient_topics: Sequence[str] = (),
+        refusals: Refusals | None = None,
     ) -> None:
         self.codec = codec or AvroCodec()
         self.config = config or ProducerConfig()
+        self.patient_topics = frozenset(patient_topics)
+        self.refusals = refusals if refusals is not None else Refusals(exempt=self.patient_topics)
         cfg = self.config
-        self._producer = AIOKafkaProducer(
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=cfg.linger_ms,
-            max_batch_size=cfg.max_batch_size,
-            max_request_size=cfg.max_request_size,
-            compression_type=cfg.compression_type,
-            request_timeout_ms=cfg.request_timeout_ms,
-            partitioner=KeyPartitioner(),
+        self._kwargs: dict[str, Any] = {
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": cfg.linger_ms,
+            "max_batch_size": cfg.max_batch_size,
+            "max_request_size": cfg.max_request_size,
+            "compression_type": cfg.compression_type,
+            "request_timeout_ms": cfg.request_timeout_ms,
             **client_kwargs,
-        )
+        }
+        self._producer = self._new_producer()
+        self._generation = 0
+        self._born: weakref.WeakKeyDictionary[asyncio.Future[Any], int] = weakref.WeakKeyDictionary()
+        self._replace_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._topic_chains: dict[str, asyncio.Task[None]] = {}
         self._closing = False
+        self.replacements = 0
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(partitioner=KeyPartitioner(), **self._kwargs)
 
     async def start(self) -> None:
         """Connect (retrying while the broker is not reachable yet)."""
         await self._producer.start()
 
-    async def stop(self) -> None:
-        """Flush what is queued and close."""
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Flush what is queued and close, within ``timeout_s`` whatever the broker does."""
         self._closing = True
-        await self._producer.stop()
+        for chain in list(self._topic_chains.values()):
+            chain.cancel()
+        try:
+            await asyncio.wait_for(self._producer.stop(), timeout_s)
+        except TimeoutError:
+            log.warning("producer did not flush within %.0fs; closing with sends pending", timeout_s)
+        for task in list(self._retiring):
+            task.cancel()
 
     @property
     def client(self) -> AIOKafkaProducer:
-        """The underlying aiokafka producer."""
+        """The underlying aiokafka producer (a replacement's after a recovery)."""
         return self._producer
 
     def message(
@@ -111,36 +148,220 @@ class Publisher:
         )
 
     async def enqueue(self, msg: OutboundMessage) -> asyncio.Future[Any]:
-        """Queue one message; the future resolves with its RecordMetadata on ack."""
-        return await self._producer.send(  # type: ignore[no-any-return]
+        """Queue one message; the future resolves with its RecordMetadata on ack.
+
+        A topic whose partitions are not known yet is sent from a side chain
+        (in order, per topic): learning them may take a metadata round trip or,
+        for a topic that does not exist, until the time limit, and the batch's
+        other messages must not wait behind it.
+        """
+        producer = self._producer
+        if msg.topic in self._topic_chains or producer.client.cluster.partitions_for_topic(msg.topic) is None:
+            return self._enqueue_later(msg)  # behind the messages to that topic still waiting
+        future: asyncio.Future[Any] = await producer.send(
             msg.topic, msg.value, key=msg.key, headers=list(msg.headers)
         )
+        self._born[future] = self._generation
+        return future
+
+    def _enqueue_later(self, msg: OutboundMessage) -> asyncio.Future[Any]:
+        outer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        outer.add_done_callback(_retrieve)  # a caller whose time ran out no longer awaits it
+        before = self._topic_chains.get(msg.topic)
+        chain = asyncio.create_task(self._send_after(before, msg, outer))
+        self._topic_chains[msg.topic] = chain
+        chain.add_done_callback(lambda task: self._chain_done(msg.topic, task))
+        return outer
+
+    def _chain_done(self, topic: str, task: asyncio.Task[None]) -> None:
+        if self._topic_chains.get(topic) is task:
+            del self._topic_chains[topic]
+
+    async def _send_after(
+        self, before: asyncio.Task[None] | None, msg: OutboundMessage, outer: asyncio.Future[Any]
+    ) -> None:
+        if before is not None:
+            await asyncio.gather(before, return_exceptions=True)
+        generation = self._generation
+        try:
+            inner = await asyncio.wait_for(
+                self._producer.send(msg.topic, msg.value, key=msg.key, headers=list(msg.headers)),
+                self.config.metadata_timeout_s,
+            )
+        except TimeoutError:  # judged like the broker's own answer for a topic it does not know
+            _fail(outer, UnknownTopicOrPartitionError(f"no partitions known for {msg.topic}"))
+            return
+        except asyncio.CancelledError:
+            _fail(outer, ProducerClosed())
+            raise
+        except Exception as exc:
+            _fail(outer, exc)
+            return
+        self._born[outer] = generation
+        inner.add_done_callback(lambda f: _copy(f, outer))
 
     async def deliver(self, msg: OutboundMessage, first_try: asyncio.Future[Any] | None = None) -> Any:
-        """Wait for ``msg`` to be acknowledged, re-sending on transient errors.
+        """Wait for ``msg`` to be acknowledged, re-sending what may still succeed.
 
-        Raises PermanentSendError when the broker can never take it, and
+        Raises PermanentSendError when the broker refuses it or, on a topic
+        that is not patient, when ``send_timeout_s`` has run out; and
         asyncio.CancelledError / ProducerClosed when shutting down.
         """
+        loop = asyncio.get_running_loop()
+        patient = msg.topic in self.patient_topics
+        deadline = None if patient else loop.time() + self.config.send_timeout_s
         backoff = self.config.retry_backoff_s
         future = first_try
         while True:
-            try:
-                if future is None:
+            refused = self.refusals.check(msg.topic, msg.key)
+            if refused is not None and not patient:
+                raise PermanentSendError(refused.reason, code=refused.code)
+            if future is None:
+                try:
                     future = await self.enqueue(msg)
-                return await future
-            except _PERMANENT as exc:
-                raise PermanentSendError(f"{type(exc).__name__}: {exc}") from exc
-            except ProducerClosed:
-                raise
-            except KafkaError as exc:
-                if self._closing:
-                    raise
-                log.warning("send to %s failed (%s); retrying in %.1fs", msg.topic, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.config.max_retry_backoff_s)
+                except ProducerClosed:
+                    if self._closing:
+                        raise
+                    continue  # replaced between the check and the send
+                except Exception as raised:
+                    future = _failed(raised)  # raised at send time (e.g. too large): judged like the rest
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), remaining)
+            except TimeoutError:
+                if not future.done():  # our time limit ran out, not the send's own error
+                    self._refuse(
+                        msg, self._expired(msg), f"not acknowledged within {self.config.send_timeout_s:.0f}s"
+                    )
+                exc = future.exception() or TimeoutError()
+            except Exception as caught:
+                exc = caught
+            if self._closing:
+                raise exc
+            judged = verdict(exc) if not isinstance(exc, ProducerClosed) else Verdict(Fate.RETRY)
+            born = self._born.get(future)
+            if judged.fate is Fate.REFUSED and patient and judged.topic_wide:
+                log.error("altlas cannot write its own topic %s (%s); retrying", msg.topic, exc)
+            elif judged.fate is Fate.REFUSED:
+                if born is not None:  # the broker refused a batch: its sequence number is spent
+                    await self.replace(born, f"broker refused a batch ({type(exc).__name__})")
+                self._refuse(msg, judged, f"{type(exc).__name__}: {exc}")
+            if judged.fate is Fate.REPLACE_PRODUCER:
+                await self.replace(born if born is not None else self._generation, type(exc).__name__)
                 future = None
+                continue
+            if deadline is not None and loop.time() >= deadline:
+                self._refuse(
+                    msg, self._expired(msg), f"still failing after {self.config.send_timeout_s:.0f}s: {exc}"
+                )
+            log.warning("send to %s failed (%s); retrying in %.1fs", msg.topic, exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.config.max_retry_backoff_s)
+            future = None
+
+    def _expired(self, msg: OutboundMessage) -> Verdict:
+        """What a message whose time ran out is refused as: its whole topic when no partition is known."""
+        known = self._producer.client.cluster.partitions_for_topic(msg.topic)
+        return TIMED_OUT if known else UNKNOWN_TOPIC
+
+    def _refuse(self, msg: OutboundMessage, judged: Verdict, reason: str) -> NoReturn:
+        if msg.topic not in self.patient_topics:
+            self.refusals.refuse(msg.topic, msg.key, judged, reason)
+            if judged.topic_wide:
+                self._forget(msg.topic)
+        raise PermanentSendError(f"{msg.topic}: {reason}", code=judged.code)
+
+    def _forget(self, topic: str) -> None:
+        """Stop asking the broker for a refused topic's metadata.
+
+        aiokafka keeps every topic it was asked to send to in its metadata
+        requests for ever (private ``_topics``), and logs an error for an
+        invalid one at each refresh.
+        """
+        client = self._producer.client
+        tracked = getattr(client, "_topics", None)
+        if isinstance(tracked, set) and topic in tracked and len(tracked) > 1:
+            client.set_topics(tracked - {topic})
+
+    async def ready(self, msg: OutboundMessage) -> Refusal | None:
+        """Why ``msg`` cannot be sent, learning its topic's partitions first (bounded) when unknown.
+
+        Exactly-once checks this before a message joins a transaction: there,
+        one refused message aborts the whole transaction.
+        """
+        refused = self.refusals.check(msg.topic, msg.key)
+        if refused is not None or msg.topic in self.patient_topics:
+            return refused
+        if self._producer.client.cluster.partitions_for_topic(msg.topic) is not None:
+            return None
+        try:
+            await asyncio.wait_for(self._producer.partitions_for(msg.topic), self.config.metadata_timeout_s)
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            judged = verdict(exc)
+            if judged.fate is not Fate.REFUSED:
+                judged = UNKNOWN_TOPIC
+            self.refusals.refuse(msg.topic, msg.key, judged, f"{type(exc).__name__}: {exc}")
+        return self.refusals.check(msg.topic, msg.key)
+
+    async def replace(self, generation: int, why: str) -> None:
+        """Replace the producer of ``generation`` (once, however many sends saw it break).
+
+        The new producer has a new producer id, so its sequence numbers start
+        afresh; the old one is stopped in the background, and every send it
+        had not delivered fails there and is sent again through ``deliver``.
+        """
+        async with self._replace_lock:
+            if generation != self._generation or self._closing:
+                return
+            fresh = self._new_producer()
+            await fresh.start()
+            old, self._producer = self._producer, fresh
+            self._generation += 1
+            self.replacements += 1
+            log.warning(
+                "replaced the idempotent producer (%s)", why, extra={"replacements": self.replacements}
+            )
+            retire = asyncio.create_task(_retire(old))
+            self._retiring.add(retire)
+            retire.add_done_callback(self._retiring.discard)
 
     async def send_and_wait(self, msg: OutboundMessage) -> Any:
         """Enqueue and wait for the acknowledgement (retrying transient errors)."""
         return await self.deliver(msg)
+
+
+async def _retire(producer: AIOKafkaProducer) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), 30)
+    except Exception as exc:  # it was broken already: nothing more to save from it
+        log.debug("stopping a replaced producer: %s", exc)
+
+
+def _failed(exc: BaseException) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_exception(exc)
+    return future
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _copy(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif source.exception() is not None:
+        target.set_exception(source.exception())  # type: ignore[arg-type]
+    else:
+        target.set_result(source.result())

@@ -6,6 +6,11 @@ neither: no lost and no duplicated answers. One transaction per micro-batch
 (not per message, not per fixed interval) keeps the cost (tens of ms) shared
 by the whole batch and the latency bounded by one batch.
 
+A message the broker refuses for good (a forbidden reply topic, a record over
+the topic's size limit) aborts its transaction; the refusal is remembered in
+``Refusals``, so the replayed batch answers that record with an error result
+instead and the stream moves on.
+
 aiokafka has rough edges here: some retriable coordinator errors during
 ``send_offsets_to_transaction`` leave the producer in a state where even
 ``abort_transaction`` fails. Any failure therefore aborts if it can and
@@ -27,6 +32,7 @@ from aiokafka.errors import ProducerFenced
 
 from altlas.producers.partitioner import KeyPartitioner
 from altlas.producers.publisher import OutboundMessage
+from altlas.producers.refusals import Fate, Refusals, verdict
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +61,10 @@ class TransactionalPublisher:
         max_request_size: int = 1024 * 1024,
         linger_ms: int = 2,
         transaction_timeout_ms: int = 60_000,
+        refusals: Refusals | None = None,
     ) -> None:
         self.transactional_id = transactional_id
+        self.refusals = refusals if refusals is not None else Refusals()
         self._kwargs = {
             **client_kwargs,
             "transactional_id": transactional_id,
@@ -87,17 +95,31 @@ class TransactionalPublisher:
         """Produce ``messages`` and commit ``offsets`` for ``group_id`` atomically."""
         async with self._lock:
             producer = self._producer
+            sent: list[tuple[OutboundMessage, asyncio.Future[Any]]] = []
             try:
                 await producer.begin_transaction()
                 for msg in messages:
-                    sent = await producer.send(msg.topic, msg.value, key=msg.key, headers=list(msg.headers))
+                    try:
+                        future = await producer.send(
+                            msg.topic, msg.value, key=msg.key, headers=list(msg.headers)
+                        )
+                    except Exception as exc:
+                        self._note(msg, exc)
+                        raise
                     # The commit below is what we wait on; an aborted send's own error is
                     # read here so that it is not reported as "never retrieved".
-                    sent.add_done_callback(_retrieve)
+                    future.add_done_callback(_retrieve)
+                    sent.append((msg, future))
                 if offsets:
                     await producer.send_offsets_to_transaction(
                         {TopicPartition(t, p): off for (t, p), off in offsets.items()}, group_id
                     )
+                # aiokafka commits a transaction even when one of its sends was refused, and that
+                # answer would vanish: every send must be acknowledged before the commit.
+                acks = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+                refused = next((a for a in acks if isinstance(a, BaseException)), None)
+                if refused is not None:
+                    raise refused
                 await producer.commit_transaction()
                 self.commits += 1
             except ProducerFenced as exc:
@@ -106,12 +128,21 @@ class TransactionalPublisher:
                 await self._abort_or_replace()
                 raise
             except Exception as exc:
+                for msg, future in sent:
+                    if future.done() and not future.cancelled() and future.exception() is not None:
+                        self._note(msg, future.exception())  # type: ignore[arg-type]
                 self.aborts += 1
                 log.warning(
                     "transaction aborted (%s: %s); the batch will be retried", type(exc).__name__, exc
                 )
                 await self._abort_or_replace()
                 raise TransactionAborted(str(exc)) from exc
+
+    def _note(self, msg: OutboundMessage, exc: BaseException) -> None:
+        """Remember a refusal, so that the replayed batch answers that record another way."""
+        judged = verdict(exc)
+        if judged.fate is Fate.REFUSED:
+            self.refusals.refuse(msg.topic, msg.key, judged, f"{type(exc).__name__}: {exc}")
 
     async def _abort_or_replace(self) -> None:
         try:

@@ -119,7 +119,12 @@ class AvroCodec:
                     pass
         if self.encode_format is WireFormat.CONFLUENT:
             for name, topic in outputs:
-                self.schema_ids.id_for(self.catalog.get(name), topic)
+                try:
+                    self.schema_ids.id_for(self.catalog.get(name), topic)
+                except TransientError:
+                    raise
+                except AltlasError:
+                    pass  # refused for this topic: encoding that answer reports it, for its record alone
 
     # ------------------------------------------------------------ decoding
     def writer_of(self, data: bytes) -> SchemaInfo:

@@ -125,13 +125,21 @@ class SchemaRegistryClient:
             return cached
         try:
             answer = self._call("GET", f"/schemas/ids/{schema_id}")
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                raise UnknownSchemaError(f"schema id {schema_id} is not in the registry") from exc
-            raise
+        except urllib.error.HTTPError as exc:  # 404, and 401/403/422: no schema this record can be read with
+            reason = "is not in the registry" if exc.code == 404 else f"was refused (HTTP {exc.code})"
+            raise UnknownSchemaError(f"schema id {schema_id} {reason}") from exc
+        except ValueError as exc:  # not JSON
+            raise UnknownSchemaError(f"schema id {schema_id}: unreadable registry answer") from exc
+        if not isinstance(answer, dict) or not isinstance(answer.get("schema"), str):
+            raise UnknownSchemaError(f"schema id {schema_id}: the registry answer has no schema")
         if answer.get("schemaType", "AVRO") != "AVRO":
             raise UnknownSchemaError(f"schema id {schema_id} is {answer['schemaType']}, not Avro")
-        info = self.catalog.register_writer(answer["schema"])
+        try:
+            info = self.catalog.register_writer(answer["schema"])
+        except Exception as exc:  # unparsable, or not a record: no request can be read with it
+            raise UnknownSchemaError(
+                f"schema id {schema_id} is not a usable record schema: {type(exc).__name__}: {exc}"
+            ) from exc
         with self._lock:
             self._by_id[schema_id] = info
         return info

@@ -311,7 +311,7 @@ async def test_a_registry_outage_delays_answers_instead_of_failing_them(
     await proxy.up()
     via_proxy = f"http://127.0.0.1:{proxy.port}{parsed.path}"
     settings = confluent_settings(kafka_bootstrap, registry_file, via_proxy)
-    reply = f"replies-{uuid.uuid4().hex[:8]}"  # never registered: writing to it needs the registry
+    reply = f"ai.results.replies-{uuid.uuid4().hex[:8]}"  # never registered: writing to it needs the registry
     admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
     await admin.start()
     await admin.create_topics([NewTopic(reply, num_partitions=1, replication_factor=1)])

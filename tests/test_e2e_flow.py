@@ -99,7 +99,7 @@ async def test_batches_and_in_flight_bytes_are_bounded_for_large_payloads(
 async def test_results_for_one_key_keep_request_order_across_models(
     settings: Settings, running: Running
 ) -> None:
-    reply = f"replies-{uuid.uuid4().hex[:6]}"
+    reply = f"ai.results.replies-{uuid.uuid4().hex[:6]}"
     admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
     await admin.start()
     await admin.create_topics([NewTopic(reply, num_partitions=1, replication_factor=1)])

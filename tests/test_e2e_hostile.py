@@ -1,0 +1,197 @@
+"""Hostile requests in the middle of ordinary traffic each fail alone, through the real consumer and broker.
+
+Each one gets its error result on the modality's results topic (with a code that says why) and a
+dead letter with its original bytes and position; every ordinary request is answered; the group's
+committed offsets pass all of them. Both delivery guarantees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from altlas.orchestration.client import make_request
+from altlas.orchestration.kafka_clients import client_kwargs
+from altlas.orchestration.settings import Settings
+from altlas.schemas.types import ResultStatus, VisionResult
+from tests.conftest import connect, isolated_settings, serving
+from tests.images import png_bomb, solid
+
+ORDINARY = 300
+MANY = [f"m{i}" for i in range(5000)]  # distinct ids: de-duplication alone does not cap them
+
+
+async def _small_reply_topic(settings: Settings) -> str:
+    name = f"ai.results.small-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(
+                    name, num_partitions=1, replication_factor=1, topic_configs={"max.message.bytes": "1500"}
+                )
+            ]
+        )
+    finally:
+        await admin.close()
+    return name
+
+
+def _hostile(settings: Settings, small: str) -> list[tuple[str, Any, str | None]]:
+    """(case, request or raw bytes, expected error code on the results topic; None: dead letter only)."""
+    png = solid((10, 200, 10))
+    topics = settings.topics
+
+    def req(case: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("model", "mean-color")
+        payload = kwargs.pop("payload", png)
+        task = kwargs.pop("task", "classify")
+        return make_request("vision", task, payload, request_id=f"hostile-{case}", **kwargs)
+
+    return [
+        ("newline", req("newline", reply_topic="x\n"), "REPLY_TOPIC_REFUSED"),
+        (
+            "commands-newline",
+            req("commands-newline", reply_topic=topics.model_commands + "\n"),
+            "REPLY_TOPIC_REFUSED",
+        ),
+        ("offsets", req("offsets", reply_topic="__consumer_offsets"), "REPLY_TOPIC_REFUSED"),
+        ("schemas", req("schemas", reply_topic="_schemas"), "REPLY_TOPIC_REFUSED"),
+        ("own-requests", req("own-requests", reply_topic=topics.requests("text")), "REPLY_TOPIC_REFUSED"),
+        ("other-results", req("other-results", reply_topic=topics.results("audio")), "REPLY_TOPIC_REFUSED"),
+        ("other-team", req("other-team", reply_topic="connect-offsets"), "REPLY_TOPIC_REFUSED"),
+        (
+            "too-large-for-reply",
+            req("too-large-for-reply", reply_topic=small, metadata={"pad": "p" * 3000}),
+            "RESULT_TOO_LARGE",
+        ),
+        (
+            "ensemble-bomb",
+            req("ensemble-bomb", model="", params={"strategy": "ensemble", "models": MANY}),
+            "INVALID_PARAMS",
+        ),
+        (
+            "pixel-bomb-auto",
+            req("pixel-bomb-auto", model="", task="auto", payload=png_bomb(12000, 12000)),
+            "PAYLOAD_TOO_LARGE",
+        ),
+        ("pixel-bomb", req("pixel-bomb", payload=png_bomb(12000, 12000)), "PAYLOAD_TOO_LARGE"),
+        ("confluent-unknown-id", b"\x00\x00\x00\x30\x39" + os.urandom(40), None),
+    ]
+
+
+async def _committed(settings: Settings, topic: str) -> dict[int, int]:
+    admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(f"{settings.kafka.group_id}.vision")
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+async def test_hostile_requests_fail_alone_and_the_stream_commits_past_them(
+    kafka_bootstrap: str, registry_file: Path, delivery: str
+) -> None:
+    settings = isolated_settings(kafka_bootstrap, registry_file, modalities=["vision"], delivery=delivery)
+    requests_topic = settings.topics.requests("vision")
+    async with serving(settings), connect(settings) as client:
+        small = await _small_reply_topic(settings)
+        hostile = _hostile(settings, small)
+        reader = AIOKafkaConsumer(
+            settings.topics.results("vision"),
+            settings.topics.dead_letter,
+            group_id=None,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            **client_kwargs(settings.kafka),
+        )
+        await reader.start()
+        try:
+            ordinary = [
+                make_request(
+                    "vision", "classify", solid((i % 250, 3, 3)), model="mean-color", request_id=f"ok-{i}"
+                )
+                for i in range(ORDINARY)
+            ]
+            sent: dict[str, tuple[int, int]] = {}
+            step = ORDINARY // (len(hostile) + 1)
+            for n, (case, item, _) in enumerate(hostile):
+                await client.send_many(ordinary[n * step : (n + 1) * step])
+                value = (
+                    item
+                    if isinstance(item, bytes)
+                    else client.codec.encode_record(item, topic=requests_topic)
+                )
+                meta = await client.send_raw(requests_topic, value, key=case.encode())
+                sent[case] = (meta.partition, meta.offset)
+            await client.send_many(ordinary[len(hostile) * step :])
+            ends = {
+                tp.partition: off
+                for tp, off in (
+                    await reader._client.fetch_all_metadata() and await _end_offsets(settings, requests_topic)
+                ).items()
+            }
+            results: dict[str, VisionResult] = {}
+            letters: dict[tuple[int, int], Any] = {}
+            wanted = {r.request_id for r in ordinary} | {f"hostile-{c}" for c, _, code in hostile if code}
+            deadline = time.monotonic() + 90
+            while (wanted - set(results) or len(letters) < len(hostile)) and time.monotonic() < deadline:
+                batches = await reader.getmany(timeout_ms=500)
+                for tp, records in batches.items():
+                    for rec in records:
+                        if tp.topic == settings.topics.dead_letter:
+                            letter = client.decode_dead_letter(rec.value)
+                            letters[(letter.partition, letter.offset)] = letter
+                        else:
+                            result = client.codec.decode_record(rec.value, VisionResult)
+                            results.setdefault(result.request_id, result)
+            passed = time.monotonic() + 10
+            committed: dict[int, int] = {}
+            while time.monotonic() < passed:
+                committed = await _committed(settings, requests_topic)
+                if all(committed.get(p, -1) >= end for p, end in ends.items()):
+                    break
+                await asyncio.sleep(0.5)
+        finally:
+            await reader.stop()
+
+    for request in ordinary:
+        assert results[request.request_id].status is ResultStatus.OK, request.request_id
+    for case, item, code in hostile:
+        partition, offset = sent[case]
+        letter = letters.get((partition, offset))
+        assert letter is not None, f"{case}: no dead letter"
+        assert letter.topic == requests_topic
+        assert letter.value == (
+            item if isinstance(item, bytes) else client.codec.encode_record(item, topic=requests_topic)
+        )
+        if code is not None:
+            result = results[f"hostile-{case}"]
+            assert result.status is ResultStatus.ERROR and result.error is not None, case
+            assert result.error.code == code, (case, result.error)
+            assert letter.error_code == code
+    assert all(committed.get(p, -1) >= end for p, end in ends.items()), (committed, ends)
+
+
+async def _end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(group_id=None, **client_kwargs(settings.kafka))
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        return await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+    finally:
+        await consumer.stop()
