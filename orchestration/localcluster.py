@@ -31,7 +31,7 @@ from altlas.orchestration.localkafka import (
     _run_coroutine,
     free_port,
     new_cluster_id,
-    stop_process,
+    stop_processes,
 )
 from altlas.orchestration.settings import LocalBrokerSettings
 
@@ -119,9 +119,10 @@ class LocalCluster:
         node.wait_ready(timeout_s)
 
     def stop(self, *, remove_data: bool = True) -> None:
-        """Stop every node (SIGTERM, then SIGKILL) and optionally delete all data."""
+        """Stop every node at once (SIGTERM, then SIGKILL) and optionally delete all data."""
+        stop_processes([node.state.pid for node in self.nodes.values() if node.running and node.state])
         for node in self.nodes.values():
-            node.stop(remove_data=False)
+            node.stop(remove_data=False)  # reaps the JVM
         if remove_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -216,8 +217,7 @@ def cluster_down(state_dir: Path) -> list[int]:
         return []
     doc = json.loads(path.read_text())
     pids = [BrokerState(**n).pid for n in doc["nodes"]]
-    for pid in pids:
-        stop_process(pid)
+    stop_processes(pids)
     shutil.rmtree(doc["data_dir"], ignore_errors=True)
     path.unlink()
     return pids

@@ -323,19 +323,32 @@ class LocalBroker:
 
 def stop_process(pid: int, timeout_s: float = 15.0) -> None:
     """Terminate a process (group) politely, then forcefully."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    except PermissionError:
-        os.kill(pid, signal.SIGTERM)
+    stop_processes([pid], timeout_s)
+
+
+def stop_processes(pids: list[int], timeout_s: float = 15.0) -> None:
+    """SIGTERM every process group at once, SIGKILL what is left after ``timeout_s``, wait for the end.
+
+    At once, because the nodes of a cluster stopped one by one lose their controller quorum, and
+    the last ones then wait out their controlled shutdown.
+    """
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            if _alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
 
 
 def _alive(pid: int) -> bool:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -113,3 +117,29 @@ async def test_the_leader_broker_sigkilled_mid_run_loses_no_request(
     assert missing == set(), f"lost {len(missing)} of {len(ids)} requests"
     if delivery == "exactly_once":
         assert {rid: n for rid, n in counter.counts.items() if n > 1} == {}
+
+
+def test_broker_up_brokers_3_starts_a_cluster_and_broker_down_stops_it(tmp_path: Path) -> None:
+    from altlas.orchestration.localcluster import _describe
+    from altlas.orchestration.localkafka import _alive
+
+    env = {**os.environ, "ALTLAS_LOCAL_BROKER__STATE_DIR": str(tmp_path / "state")}
+
+    def altlas(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "altlas.orchestration", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=180, env=env, check=False)
+
+    up = altlas("broker", "up", "--brokers", "3")
+    assert up.returncode == 0, up.stderr
+    (line,) = up.stdout.strip().splitlines()
+    bootstrap = line.removeprefix("bootstrap=")
+    pids = [node["pid"] for node in json.loads((tmp_path / "state" / "cluster.json").read_text())["nodes"]]
+    try:
+        assert len(bootstrap.split(",")) == 3
+        assert len(_describe(bootstrap, "describe_cluster")["brokers"]) == 3
+        assert altlas("broker", "up", "--brokers", "3").stdout.strip() == line  # reports the running one
+    finally:
+        down = altlas("broker", "down")
+    assert down.returncode == 0, down.stderr
+    assert not any(_alive(pid) for pid in pids)
+    assert not (tmp_path / "state" / "cluster.json").exists()
