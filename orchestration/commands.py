@@ -2,8 +2,12 @@
 
 Every instance must see every command (each has its own models), so the
 command consumer joins no group and starts at the end of the topic. Commands
-can only name registry ids: a path, or anything else, is answered with a
-``failed`` status and never reaches a loader.
+can only name registry ids: a path, or any other id the registry does not
+hold, is logged and dropped and never reaches a loader. It gets no status event
+either: the status topic is compacted by model id, so an answer keyed by a made-up
+id would stay in it for ever, and anyone able to produce commands could fill it.
+A registry id with an unknown version is answered ``failed`` under its own key.
+The topic itself should be writable only by operators (docs/operations.md, ACLs).
 """
 
 from __future__ import annotations
@@ -74,9 +78,19 @@ class CommandHandler:
         await self.handle(command)
 
     async def handle(self, command: ModelCommand) -> None:
-        """Act on one command; its outcome is always reported as a status event."""
+        """Act on one command for a registry id (reported as a status event); drop any other."""
         ref = command.model_id if not command.model_version else f"{command.model_id}@{command.model_version}"
         cid = command.command_id
+        if command.model_id not in {spec.id for spec in self.manager.registry}:
+            log.warning(
+                "dropping a model command for an id not in the registry",
+                extra={
+                    "model_id": command.model_id[:200],
+                    "command_id": cid[:200],
+                    "action": command.action.value,
+                },
+            )
+            return
         try:
             spec = self.manager.registry.get(ref)
         except UnknownModelError as exc:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from pathlib import Path
 
+import pytest
 import yaml
 
 from altlas.orchestration.client import AltlasClient, TopicReader
@@ -30,15 +32,20 @@ async def _statuses(
 
 
 async def _command(client: AltlasClient, action: str, model: str) -> str:
+    return await _command_for(client, action, model)
+
+
+async def _command_for(client: AltlasClient, action: str, model: str, version: str = "") -> str:
     cid = uuid.uuid4().hex
-    cmd = ModelCommand(command_id=cid, action=ModelAction(action), model_id=model)
+    cmd = ModelCommand(command_id=cid, action=ModelAction(action), model_id=model, model_version=version)
     await client.publish(cmd, client.topics.model_commands, key=model)
     return cid
 
 
 async def test_load_unload_and_eviction_commands_produce_matching_status_events(
-    kafka_bootstrap: str, tmp_path: Path, models_dir: Path
+    kafka_bootstrap: str, tmp_path: Path, models_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="altlas.orchestration.commands")
     # Two models of 40 MiB each (declared) under a 60 MiB budget: loading one evicts the other.
     registry = tmp_path / "models.yaml"
     entry = {"task": "vision.classify", "backend": "onnx", "path": str(models_dir / "mean_color.onnx")}
@@ -81,11 +88,22 @@ async def test_load_unload_and_eviction_commands_produce_matching_status_events(
             assert by_cmd[status_a].state is ModelState.EVICTED
             assert by_cmd[unload_b].state is ModelState.UNLOADED and by_cmd[unload_b].model_id == "b"
 
+            # An id the registry does not hold is dropped: no status event, so no key that would stay in
+            # the compacted topic for ever. A command sent after it is still answered.
             bad = await _command(client, "load", "../../etc/passwd")
-            events = await _statuses(client, reader, {bad})
-            refused = next(s for s in events if s.command_id == bad)
-            assert refused.state is ModelState.FAILED
+            bad_version = await _command_for(client, "load", "a", version="99")
+            status_b = await _command(client, "status", "b")
+            events = await _statuses(client, reader, {status_b, bad_version})
+            assert bad not in {s.command_id for s in events}
+            assert {s.model_id for s in events} <= {"a", "b"}
+            refused = next(s for s in events if s.command_id == bad_version)
+            assert refused.state is ModelState.FAILED and refused.model_id == "a"
             assert "not in the registry" in refused.message
+            assert any(
+                r.getMessage() == "dropping a model command for an id not in the registry"
+                and getattr(r, "model_id", None) == "../../etc/passwd"
+                for r in caplog.records
+            )
     finally:
         await run.stop()
     assert run.orchestrator.manager.loaded() == []
