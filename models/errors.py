@@ -41,6 +41,12 @@ class InferenceError(ModelError):
     code = "MODEL_FAILED"
 
 
+class GenerationCancelled(ModelError):
+    """Nobody waits for this output any more (its time budget ran out): generation stopped early."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
 class InvalidInputError(ModelError):
     """An input does not match what the model expects (shape, dtype, size)."""
 

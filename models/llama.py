@@ -38,7 +38,7 @@ import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import LlamaGrammar
 
-from altlas.models.errors import ModelLoadError
+from altlas.models.errors import GenerationCancelled, ModelLoadError
 from altlas.models.gguf_header import GgufFormatError, context_length, read_metadata
 from altlas.models.llama_batch import BatchDecoder, BatchItem
 from altlas.models.llama_text import (
@@ -51,7 +51,7 @@ from altlas.models.llama_text import (
 )
 from altlas.models.registry import ModelSpec
 
-_REQUEST_ERRORS = (ContextOverflowError, InvalidGrammarError, ChatTemplateError)
+_REQUEST_ERRORS = (ContextOverflowError, InvalidGrammarError, ChatTemplateError, GenerationCancelled)
 
 log = logging.getLogger(__name__)
 _native_log = logging.getLogger("altlas.models.llama.native")
@@ -279,7 +279,9 @@ class LlamaRuntime:
         tokens = self._checked_tokens(llm, request)
         s = request.sampling
         grammar = self._grammar(llm, s.grammar) if s.grammar else None
-        return BatchItem(tokens, s, grammar, min(s.max_tokens, self.n_ctx - len(tokens)))
+        return BatchItem(
+            tokens, s, grammar, min(s.max_tokens, self.n_ctx - len(tokens)), deadline=request.deadline
+        )
 
     def generate(
         self, request: GenerationRequest, on_text: Callable[[str], None] | None = None
@@ -324,6 +326,8 @@ class LlamaRuntime:
         self, llm: llama_cpp.Llama, request: GenerationRequest, on_text: Callable[[str], None] | None
     ) -> GenerationResult:
         started = time.perf_counter()
+        if request.deadline is not None and time.monotonic() >= request.deadline:
+            raise GenerationCancelled(f"{self.spec.key}: the request's time budget ran out before it started")
         s = request.sampling
         tokens = self._checked_tokens(llm, request)
         grammar = self._grammar(llm, s.grammar) if s.grammar else None
@@ -355,6 +359,10 @@ class LlamaRuntime:
                 break
             if produced >= max_tokens:
                 break
+            if request.deadline is not None and time.monotonic() >= request.deadline:
+                raise GenerationCancelled(
+                    f"{self.spec.key}: stopped after {produced} tokens, past the request's time budget"
+                )
         if on_text is not None and (chunk := text.rest()):
             on_text(chunk)
         return GenerationResult(

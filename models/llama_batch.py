@@ -28,7 +28,7 @@ from typing import Any
 import llama_cpp
 from llama_cpp.llama_grammar import LlamaGrammar
 
-from altlas.models.errors import InferenceError
+from altlas.models.errors import GenerationCancelled, InferenceError
 from altlas.models.llama_text import GenerationResult, Sampling, TextAssembler
 
 
@@ -40,6 +40,7 @@ class BatchItem:
     sampling: Sampling
     grammar: LlamaGrammar | None
     max_tokens: int  # already clamped to the context
+    deadline: float | None = None  # time.monotonic() after which the sequence leaves the batch
     # state while decoding
     sampler: Any = None
     text: TextAssembler = field(default_factory=lambda: TextAssembler(()))
@@ -89,7 +90,7 @@ class BatchDecoder:
         if status != 0:
             raise InferenceError(f"llama_decode failed with status {status} in batched decoding")
 
-    def run(self, items: Sequence[BatchItem]) -> list[GenerationResult]:
+    def run(self, items: Sequence[BatchItem]) -> list[GenerationResult | GenerationCancelled]:
         """Generate every item to its end; all sequences advance one token per step."""
         if len(items) > self.n_seq:
             raise ValueError(f"{len(items)} sequences for a context of {self.n_seq}")
@@ -111,7 +112,10 @@ class BatchDecoder:
         try:
             self._prefill(items)
             while True:
+                now = time.monotonic()
                 for item in items:
+                    if not item.done and item.deadline is not None and now >= item.deadline:
+                        item.done, item.finish = True, "cancelled"  # nobody waits: free its step
                     if not item.done:
                         self._sample(item)
                 live = [(seq, item) for seq, item in enumerate(items) if not item.done]
@@ -128,7 +132,9 @@ class BatchDecoder:
                 item.sampler = None  # frees the chain
         seconds = time.perf_counter() - started
         return [
-            GenerationResult(
+            GenerationCancelled(f"stopped after {item.produced} tokens, past the request's time budget")
+            if item.finish == "cancelled"
+            else GenerationResult(
                 text=item.text.text,
                 finish_reason=item.finish,
                 prompt_tokens=len(item.tokens),

@@ -53,6 +53,7 @@ class GenerationRequest:
     messages: tuple[dict[str, str], ...] | None = None
     sampling: Sampling = field(default_factory=Sampling)
     max_prompt_tokens: int | None = None  # a deployment-wide cap below the model's context
+    deadline: float | None = None  # time.monotonic() after which nobody waits: generation stops
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import numpy as np
 
 from altlas.models.registry import ModelSpec
 from altlas.pipelines.base import Pipeline, Prepared
-from altlas.schemas.errors import ErrorCode, InvalidRequestError
+from altlas.schemas.errors import AltlasError, ErrorCode, InvalidRequestError
 from altlas.schemas.types import ParamValue
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,9 @@ Decoded = tuple[list[Prepared | BaseException], dict[str, int]]
 class DecodePool:
     """A pool of decoder processes, replaced when one of them dies."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, *, timeout_s: float | None = None) -> None:
         self.processes = processes
+        self.timeout_s = timeout_s
         self._pool: ProcessPoolExecutor | None = None
         self._generation = 0  # bumped per replacement: a failure replaces only the pool it saw
         self._guarding: asyncio.Lock | None = None
@@ -77,10 +78,20 @@ class DecodePool:
         pool, generation = self._pool, self._generation
         assert pool is not None
         try:
-            packed = await asyncio.wrap_future(pool.submit(_decode_chunk, list(todo)))
+            packed = await self._run(pool, list(todo))
         except BrokenProcessPool:
             return await self._isolate(todo, generation)
         return _unpack(packed)
+
+    async def _run(self, pool: ProcessPoolExecutor, todo: list[Todo]) -> tuple[Any, ...]:
+        """One chunk in one worker; past the time limit the workers are killed (BrokenProcessPool)."""
+        future = pool.submit(_decode_chunk, todo)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
+        except TimeoutError:
+            for process in list(getattr(pool, "_processes", {}).values()):  # no public way to stop one
+                process.kill()
+            raise BrokenProcessPool("a decode ran past the time limit") from None
 
     def _guard(self) -> asyncio.Lock:
         if self._guarding is None:  # created on first use, in the event loop that decodes
@@ -102,13 +113,21 @@ class DecodePool:
                     broken = False
                 assert self._pool is not None
                 try:
-                    packed = await asyncio.wrap_future(self._pool.submit(_decode_chunk, [item]))
-                except BrokenProcessPool:
+                    packed = await self._run(self._pool, [item])
+                except BrokenProcessPool as exc:
                     self.crashes += 1
                     broken = True
-                    log.warning("the decoder crashed on a %s payload of %s", item[0].task, item[3].key)
+                    timed_out = "time limit" in str(exc)
+                    log.warning(
+                        "the decoder %s on a %s payload of %s",
+                        "ran out of time" if timed_out else "crashed", item[0].task, item[3].key,
+                    )  # fmt: skip
                     out.append(
-                        InvalidRequestError("the payload crashed its decoder", code=ErrorCode.INVALID_PAYLOAD)
+                        decode_timed_out(self.timeout_s)
+                        if timed_out
+                        else InvalidRequestError(
+                            "the payload crashed its decoder", code=ErrorCode.INVALID_PAYLOAD
+                        )
                     )
                     continue
                 prepared, item_sizes = _unpack(packed)
@@ -134,6 +153,11 @@ class DecodePool:
 # ---------------------------------------------------------------- in the worker
 
 
+def decode_timed_out(seconds: float | None) -> AltlasError:
+    """The error of a payload whose decode ran past the time limit."""
+    return AltlasError(f"decoding the payload took over {seconds:.0f}s", code=ErrorCode.DECODE_TIMED_OUT)
+
+
 def _init_worker() -> None:
     # Ctrl-C in a terminal reaches the whole process group: the service stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -144,9 +168,14 @@ def _ready() -> bool:
     return True
 
 
-def prepare_each(todo: Sequence[Todo]) -> list[Prepared | BaseException]:
-    """Prepare each payload; a failure stays in its slot (on the decoder threads and in the workers)."""
-    out: list[Prepared | BaseException] = []
+def prepare_each(
+    todo: Sequence[Todo], out: list[Prepared | BaseException] | None = None
+) -> list[Prepared | BaseException]:
+    """Prepare each payload; a failure stays in its slot (on the decoder threads and in the workers).
+
+    ``out`` fills as it goes, so a caller whose time ran out knows which payload was being decoded.
+    """
+    out = [] if out is None else out
     for pipeline, payload, params, spec in todo:
         try:
             out.append(pipeline.prepare(payload, params, spec))

@@ -23,7 +23,7 @@ import pickle
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from altlas.orchestration.decode_pool import DecodePool, Todo, prepare_each
+from altlas.orchestration.decode_pool import DecodePool, Todo, decode_timed_out, prepare_each
 from altlas.pipelines.base import Prepared
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,19 @@ class Decoder:
     #: Nor is a chunk sent to a process (a round trip to a worker costs about 100 µs).
     MIN_PROCESS_CHUNK = 64
 
-    def __init__(self, threads: int, processes: int = 0, *, process_max_item_bytes: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        threads: int,
+        processes: int = 0,
+        *,
+        process_max_item_bytes: int = 64 * 1024,
+        timeout_s: float | None = 30.0,
+    ) -> None:
         self.threads = threads
+        self.timeout_s = timeout_s
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
-        self.processes = DecodePool(processes) if processes > 0 else None
+        self.abandoned_threads = 0  # threads left to finish a decode that ran out of time
+        self.processes = DecodePool(processes, timeout_s=timeout_s) if processes > 0 else None
         self.process_max_item_bytes = process_max_item_bytes
         self._threads_only: set[str] = set()  # model keys whose inputs are too big to ship between processes
         self._local_pipelines: set[type] = set()  # pipelines that cannot be sent to a process
@@ -87,10 +96,42 @@ class Decoder:
         )
 
     async def _on_threads(self, todo: Sequence[Todo]) -> list[Prepared | BaseException]:
-        loop = asyncio.get_running_loop()
         parts = _split(todo, max(1, min(self.threads, len(todo) // self.MIN_CHUNK)))
-        results = await asyncio.gather(*(loop.run_in_executor(self._pool, prepare_each, p) for p in parts))
+        results = await asyncio.gather(*(self._chunk_on_threads(p) for p in parts))
         return [item for part in results for item in part]
+
+    async def _chunk_on_threads(self, todo: Sequence[Todo]) -> list[Prepared | BaseException]:
+        """A chunk on one thread, within the time limit.
+
+        A thread cannot be stopped, so one that overruns is left to finish on
+        its own (and the pool replaced, so the others keep their capacity);
+        the payload it was decoding is answered DECODE_TIMED_OUT and the ones
+        after it are decoded again.
+        """
+        done: list[Prepared | BaseException] = []
+        future = asyncio.get_running_loop().run_in_executor(self._pool, prepare_each, todo, done)
+        try:
+            return await asyncio.wait_for(future, self.timeout_s)
+        except TimeoutError:
+            pass
+        finished = list(done)  # the abandoned thread may still append: take what was there
+        if len(finished) >= len(todo):
+            return finished
+        stuck = todo[len(finished)]
+        self.abandoned_threads += 1
+        old, self._pool = (
+            self._pool,
+            ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="decode"),
+        )
+        old.shutdown(wait=False)
+        log.warning(
+            "a %s payload for %s took over %.0fs to decode; abandoned",
+            stuck[0].task,
+            stuck[3].key,
+            self.timeout_s,
+        )
+        rest = await self._on_threads(todo[len(finished) + 1 :]) if len(finished) + 1 < len(todo) else []
+        return [*finished, decode_timed_out(self.timeout_s), *rest]
 
     async def _in_processes(self, todo: Sequence[Todo]) -> list[Prepared | BaseException]:
         """Two chunks per worker: one is shipped while the other decodes."""

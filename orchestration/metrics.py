@@ -60,6 +60,12 @@ class Metrics:
         self.consumer_lag = Gauge(
             "altlas_consumer_lag", "Records behind the log end.", ["topic", "partition"], registry=r
         )
+        self.stuck_records = Gauge(
+            "altlas_stuck_records",
+            "Records in flight for longer than process.stall_s (not answered, not committed).",
+            ["modality"],
+            registry=r,
+        )
         self.process_cpu = Gauge("altlas_process_cpu_percent", "CPU of this process.", registry=r)
         self.process_rss = Gauge("altlas_process_rss_bytes", "Resident memory of this process.", registry=r)
         self.system_memory = Gauge(

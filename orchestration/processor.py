@@ -399,6 +399,7 @@ class RequestProcessor:
                 continue
             ctx = work.span.get_span_context() if work.span is not None else None
             seconds = budget(work.request, spec)
+            prep.deadline = now + seconds  # loop.time() is time.monotonic(): the runtime stops there
             if prep.params.get("stream") is True and hasattr(work.plan.pipeline, "run_stream"):
                 streams[i] = self._chunk_stream(records[i], work)
                 groups.append(_Group(now + seconds, [work], [prep], [ctx], streams[i].push))

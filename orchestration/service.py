@@ -157,6 +157,7 @@ class Orchestrator:
             batching.decode_threads,
             batching.decode_processes,
             process_max_item_bytes=batching.decode_process_max_item_bytes,
+            timeout_s=batching.decode_timeout_s,
         )
         lim = settings.limits
         limits = PipelineLimits(
@@ -302,9 +303,11 @@ class Orchestrator:
             self.metrics.observe_resources(snapshot)
             for key in self.manager.loaded():
                 self.status.report(self.manager.status(key), {"heartbeat": "true"}, resources=snapshot)
-            for worker in self.streams.values():
+            for modality, worker in self.streams.items():
                 for lag in await self._lag(worker):
                     self.metrics.consumer_lag.labels(*lag[:2]).set(lag[2])
+                stuck = worker.progress.stuck(self.settings.process.stall_s)
+                self.metrics.stuck_records.labels(modality).set(stuck)
 
     @staticmethod
     async def _lag(worker: StreamWorker) -> list[tuple[str, str, int]]:
@@ -337,6 +340,9 @@ class Orchestrator:
             checks["broker"] = f"unreachable: {exc}"
         assigned = {m: len(w.consumer.assignment()) for m, w in self.streams.items()}
         checks["consumers_assigned"] = all(assigned.values()) and bool(assigned)
+        # Records waiting with none answered for stall_s: connected and assigned, but not serving.
+        stalled = {m: round(w.progress.stalled_s(), 1) for m, w in self.streams.items()}
+        checks["progress"] = all(s < self.settings.process.stall_s for s in stalled.values())
         models: dict[str, object] = {}
         for task, ref in self.registry.defaults.items():
             spec = self.registry.get(ref)
@@ -355,6 +361,7 @@ class Orchestrator:
                 "ready": ready,
                 **checks,
                 "partitions": assigned,
+                "stalled_s": stalled,
                 "models": models,
                 "metrics_port": self.endpoints.port if self.endpoints is not None else None,
             },

@@ -137,6 +137,12 @@ class BatchingSettings(BaseModel):
     decode_processes: int = Field(
         0, ge=0, description="Worker processes decoding small payloads off the GIL (0: threads only)."
     )
+    decode_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A chunk of payloads decoding longer than this is stopped; the payload "
+        "that overran is answered DECODE_TIMED_OUT.",
+    )
     decode_process_max_item_bytes: int = Field(
         64 * 1024, ge=0, description="A model whose inputs are larger decodes on threads instead."
     )
@@ -154,7 +160,9 @@ class LimitSettings(BaseModel):
         None, description="Prompt token cap (the model's context always applies)."
     )
     send_timeout_s: float = Field(
-        30.0, gt=0, description="How long an answer to a reply topic may keep failing before it is "
+        30.0,
+        gt=0,
+        description="How long an answer to a reply topic may keep failing before it is "
         "answered on the results topic instead (altlas's own topics wait for the broker).",
     )
     refusal_ttl_s: float = Field(
@@ -267,8 +275,16 @@ class LogSettings(BaseModel):
 class ProcessSettings(BaseModel):
     """The Python process of `altlas run` (an application embedding the orchestrator keeps its own)."""
 
+    stall_s: float = Field(
+        120.0,
+        gt=0,
+        description="A modality whose waiting records have seen none answered for this long "
+        "fails /readyz, and records in flight this long count in altlas_stuck_records.",
+    )
     drain_timeout_s: float = Field(
-        30.0, gt=0, description="SIGTERM: the longest shutdown takes, in-flight batches drained first; "
+        30.0,
+        gt=0,
+        description="SIGTERM: the longest shutdown takes, in-flight batches drained first; "
         "what is not published by then is answered again after the restart.",
     )
 
@@ -293,6 +309,25 @@ class ProcessSettings(BaseModel):
         gt=0,
         description="A full collection at least this often, for cycles that reach into old objects "
         "(it walks every unfrozen object: result cache, loaded models).",
+    )
+
+
+class GatewaySettings(BaseModel):
+    """The HTTP gateway (`altlas gateway`): who may call it and how much it accepts."""
+
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Keys a caller sends as `Authorization: Bearer KEY` or `X-API-Key: KEY`; required "
+        "(at least one) when the gateway listens on anything but loopback; /healthz needs none.",
+    )
+    max_body_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Largest request body, checked from Content-Length and while streaming; unset: "
+        "limits.max_message_bytes as base64 (x4/3) plus 64 KiB.",
+    )
+    max_concurrent: int = Field(
+        64, ge=1, description="Calls served at once; more are answered 503 at once, with Retry-After."
     )
 
 
@@ -335,6 +370,7 @@ class Settings(BaseSettings):
     local_broker: LocalBrokerSettings = Field(default_factory=LocalBrokerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     process: ProcessSettings = Field(default_factory=ProcessSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @classmethod
     def settings_customise_sources(

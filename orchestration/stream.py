@@ -21,6 +21,7 @@ from typing import Any
 
 from altlas.consumers.records import InboundRecord
 from altlas.consumers.stream import BatchingConsumer
+from altlas.orchestration.liveness import Progress
 from altlas.orchestration.processor import Outcome, RequestProcessor
 from altlas.producers.publisher import OutboundMessage, PermanentSendError, Publisher
 from altlas.producers.transactions import Fenced, TransactionAborted, TransactionalPublisher
@@ -54,13 +55,12 @@ class StreamWorker:
         self._rewind_needed = False
         self._rewind_backoff = retry_backoff_s
         self.fatal: BaseException | None = None
-        self._txn_work: list[tuple[list[OutboundMessage], list[InboundRecord]]] = []
+        self._txn_work: list[tuple[list[OutboundMessage], list[InboundRecord], int]] = []
+        self.progress = Progress()
         self._txn_ready = asyncio.Event()  # work is waiting for the committer
         self._txn_taken = asyncio.Event()  # the committer took the waiting work
         self._txn_idle = asyncio.Event()  # nothing waiting, nothing being committed
         self._txn_idle.set()
-        self.batches = 0
-        self.records = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set: fetch and hand batches to concurrent tasks."""
@@ -115,12 +115,12 @@ class StreamWorker:
                 continue
             queued = asyncio.Event()
             handler = self._handle_transactional if self.transactions is not None else self._handle
-            task = asyncio.create_task(handler(records, previous, queued))
+            task = asyncio.create_task(
+                handler(records, previous, queued, self.progress.started(len(records)))
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             previous = queued
-            self.batches += 1
-            self.records += len(records)
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait for in-flight batches; cancel what is left after ``timeout_s``."""
@@ -133,6 +133,16 @@ class StreamWorker:
         return not pending
 
     async def _handle(
+        self, records: list[InboundRecord], previous: asyncio.Event, queued: asyncio.Event, token: int
+    ) -> None:
+        try:
+            await self._answer_and_publish(records, previous, queued)
+        except BaseException:
+            self.progress.dropped(token)
+            raise
+        self.progress.finished(token)
+
+    async def _answer_and_publish(
         self, records: list[InboundRecord], previous: asyncio.Event, queued: asyncio.Event
     ) -> None:
         try:
@@ -156,9 +166,10 @@ class StreamWorker:
         await self.consumer.finished(records)
 
     async def _handle_transactional(
-        self, records: list[InboundRecord], previous: asyncio.Event, queued: asyncio.Event
+        self, records: list[InboundRecord], previous: asyncio.Event, queued: asyncio.Event, token: int
     ) -> None:
         """Answer a batch, then hand it, in batch order, to the committer."""
+        handed = False
         try:
             outcomes = await self._answer(records)
             for outcome in outcomes:  # streamed chunks travel outside transactions (best effort)
@@ -168,11 +179,14 @@ class StreamWorker:
             if self._rewind_needed:
                 return  # an earlier batch aborted: these records will be fetched and answered again
             messages = [msg for outcome in outcomes for msg in await self._fit(outcome)]
-            self._txn_work.append((messages, records))
+            self._txn_work.append((messages, records, token))
+            handed = True
             self._txn_idle.clear()
             self._txn_ready.set()
         finally:
             queued.set()
+            if not handed:
+                self.progress.dropped(token)
 
     async def _commit_loop(self) -> None:
         """One transaction per window of finished batches, never one per batch.
@@ -193,14 +207,14 @@ class StreamWorker:
             if not self._txn_work:
                 self._txn_idle.set()
 
-    async def _commit(self, work: list[tuple[list[OutboundMessage], list[InboundRecord]]]) -> None:
+    async def _commit(self, work: list[tuple[list[OutboundMessage], list[InboundRecord], int]]) -> None:
         """Publish these batches' answers and commit their offsets in one transaction."""
         assert self.transactions is not None
         if self.fatal is not None:
             return
-        messages = [m for batch_messages, _ in work for m in batch_messages]
+        messages = [m for batch_messages, _, _ in work for m in batch_messages]
         offsets: dict[tuple[str, int], int] = {}
-        for _, records in work:
+        for _, records, _ in work:
             for rec in records:
                 tp = (rec.topic, rec.partition)
                 offsets[tp] = max(offsets.get(tp, 0), rec.offset + 1)
@@ -214,8 +228,9 @@ class StreamWorker:
             self.fatal = exc
             return
         self._rewind_backoff = self.retry_backoff_s
-        for _, records in work:
+        for _, records, token in work:
             await self.consumer.finished(records)
+            self.progress.finished(token)
 
     async def _rewind(self) -> None:
         """Drop every batch in flight and resume from the committed offsets."""
@@ -225,6 +240,7 @@ class StreamWorker:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         self._txn_work = []
+        self.progress.drop_all()
         self._txn_idle.set()
         self._txn_taken.set()
         await asyncio.sleep(self._rewind_backoff)

@@ -37,6 +37,8 @@ class Prepared:
 
     data: Any
     params: Mapping[str, ParamValue]
+    # time.monotonic() after which nobody waits for the output: long generations stop there.
+    deadline: float | None = None
 
 
 Output = Record | Exception

@@ -7,6 +7,7 @@ is generated, and the chunks of a request always concatenate to its final text.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
 from altlas.models.llama import LlamaRuntime
@@ -80,7 +81,7 @@ class TextGenerationPipeline:
 
     def run(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
         """Generate for a batch; output i answers item i."""
-        raw = llama_runtime(runtime).predict_batch([item.data for item in items])
+        raw = llama_runtime(runtime).predict_batch([_with_deadline(item) for item in items])
         return [out if isinstance(out, Exception) else to_record(out) for out in raw]
 
     def run_stream(self, runtime: ModelRuntime, item: Prepared, emit: Callable[[Record], None]) -> Output:
@@ -92,4 +93,12 @@ class TextGenerationPipeline:
             emit(TextChunk(sequence=sequence, text=text))
             sequence += 1
 
-        return to_record(llama_runtime(runtime).generate(item.data, on_text))
+        return to_record(llama_runtime(runtime).generate(_with_deadline(item), on_text))
+
+
+def _with_deadline(item: Prepared) -> GenerationRequest:
+    """The request, told when to stop: a generation nobody waits for must free its slot."""
+    request: GenerationRequest = item.data
+    if item.deadline is None or request.deadline == item.deadline:
+        return request
+    return dataclasses.replace(request, deadline=item.deadline)

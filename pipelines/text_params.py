@@ -21,6 +21,8 @@ MAX_NEW_TOKENS = 32_768
 MAX_STOPS = 16
 MAX_STOP_CHARS = 256
 MAX_GRAMMAR_CHARS = 64 * 1024
+#: Largest minItems/maxLength-style bound a JSON schema may carry (each one unrolls into grammar rules).
+MAX_SCHEMA_REPEAT = 256
 
 
 def bool_param(params: Mapping[str, ParamValue], name: str, default: bool = False) -> bool:
@@ -62,11 +64,39 @@ def grammar_param(params: Mapping[str, ParamValue]) -> str | None:
         return grammar
     if isinstance(schema, str):
         try:
-            json.loads(schema)
-            return str(json_schema_to_gbnf(schema))
-        except Exception as exc:  # JSONDecodeError, or a schema the converter cannot express
+            parsed = json.loads(schema)
+        except ValueError as exc:
             raise _bad(f"param json_schema is not a usable JSON schema: {exc}") from exc
+        _check_repeats(parsed)
+        try:
+            gbnf = str(json_schema_to_gbnf(schema))
+        except Exception as exc:  # a schema the converter cannot express
+            raise _bad(f"param json_schema is not a usable JSON schema: {exc}") from exc
+        if len(gbnf) > MAX_GRAMMAR_CHARS:  # the expansion, not the request, is what the sampler walks
+            raise _bad(
+                f"param json_schema expands to {len(gbnf)} grammar characters; at most {MAX_GRAMMAR_CHARS}"
+            )
+        return gbnf
     return None
+
+
+_REPEATS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
+
+
+def _check_repeats(node: object, depth: int = 0) -> None:
+    """Refuse repetition bounds the converter would unroll into a huge grammar, before it does."""
+    if depth > 64:
+        raise _bad("param json_schema nests too deeply")
+    if isinstance(node, dict):
+        for key in _REPEATS:
+            bound = node.get(key)
+            if isinstance(bound, int | float) and not isinstance(bound, bool) and bound > MAX_SCHEMA_REPEAT:
+                raise _bad(f"param json_schema: {key} {bound} is above {MAX_SCHEMA_REPEAT}")
+        for value in node.values():
+            _check_repeats(value, depth + 1)
+    elif isinstance(node, list):
+        for value in node:
+            _check_repeats(value, depth + 1)
 
 
 def sampling_from(params: Mapping[str, ParamValue]) -> Sampling:

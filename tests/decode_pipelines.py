@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -26,7 +27,8 @@ class WherePipeline:
     """Prepares a payload into ``len(payload)`` copies of the process id that prepared it.
 
     ``segv`` kills the process that decodes it (as a crashing codec would);
-    ``stubborn`` raises an exception that cannot travel back from a process.
+    ``stubborn`` raises an exception that cannot travel back from a process;
+    ``slow`` takes five seconds.
     """
 
     task = "vision.where"
@@ -35,6 +37,8 @@ class WherePipeline:
     def prepare(self, payload: bytes | str, params: Mapping[str, ParamValue], spec: ModelSpec) -> Prepared:
         if payload == b"segv":
             os.kill(os.getpid(), signal.SIGSEGV)
+        if payload == b"slow":  # a decode that never ends in time (a pathological input)
+            time.sleep(5)
         if payload == b"stubborn":
             raise StubbornError("stubborn", "will not pickle back")
         return Prepared(np.full(len(payload), os.getpid(), dtype=np.int64), params)

@@ -274,3 +274,28 @@ async def test_every_pipeline_that_decodes_anywhere_prepares_the_same_in_a_proce
             assert isinstance(mine, Prepared), (spec.key, mine)
             assert pickle.dumps(mine.data) == pickle.dumps(theirs.data), (pipeline.task, spec.key)
     assert sum(isinstance(o, Prepared) for o in got) == 9
+
+
+@pytest.mark.parametrize("processes", [0, 1])
+async def test_a_decode_past_the_time_limit_fails_alone_and_frees_its_worker(processes: int) -> None:
+    decoder = Decoder(1, processes, timeout_s=1.0)
+    await decoder.start()
+    try:
+        pipeline = WherePipeline()
+        payloads = [b"a", b"bb", b"slow", b"ccc", b"dddd"]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        out = await decoder.prepare_many([(pipeline, p, {}, SPEC) for p in payloads])
+        elapsed = loop.time() - started
+        assert isinstance(out[2], AltlasError) and out[2].code is ErrorCode.DECODE_TIMED_OUT
+        assert [len(o.data) for o in out if isinstance(o, Prepared)] == [1, 2, 3, 4]
+        assert elapsed < 4.5, elapsed  # not the five seconds the slow payload wanted
+        # The pool still decodes at full capacity afterwards.
+        again = await decoder.prepare_many([(pipeline, b"ee", {}, SPEC)])
+        assert isinstance(again[0], Prepared)
+        if processes:
+            assert decoder.processes is not None and decoder.processes.crashes >= 1
+        else:
+            assert decoder.abandoned_threads == 1
+    finally:
+        decoder.shutdown()

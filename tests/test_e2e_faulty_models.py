@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -163,3 +166,61 @@ async def test_a_leaking_model_is_restarted_and_memory_stays_bounded(
     states = [e.state for e in events if e.model_id == "leaky"]
     assert states[states.index(ModelState.FAILED) + 1 :].count(ModelState.READY) >= 3  # reloaded each time
     assert rss_after - rss_before < 128 * 1024 * 1024, (rss_after - rss_before) >> 20
+
+
+async def _readyz(port: int) -> tuple[int, dict[str, Any]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+async def test_readyz_fails_while_waiting_records_see_nothing_answered_and_stuck_records_are_counted(
+    kafka_bootstrap: str, tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connected and assigned is not serving: records waiting with none answered make it unready."""
+    monkeypatch.setitem(BACKENDS, "hanging-onnx", "tests.hanging_model:HangingOnnxRuntime")
+    settings = isolated_settings(
+        kafka_bootstrap,
+        _registry(tmp_path, models_dir),
+        modalities=["vision"],
+        cache={"enabled": False},
+        routing={"attempt_timeout_s": 30},
+        process={"stall_s": 0.5},
+        metrics={"port": 0, "monitor_interval_s": 0.2},
+    )
+    run = await Running(Orchestrator(settings)).start()
+    await run.orchestrator.manager.load("stuck")
+    try:
+        endpoints = run.orchestrator.endpoints
+        assert endpoints is not None
+        deadline = time.monotonic() + 30
+        status, body = await _readyz(endpoints.port)
+        while status != 200 and time.monotonic() < deadline:  # the group's first join
+            await asyncio.sleep(0.2)
+            status, body = await _readyz(endpoints.port)
+        assert status == 200 and body["progress"] is True, body
+        async with connect(settings) as client:
+            answer = asyncio.create_task(
+                client.request(make_request("vision", "classify", solid((1, 2, 3)), model="stuck"))
+            )
+            seen: list[tuple[int, Any]] = []
+            stuck_gauge = 0.0
+            while not answer.done():
+                status, body = await _readyz(endpoints.port)
+                seen.append((status, body["progress"]))
+                sample = run.orchestrator.metrics.registry.get_sample_value(
+                    "altlas_stuck_records", {"modality": "vision"}
+                )
+                stuck_gauge = max(stuck_gauge, sample or 0.0)
+                await asyncio.sleep(0.1)
+            assert (await answer) is not None
+        assert (503, False) in seen, seen
+        assert stuck_gauge >= 1
+        status, body = await _readyz(endpoints.port)
+        assert status == 200 and body["stalled_s"] == {"vision": 0.0}
+    finally:
+        await run.stop()

@@ -335,3 +335,31 @@ def test_gpu_layers_auto_offloads_everything_only_on_a_build_that_can(tiny: Llam
     from altlas.models.llama import gpu_offload_supported
 
     assert tiny.n_gpu_layers == (-1 if gpu_offload_supported() else 0)
+
+
+def test_a_generation_past_its_deadline_stops_and_frees_its_context(smollm2_gguf: Path) -> None:
+    """A timed-out request must not keep generating to its max_tokens: the next one would wait behind it."""
+    import time
+
+    from altlas.models.errors import GenerationCancelled
+
+    for sequences in (1, 2):
+        runtime = _runtime(smollm2_gguf, n_ctx=1024, batch_sequences=sequences)
+        try:
+            whole = runtime.generate(GenerationRequest(prompt="Once upon a time", sampling=_greedy(24)))
+            started = time.perf_counter()
+            cut = GenerationRequest(
+                prompt="Once upon a time",
+                sampling=_greedy(1000),
+                deadline=time.monotonic() + whole.seconds / 3,
+            )
+            alone = GenerationRequest(prompt="Once upon a time", sampling=_greedy(24))
+            out = runtime.predict_batch([cut, alone])
+            assert isinstance(out[0], GenerationCancelled)
+            assert out[1].text == whole.text  # its neighbour is unaffected, batched or not
+            # 1000 tokens would take ~40x as long as 24; it stopped within a few tokens of its deadline.
+            assert time.perf_counter() - started < whole.seconds * 4
+            late = GenerationRequest(prompt="x", sampling=_greedy(5), deadline=time.monotonic() - 1)
+            assert isinstance(runtime.predict_batch([late])[0], GenerationCancelled)
+        finally:
+            runtime.unload()
