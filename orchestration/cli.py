@@ -599,7 +599,9 @@ def docs_asyncapi(
 @app.command()
 def gateway(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on; off loopback, gateway.api_keys must be set.")
+    ] = "127.0.0.1",
     timeout: Annotated[float, typer.Option(help="Default seconds to wait for a result (then 504).")] = 60.0,
     config: ConfigOpt = None,
     bootstrap_servers: BootstrapOpt = None,
@@ -613,7 +615,14 @@ def gateway(
     except ImportError as exc:
         console.print(f"[red]the gateway needs its extra: pip install 'altlas[gateway]' ({exc})[/red]")
         raise typer.Exit(1) from exc
+    from altlas.orchestration.gateway_guard import ExposureError, check_exposure
+
     settings = _settings(config, bootstrap_servers, registry)
+    try:
+        check_exposure(host, settings.gateway)
+    except ExposureError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
     uvicorn.run(create_app(settings, timeout_s=timeout), host=host, port=port, log_level="warning")
 
 

@@ -9,7 +9,8 @@ resolves the waiting requests' futures by key, so a burst of calls costs no
 consumer start-ups. The model list comes from the registry file (when the
 gateway has one) and the compacted status topic (which instance has which
 model in which state). Several gateway instances may run side by side: each
-reads every result and ignores the ids it is not waiting for.
+reads every result and ignores the ids it is not waiting for. Who may call it,
+and how much one call may send, is decided in front of it (``gateway_guard``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from starlette.datastructures import UploadFile
 
 from altlas.models.registry import ModelRegistry
 from altlas.orchestration.client import AltlasClient, TopicReader, make_request
+from altlas.orchestration.gateway_guard import install_guard
 from altlas.orchestration.kafka_clients import client_kwargs
 from altlas.orchestration.service import build_codec, load_registry
 from altlas.orchestration.settings import Modality, Settings
@@ -503,6 +505,7 @@ def create_app(settings: Settings, *, timeout_s: float = 60.0, gateway: Gateway 
         lifespan=lifespan,
     )
     app.state.gateway = gw
+    install_guard(app, settings)
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
+from pydantic import SecretStr
 
 from altlas.models.registry import ModelRegistry
 from altlas.orchestration.metrics import Metrics
@@ -200,7 +201,10 @@ def test_altlas_environment_names_real_settings_with_valid_values(
         assert paths, service
         settings = _settings_from(env, monkeypatch)  # pydantic refuses a bad value
         for name, path in paths.items():
-            assert str(_get(settings, path)) == env[name], f"{name}={env[name]} did not take effect"
+            value = _get(settings, path)
+            if isinstance(value, list) and all(isinstance(v, SecretStr) for v in value):
+                value = json.dumps([v.get_secret_value() for v in value])  # shown as it was given
+            assert str(value) == env[name], f"{name}={env[name]} did not take effect"
     altlas = _settings_from(_env(compose["services"]["altlas"]), monkeypatch)
     assert altlas.kafka.bootstrap_servers == "kafka:29092"
     kafka_env = compose["services"]["kafka"]["environment"]
@@ -282,8 +286,27 @@ def test_optional_gateway_runs_the_gateway_command(compose: dict[str, Any]) -> N
     assert gateway["build"]["args"]["EXTRAS"] == "gateway"
     assert gateway["command"][0] == "gateway"
     port = gateway["command"][gateway["command"].index("--port") + 1]
-    assert f"{port}:{port}" in gateway["ports"]
+    assert f"127.0.0.1:{port}:{port}" in gateway["ports"]  # published on this host's loopback only
     assert f":{port}/healthz" in " ".join(gateway["healthcheck"]["test"])
+
+
+def test_compose_gateway_listens_in_its_container_only_with_a_key(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from altlas.orchestration.gateway_guard import ExposureError, check_exposure
+
+    gateway = compose["services"]["gateway"]
+    host = gateway["command"][gateway["command"].index("--host") + 1]
+    raw = gateway["environment"]["ALTLAS_GATEWAY__API_KEYS"]
+    assert "${ALTLAS_GATEWAY_API_KEY" in raw
+    unset = _settings_from(_env(gateway), monkeypatch)  # nothing exported: the key is empty
+    with pytest.raises(ExposureError):
+        check_exposure(host, unset.gateway)
+    keys = raw.replace("${ALTLAS_GATEWAY_API_KEY:-}", "s3cret")  # what compose makes of an exported key
+    exported = {**_env(gateway), "ALTLAS_GATEWAY__API_KEYS": keys}
+    keyed = _settings_from(exported, monkeypatch)
+    check_exposure(host, keyed.gateway)
+    assert [k.get_secret_value() for k in keyed.gateway.api_keys] == ["s3cret"]
 
 
 # ------------------------------------------------------------------ prometheus, grafana, collector

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import signal
 import subprocess
@@ -27,7 +28,7 @@ import yaml
 
 from altlas.orchestration.localkafka import free_port
 from altlas.orchestration.service import Orchestrator
-from altlas.orchestration.settings import Settings
+from altlas.orchestration.settings import GatewaySettings, Settings
 from altlas.schemas.types import VisionRequest
 from tests.builders import MEAN_COLOR_LABELS, expected_mean_color
 from tests.conftest import Running, isolated_settings, write_config
@@ -460,3 +461,136 @@ def test_every_old_endpoint_in_the_migration_table_is_a_gateway_route(settings: 
         "/api/vision/{task}",
         "/api/audio/{task}",
     }
+
+
+# ------------------------------------------------------------------ least privilege
+def _guarded(settings: Settings, **gateway: Any) -> Settings:
+    """``settings`` with gateway limits and keys (the orchestrator behind it is unchanged)."""
+    return settings.model_copy(update={"gateway": GatewaySettings.model_validate(gateway)})
+
+
+async def _raw_call(
+    port: int, head: str, chunks: tuple[bytes, ...] = (), timeout_s: float = 10
+) -> tuple[int, Any]:
+    """One HTTP/1.1 exchange on a raw socket: send exactly ``head`` and ``chunks``, read status and JSON body.
+
+    httpx always sends the whole body it is given; a raw socket can declare a body and never send it,
+    or stop a chunked body half way, and still read the answer.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.replace("\n", "\r\n").encode() + b"\r\n")
+        for chunk in chunks:
+            writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        await writer.drain()
+        status = int((await asyncio.wait_for(reader.readline(), timeout_s)).split()[1])
+        headers = {}
+        while (line := await asyncio.wait_for(reader.readline(), timeout_s)) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), timeout_s)
+        return status, json.loads(body)
+    finally:
+        writer.close()
+
+
+async def test_a_keyed_gateway_answers_only_calls_that_carry_a_key(vision_stack: Stack) -> None:
+    settings = _guarded(vision_stack.settings, api_keys=["key-one", "key-two"])
+    async with serve_gateway(settings) as stack:
+        assert stack.gateway.client is not None
+        async with stack.gateway.client.reader(settings.topics.requests("vision")) as published:
+            image = rotated_page(90)
+            refused = [
+                await stack.http.post("/api/vision/classify", content=image),
+                await stack.http.post(
+                    "/api/vision/classify", content=image, headers={"x-api-key": "key-three"}
+                ),
+                await stack.http.post(
+                    "/api/vision/classify",
+                    content=image,
+                    headers={"authorization": "Bearer key-one-and-more"},
+                ),
+                await stack.http.get("/api/models"),
+            ]
+            for response in refused:
+                assert response.status_code == 401, response.text
+                assert response.json()["error"]["code"] == "UNAUTHORIZED"
+                assert response.headers["www-authenticate"].startswith("Bearer")
+            assert await published.read(1.0) == []  # refused calls publish nothing
+            bearer = await stack.http.post(
+                "/api/vision/classify", content=image, headers={"authorization": "Bearer key-two"}
+            )
+            header = await stack.http.post(
+                "/api/vision/classify", content=image, headers={"x-api-key": "key-one"}
+            )
+            for response in (bearer, header):
+                assert response.status_code == 200, response.text
+                assert _top(response.json()) == "90"
+            records = await published.read(1.0)
+            records += await published.read(1.0)  # one poll may return one partition's records
+            assert len(records) == 2
+        health = await stack.http.get("/healthz")  # container health checks carry no key
+        assert health.status_code == 200
+
+
+async def test_a_declared_body_over_the_limit_is_413_before_any_of_it_is_read(vision_stack: Stack) -> None:
+    async with serve_gateway(_guarded(vision_stack.settings, max_body_bytes=4096)) as stack:
+        # 100 MB declared, none sent: only an answer given without reading can arrive.
+        status, body = await _raw_call(
+            stack.http.base_url.port,
+            "POST /api/vision/classify HTTP/1.1\nHost: gw\nContent-Type: image/png\n"
+            "Content-Length: 100000000\n",
+        )
+        assert status == 413
+        assert body["error"]["code"] == "PAYLOAD_TOO_LARGE" and "4096" in body["error"]["message"]
+        image = solid((30, 40, 230))
+        assert len(image) < 4096
+        small = await stack.http.post("/api/vision/classify", params={"model": "mean-color@1"}, content=image)
+        assert small.status_code == 200 and _top(small.json()) == "blue"  # under the limit: served
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"), [("/api/vision/classify", "image/png"), ("/api/inference", "application/json")]
+)
+async def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(
+    vision_stack: Stack, path: str, content_type: str
+) -> None:
+    async with serve_gateway(_guarded(vision_stack.settings, max_body_bytes=4096)) as stack:
+        # 6 KB of a body that never ends: the answer comes once 4 KB have passed, not at the end.
+        status, body = await _raw_call(
+            stack.http.base_url.port,
+            f"POST {path} HTTP/1.1\nHost: gw\nContent-Type: {content_type}\nTransfer-Encoding: chunked\n",
+            (b"x" * 2048, b"x" * 2048, b"x" * 2048),
+        )
+        assert status == 413
+        assert body["error"]["code"] == "PAYLOAD_TOO_LARGE"
+        assert stack.gateway.waiters["vision"].waiting == 0
+
+
+async def test_calls_over_the_concurrency_cap_are_503_at_once(
+    kafka_bootstrap: str, registry_file: Path
+) -> None:
+    settings = _guarded(  # nobody serves these topics: every call waits out its timeout
+        isolated_settings(kafka_bootstrap, registry_file, modalities=["vision"]), max_concurrent=2
+    )
+    async with serve_gateway(settings) as stack:
+
+        async def call(timeout_s: float) -> Any:
+            return await stack.http.post(
+                "/api/vision/classify", params={"timeout_s": str(timeout_s)}, content=solid((5, 5, 5))
+            )
+
+        waiting = [asyncio.create_task(call(4)), asyncio.create_task(call(4))]
+        deadline = time.monotonic() + 10
+        while stack.gateway.waiters["vision"].waiting < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        busy = await call(4)
+        assert time.monotonic() - started < 1.0  # answered at once, not queued
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert busy.json()["error"]["code"] == "GATEWAY_BUSY"
+        assert (await stack.http.get("/healthz")).status_code == 200  # health is never turned away
+        assert [r.status_code for r in await asyncio.gather(*waiting)] == [504, 504]
+        again = await call(0.5)
+        assert again.status_code == 504  # a slot is free again: admitted (and timed out upstream)
