@@ -19,6 +19,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,39 @@ class LocalCluster:
         """Partition -> node id of its current leader (-1 while it has none)."""
         described = _describe(self.bootstrap, "describe_topics", [topic])
         return {p["partition"]: p["leader"] for p in described[0]["partitions"]}
+
+    def busiest_leader(self, topics: list[str]) -> int:
+        """The node leading the most partitions of ``topics``: the one whose loss hurts most."""
+        counts = Counter(leader for t in topics for leader in self.leaders(t).values() if leader >= 0)
+        return counts.most_common(1)[0][0]
+
+    def wait_in_sync(self, timeout_s: float = 60.0) -> None:
+        """Block until every replica of every partition (internal topics too) is in sync again."""
+        deadline = time.monotonic() + timeout_s
+        lagging: list[tuple[str, int]] = []
+        while time.monotonic() < deadline:
+            try:
+                described = _describe(self.bootstrap, "describe_topics")
+                lagging = [
+                    (t["topic"], p["partition"])
+                    for t in described
+                    for p in t["partitions"]
+                    if p["leader"] < 0 or len(p["isr"]) < len(p["replicas"])
+                ]
+                if not lagging:
+                    return
+            except Exception as exc:  # a node may be mid-restart
+                log.debug("cluster not described yet: %s", exc)
+            time.sleep(0.25)
+        raise TimeoutError(f"partitions still under-replicated after {timeout_s}s: {lagging[:5]}")
+
+    def rolling_restart(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 60.0) -> None:
+        """Restart the nodes one at a time, each only once the cluster is fully in sync again."""
+        for node_id in self.nodes:
+            self.wait_in_sync(timeout_s)
+            self.stop_node(node_id, sig)
+            self.start_node(node_id, timeout_s)
+        self.wait_in_sync(timeout_s)
 
     def save_state(self, path: Path) -> None:
         """Write the state file `broker down` reads."""

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -64,7 +63,16 @@ async def test_altlas_topics_on_the_cluster_get_3_replicas_and_min_isr_2(
     plan = topic_plan(settings)
     await ensure_topics(client_kwargs(settings.kafka), plan, partitions=3, replication_factor=None)
     for topic in plan:
-        assert await _layout(settings, topic) == ([3, 3, 3], "2"), topic
+        # Each broker learns of a new topic from the metadata log a moment later: ask until all know.
+        for _ in range(40):
+            try:
+                layout = await _layout(settings, topic)
+            except Exception as exc:
+                layout = ([], repr(exc))
+            if layout == ([3, 3, 3], "2"):
+                break
+            await asyncio.sleep(0.25)
+        assert layout == ([3, 3, 3], "2"), topic
 
 
 async def test_a_node_stopped_either_way_rejoins_on_its_data(kafka_cluster: LocalCluster) -> None:
@@ -73,6 +81,19 @@ async def test_a_node_stopped_either_way_rejoins_on_its_data(kafka_cluster: Loca
         assert not kafka_cluster.nodes[3].running
         await asyncio.to_thread(kafka_cluster.start_node, 3)
         await asyncio.to_thread(kafka_cluster.wait_for_brokers, 3)
+
+
+async def test_a_rolling_restart_leaves_every_partition_led_and_in_sync(
+    kafka_cluster: LocalCluster, registry_file: Path
+) -> None:
+    settings = _cluster_settings(kafka_cluster, registry_file)
+    topic = settings.topics.requests("vision")
+    await ensure_topics(client_kwargs(settings.kafka), {topic: {}}, partitions=3, replication_factor=None)
+    pids = {node_id: node.state.pid for node_id, node in kafka_cluster.nodes.items() if node.state}
+    await asyncio.to_thread(kafka_cluster.rolling_restart)
+    assert all(node.state and node.state.pid != pids[i] for i, node in kafka_cluster.nodes.items())
+    assert sorted(kafka_cluster.leaders(topic)) == [0, 1, 2]
+    assert all(leader in kafka_cluster.nodes for leader in kafka_cluster.leaders(topic).values())
 
 
 async def _send(settings: Settings, n: int, prefix: str) -> set[str]:
@@ -87,12 +108,6 @@ async def _send(settings: Settings, n: int, prefix: str) -> set[str]:
     return {r.request_id for r in requests}
 
 
-def _busiest_leader(cluster: LocalCluster, topics: list[str]) -> int:
-    """The node that leads the most partitions of ``topics``."""
-    leaders = Counter(leader for topic in topics for leader in cluster.leaders(topic).values())
-    return leaders.most_common(1)[0][0]
-
-
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
 async def test_the_leader_broker_sigkilled_mid_run_loses_no_request(
     kafka_cluster: LocalCluster, registry_file: Path, delivery: str
@@ -104,7 +119,7 @@ async def test_the_leader_broker_sigkilled_mid_run_loses_no_request(
         async with ResultCounter(settings, read_committed=delivery == "exactly_once") as counter:
             while len(counter.counts) < 100:
                 await counter.poll(0.1)
-            victim = await asyncio.to_thread(_busiest_leader, kafka_cluster, topics)
+            victim = await asyncio.to_thread(kafka_cluster.busiest_leader, topics)
             await asyncio.to_thread(kafka_cluster.stop_node, victim, signal.SIGKILL)
             assert len(counter.counts) < len(ids), "the backlog was answered before the kill"
             try:
