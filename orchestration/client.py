@@ -83,7 +83,11 @@ class TopicReader:
     def __init__(self, client_kwargs: dict[str, Any], topic: str, *, from_beginning: bool = False) -> None:
         self.topic = topic
         self.from_beginning = from_beginning
-        self._consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **client_kwargs)
+        # read_committed: answers of an aborted exactly-once transaction are answered again later, and
+        # a reader must not take the aborted copy; without transactions it changes nothing.
+        self._consumer = AIOKafkaConsumer(
+            group_id=None, enable_auto_commit=False, isolation_level="read_committed", **client_kwargs
+        )
 
     async def start(self) -> None:
         """Assign all partitions and fix the starting positions."""
