@@ -60,6 +60,15 @@ class Metrics:
         self.consumer_lag = Gauge(
             "altlas_consumer_lag", "Records behind the log end.", ["topic", "partition"], registry=r
         )
+        self.loop_lag = Histogram(
+            "altlas_event_loop_lag_seconds",
+            "How late the event loop woke a 50 ms sleeper: how long something held it.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            "altlas_event_loop_lag_max_seconds", "The worst event-loop lag of the last 5 seconds.", registry=r
+        )
         self.stuck_records = Gauge(
             "altlas_stuck_records",
             "Records in flight for longer than process.stall_s (not answered, not committed).",

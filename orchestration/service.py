@@ -29,6 +29,7 @@ from altlas.orchestration.gc_tuning import GcTuning
 from altlas.orchestration.health import ModelHealth
 from altlas.orchestration.identity import transactional_prefix
 from altlas.orchestration.kafka_clients import client_kwargs
+from altlas.orchestration.loop_lag import LoopLag
 from altlas.orchestration.metrics import Metrics
 from altlas.orchestration.planning import Planner
 from altlas.orchestration.processor import ProcessorContext, RequestProcessor
@@ -110,6 +111,7 @@ class Orchestrator:
         )
         self.status = StatusReporter(self.publisher, settings.topics.model_status, settings.instance_id)
         self.metrics = Metrics()
+        self.loop_lag = LoopLag(self.metrics.loop_lag.observe)
         self.sampler = ResourceSampler()
         self.endpoints: HttpEndpoints | None = None
         if settings.metrics.port is not None:
@@ -164,6 +166,7 @@ class Orchestrator:
             max_payload_bytes=lim.max_message_bytes,
             max_image_pixels=lim.max_image_pixels,
             max_audio_seconds=lim.max_audio_seconds,
+            max_audio_samples=lim.max_audio_samples,
             max_text_chars=lim.max_text_chars,
             max_prompt_tokens=lim.max_prompt_tokens,
         )
@@ -325,6 +328,7 @@ class Orchestrator:
         return out
 
     async def _metrics_page(self) -> tuple[int, str, bytes]:
+        self.metrics.loop_lag_max.set(self.loop_lag.recent_max())
         return 200, "text/plain; version=0.0.4", self.metrics.render()
 
     async def _healthz(self) -> tuple[int, str, bytes]:
@@ -401,6 +405,7 @@ class Orchestrator:
         ]
         tasks.append(asyncio.create_task(self.commands.run(self.stop_event), name="commands"))
         tasks.append(asyncio.create_task(self._monitor(), name="monitor"))
+        tasks.append(asyncio.create_task(self.loop_lag.run(self.stop_event), name="loop lag"))
         stopper = asyncio.create_task(self.stop_event.wait())
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)

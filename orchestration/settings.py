@@ -155,6 +155,12 @@ class LimitSettings(BaseModel):
     max_result_bytes: int = Field(1024 * 1024, description="Producer max.request.size; match the broker's.")
     max_image_pixels: int = Field(40_000_000, description="Declared width x height above this is refused.")
     max_audio_seconds: float = Field(600.0, description="Declared audio duration above this is refused.")
+    max_audio_samples: int = Field(
+        64_000_000,
+        ge=1,
+        description="Declared frames x channels above this is refused (decoded, audio is "
+        "downmixed block by block, so only one mono track is ever held).",
+    )
     max_text_chars: int = Field(200_000, description="Longer text payloads are refused.")
     max_prompt_tokens: int | None = Field(
         None, description="Prompt token cap (the model's context always applies)."

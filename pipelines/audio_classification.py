@@ -147,7 +147,12 @@ class AudioClassificationPipeline:
         int_param(params, "top_k", 5, lo=1, hi=1000)
         float_param(params, "threshold", 0.5, lo=0.0, hi=1.0)
         if spec.backend == "silero-vad":
-            audio = decode_audio(payload, max_seconds=self.limits.max_audio_seconds, target_rate=VAD_RATE)
+            audio = decode_audio(
+                payload,
+                max_seconds=self.limits.max_audio_seconds,
+                max_samples=self.limits.max_audio_samples,
+                target_rate=VAD_RATE,
+            )
             return Prepared(Clip([], [], audio.samples, audio.duration_s), params)
         if spec.backend != "onnx":
             raise InvalidRequestError(
@@ -156,7 +161,12 @@ class AudioClassificationPipeline:
         if str(spec.params.get("layout", "mels_frames")) not in LAYOUTS:
             raise InvalidRequestError(f"model {spec.key}: params.layout must be one of {', '.join(LAYOUTS)}")
         rate = Frontend.of(spec).sample_rate
-        audio = decode_audio(payload, max_seconds=self.limits.max_audio_seconds, target_rate=rate)
+        audio = decode_audio(
+            payload,
+            max_seconds=self.limits.max_audio_seconds,
+            max_samples=self.limits.max_audio_samples,
+            target_rate=rate,
+        )
         features, spans = window_features(audio.samples, spec)
         return Prepared(Clip(features, spans, np.zeros(0, dtype=np.float32), audio.duration_s), params)
 

@@ -27,6 +27,7 @@ class PipelineLimits:
     max_payload_bytes: int = 16 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_audio_seconds: float = 600.0
+    max_audio_samples: int = 64_000_000  # frames x channels a payload may declare
     max_text_chars: int = 200_000
     max_prompt_tokens: int | None = None
 

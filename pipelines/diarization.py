@@ -107,7 +107,12 @@ class DiarizationPipeline:
                 f"model {spec.key} ({spec.backend}) cannot diarize", code=ErrorCode.INVALID_PARAMS
             )
         count = speaker_count(params)
-        audio = decode_audio(payload, max_seconds=self.limits.max_audio_seconds, target_rate=SAMPLE_RATE)
+        audio = decode_audio(
+            payload,
+            max_seconds=self.limits.max_audio_seconds,
+            max_samples=self.limits.max_audio_samples,
+            target_rate=SAMPLE_RATE,
+        )
         return Prepared(SpeakerRequest(audio.samples, count), params)
 
     def run(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:

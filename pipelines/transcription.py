@@ -120,7 +120,12 @@ class TranscriptionPipeline:
             word_timestamps=bool_param(params, "word_timestamps", False) or wants_speakers,
         )
         speakers = speaker_count(params) if wants_speakers else None
-        audio = decode_audio(payload, max_seconds=self.limits.max_audio_seconds, target_rate=SAMPLE_RATE)
+        audio = decode_audio(
+            payload,
+            max_seconds=self.limits.max_audio_seconds,
+            max_samples=self.limits.max_audio_samples,
+            target_rate=SAMPLE_RATE,
+        )
         return Prepared(TranscriptionItem(TranscribeInput(audio.samples, options), speakers), params)
 
     def run(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:

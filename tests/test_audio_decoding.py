@@ -102,3 +102,40 @@ def test_encode_wav_round_trips_16_bit_samples() -> None:
     samples = (tone(440, 0.5) * 32767).astype(np.int16)
     audio = decode_audio(encode_wav(samples, 16_000), max_seconds=5)
     np.testing.assert_allclose(audio.samples, samples / 32768.0, atol=1e-6)
+
+
+def flac_bomb(seconds: float = 10.0, channels: int = 8, rate: int = 384_000) -> bytes:
+    """Silence that compresses to a few KB and declares channels x rate x seconds samples."""
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(
+        buf, np.zeros((int(seconds * rate), channels), dtype=np.int16), rate, format="FLAC", subtype="PCM_16"
+    )
+    return buf.getvalue()
+
+
+def test_many_channels_are_downmixed_block_by_block_never_held_whole() -> None:
+    """10 s of 8-channel 384 kHz silence is 32 KB; decoded whole it would be 117 MiB of float32."""
+    import tracemalloc
+
+    bomb = flac_bomb()
+    assert len(bomb) < 200_000
+    tracemalloc.start()
+    try:
+        audio = decode_audio(bomb, max_seconds=60)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert audio.sample_rate == 384_000 and audio.samples.size == 3_840_000
+    mono = audio.samples.nbytes
+    assert peak < 2 * mono + 16 * 2**20, (
+        f"peak {peak / 2**20:.0f} MiB for a {mono / 2**20:.0f} MiB mono track"
+    )
+
+
+def test_samples_times_channels_are_limited_from_the_header() -> None:
+    with pytest.raises(PayloadTooLargeError, match="channels"):
+        decode_audio(flac_bomb(seconds=1.0), max_seconds=60, max_samples=1_000_000)
