@@ -555,6 +555,29 @@ def demo(config: ConfigOpt = None) -> None:
     sys.exit(asyncio.run(run_demo(_settings(config), console=out)))
 
 
+@app.command()
+def acls(
+    principal: Annotated[str, typer.Option(help="altlas's Kafka principal.")] = "User:altlas",
+    command_config: Annotated[
+        str, typer.Option(help="Admin client properties file for kafka-acls.sh.")
+    ] = "admin.properties",
+    config: ConfigOpt = None,
+    bootstrap_servers: BootstrapOpt = None,
+) -> None:
+    """Print the kafka-acls.sh commands that grant altlas exactly the ACLs its settings need."""
+    from altlas.orchestration.acls import kafka_acls_commands, reply_prefixes
+
+    settings = _settings(config, bootstrap_servers)
+    for line in kafka_acls_commands(
+        settings, principal, bootstrap=settings.kafka.bootstrap_servers, config=command_config
+    ):
+        print(line)
+    for pattern in reply_prefixes(settings)[1]:
+        console.print(
+            f"[yellow]reply-topic pattern {pattern!r} names no prefix: grant Write per topic[/yellow]"
+        )
+
+
 @app.command("config")
 def config_reference() -> None:
     """Print every setting with its environment variable, default and description."""
