@@ -86,6 +86,7 @@ class BatchingConsumer:
         self._tracker = OffsetTracker()
         self._inflight = 0
         self._inflight_bytes = 0
+        self._held_bytes = 0  # decoded from records in flight: released by whoever holds them
         self._carry: list[InboundRecord] = []
         self._paused = False
         self._progress = asyncio.Condition()
@@ -112,6 +113,11 @@ class BatchingConsumer:
     def inflight_bytes(self) -> int:
         """Value bytes of the records in flight."""
         return self._inflight_bytes
+
+    @property
+    def held_bytes(self) -> int:
+        """What was decoded from records in flight and is still held (counts against the same budget)."""
+        return self._held_bytes
 
     def assignment(self) -> set[tuple[str, int]]:
         """Partitions this member owns now."""
@@ -168,7 +174,7 @@ class BatchingConsumer:
     def _full(self, fraction: float = 1.0) -> bool:
         return (
             self._inflight >= self.config.max_inflight * fraction
-            or self._inflight_bytes >= self.config.max_inflight_bytes * fraction
+            or self._inflight_bytes + self._held_bytes >= self.config.max_inflight_bytes * fraction
         )
 
     async def _wait_for_capacity(self) -> None:
@@ -188,6 +194,16 @@ class BatchingConsumer:
         self._consumer.resume(*self._consumer.assignment())
         self._paused = False
         log.debug("backpressure: resumed", extra={"inflight": self._inflight})
+
+    def hold(self, nbytes: int) -> None:
+        """Count ``nbytes`` against the in-flight byte budget (payloads decoded from records in flight)."""
+        self._held_bytes += nbytes
+
+    async def release(self, nbytes: int) -> None:
+        """Give back what ``hold`` took."""
+        self._held_bytes -= nbytes
+        async with self._progress:
+            self._progress.notify_all()
 
     # ------------------------------------------------------------ completion
     async def finished(self, records: Sequence[InboundRecord]) -> None:

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.trace import Span, SpanContext
 
@@ -37,7 +37,7 @@ from altlas.orchestration.replies import ReplyPolicy, ReplyTopicRefused
 from altlas.orchestration.settings import Modality, TopicSettings
 from altlas.orchestration.tracing import Tracing
 from altlas.orchestration.workers import JobResult, ModelWorkers
-from altlas.pipelines.base import Prepared
+from altlas.pipelines.base import Prepared, held_bytes
 from altlas.producers.publisher import OutboundMessage
 from altlas.producers.refusals import Refusals
 from altlas.schemas.codec import AvroCodec
@@ -89,6 +89,14 @@ class ProcessorContext:
     refusals: Refusals = field(default_factory=Refusals)  # what the broker refused, shared with publishers
 
 
+class ByteBudget(Protocol):
+    """The in-flight byte budget of the consumer feeding this processor."""
+
+    def hold(self, nbytes: int) -> None: ...
+
+    async def release(self, nbytes: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class Overrides:
     """How a replay changes processing: the model to use, and deadlines that no longer apply."""
@@ -134,10 +142,18 @@ class _Group:
 class RequestProcessor:
     """Turns consumed records of one modality into outcomes."""
 
-    def __init__(self, modality: Modality, ctx: ProcessorContext, overrides: Overrides | None = None) -> None:
+    def __init__(
+        self,
+        modality: Modality,
+        ctx: ProcessorContext,
+        overrides: Overrides | None = None,
+        *,
+        budget: ByteBudget | None = None,
+    ) -> None:
         self.modality = modality
         self.ctx = ctx
         self.overrides = overrides or Overrides()
+        self.budget = budget
         self.request_type: type[AnyRequest] = REQUEST_TYPES[modality]
         self.group_id = f"{ctx.group_prefix}.{modality}"
         self.answers = Answers(
@@ -384,6 +400,22 @@ class RequestProcessor:
         prepared = await self.ctx.decoder.prepare_many(
             [(w.plan.pipeline, w.request.payload, w.request.params, w.plan.specs[0]) for w in singles]
         )
+        held = sum(held_bytes(p.data) for p in prepared if isinstance(p, Prepared)) if self.budget else 0
+        if self.budget is not None:
+            self.budget.hold(held)  # decoded inputs count like the records until their model has run
+        try:
+            await self._run_prepared(records, singles, prepared, outcomes)
+        finally:
+            if self.budget is not None:
+                await self.budget.release(held)
+
+    async def _run_prepared(
+        self,
+        records: Sequence[InboundRecord],
+        singles: list[_Work],
+        prepared: list[Prepared | BaseException],
+        outcomes: list[Outcome | None],
+    ) -> None:
         loop = asyncio.get_running_loop()
         now, budget = loop.time(), self.ctx.executor.budget
         # Requests for the same model with the same time budget (all of them, unless requests set

@@ -273,7 +273,7 @@ class Orchestrator:
             await consumer.start()
             self.streams[modality] = StreamWorker(
                 consumer,
-                RequestProcessor(modality, self.context),
+                RequestProcessor(modality, self.context, budget=consumer),
                 self.publisher,
                 transactions=transactions,
                 max_message_bytes=s.limits.max_result_bytes,

@@ -117,3 +117,26 @@ def float_param(
 def model_param(spec: ModelSpec, name: str, default: Any = None) -> Any:
     """A registry param of the model (``params:`` in the registry entry)."""
     return spec.params.get(name, default)
+
+
+def held_bytes(data: Any, depth: int = 0) -> int:
+    """Roughly how much memory a prepared input holds: its arrays and images, found a few levels deep.
+
+    Decoded payloads can be far larger than the records they came from (a
+    small PNG, a FLAC of silence), so this is what counts against the
+    in-flight byte budget while a batch waits for its model.
+    """
+    if depth > 3 or data is None or isinstance(data, str | bytes | int | float):
+        return len(data) if isinstance(data, str | bytes) else 0
+    nbytes = getattr(data, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    size, mode = getattr(data, "size", None), getattr(data, "mode", None)
+    if isinstance(mode, str) and isinstance(size, tuple) and len(size) == 2:  # a PIL image
+        return int(size[0]) * int(size[1]) * max(1, len(mode))
+    if isinstance(data, tuple | list):
+        return sum(held_bytes(item, depth + 1) for item in data[:64])
+    fields = getattr(data, "__dataclass_fields__", None) or getattr(data, "_fields", None)
+    if fields:
+        return sum(held_bytes(getattr(data, name, None), depth + 1) for name in fields)
+    return 0

@@ -74,11 +74,12 @@ async def test_batches_and_in_flight_bytes_are_bounded_for_large_payloads(
         return records
 
     consumer.next_batch = recording_fetch  # type: ignore[method-assign]
-    inflight, paused = [], []
+    inflight, paused, held = [], [], []
 
     async def sample() -> None:
         while True:
             inflight.append(consumer.inflight_bytes)
+            held.append(consumer.held_bytes)
             paused.append(bool(consumer.client.paused()))
             await asyncio.sleep(0.002)
 
@@ -92,6 +93,8 @@ async def test_batches_and_in_flight_bytes_are_bounded_for_large_payloads(
     assert len(results) == 60 and all(r.status is ResultStatus.OK for r in results.values())
     assert batch_bytes and max(batch_bytes) <= 3 * size
     assert any(paused), "partitions were never paused for bytes"
+    # Decoded pages (224 px float tensors, 7x the PNG) counted against the budget while they waited.
+    assert max(held) >= 3 * 224 * 224 * 4 and held[-1] == 0
     # Checked before each fetch, so the bound is exceeded by at most one batch.
     assert max(inflight) <= 8 * size + 3 * size
 
