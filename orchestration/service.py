@@ -43,6 +43,7 @@ from altlas.orchestration.workers import ModelWorkers
 from altlas.pipelines import PipelineLimits, load_pipelines
 from altlas.producers.publisher import ProducerConfig, Publisher
 from altlas.producers.refusals import Refusals
+from altlas.producers.topic_limits import TopicLimits
 from altlas.producers.transactions import TransactionalPublisher
 from altlas.schemas.catalog import SchemaCatalog
 from altlas.schemas.codec import AvroCodec, WireFormat
@@ -108,6 +109,7 @@ class Orchestrator:
             ),
             patient_topics=own,
             refusals=self.refusals,
+            topic_limits=TopicLimits(client_kwargs(settings.kafka, client_suffix="limits")),
         )
         self.status = StatusReporter(self.publisher, settings.topics.model_status, settings.instance_id)
         self.metrics = Metrics()

@@ -23,7 +23,7 @@ from altlas.consumers.records import InboundRecord
 from altlas.consumers.stream import BatchingConsumer
 from altlas.orchestration.liveness import Progress
 from altlas.orchestration.processor import Outcome, RequestProcessor
-from altlas.producers.publisher import OutboundMessage, PermanentSendError, Publisher
+from altlas.producers.publisher import OutboundMessage, PermanentSendError, Publisher, record_size
 from altlas.producers.transactions import Fenced, TransactionAborted, TransactionalPublisher
 from altlas.schemas.errors import AltlasError, ErrorCode, PayloadTooLargeError
 
@@ -208,10 +208,29 @@ class StreamWorker:
                 self._txn_idle.set()
 
     async def _commit(self, work: list[tuple[list[OutboundMessage], list[InboundRecord], int]]) -> None:
-        """Publish these batches' answers and commit their offsets in one transaction."""
+        """Publish these batches' answers and commit their offsets in one transaction.
+
+        Only batches fetched in the consumer's current assignment epoch go in, and a
+        revocation waits for the transaction to end (consumers/ownership.py): no
+        transaction carries answers or offsets of a partition this member gave up.
+        """
         assert self.transactions is not None
         if self.fatal is not None:
             return
+        ownership = self.consumer.ownership
+        async with ownership.committing():
+            stale = [w for w in work if not ownership.current(w[1][0].epoch)]
+            for _, records, token in stale:
+                await self.consumer.abandon(records)
+                self.progress.dropped(token)
+            if stale:
+                log.info("dropped %d batches of revoked partitions uncommitted", len(stale))
+            work = [w for w in work if ownership.current(w[1][0].epoch)]
+            if work:
+                await self._commit_owned(work)
+
+    async def _commit_owned(self, work: list[tuple[list[OutboundMessage], list[InboundRecord], int]]) -> None:
+        assert self.transactions is not None
         messages = [m for batch_messages, _, _ in work for m in batch_messages]
         offsets: dict[tuple[str, int], int] = {}
         for _, records, _ in work:
@@ -219,7 +238,9 @@ class StreamWorker:
                 tp = (rec.topic, rec.partition)
                 offsets[tp] = max(offsets.get(tp, 0), rec.offset + 1)
         try:
-            await self.transactions.publish(messages, offsets, self.consumer.group_id)
+            await self.transactions.publish(
+                messages, offsets, self.consumer.group_id, confirm=self.consumer.ownership.confirm
+            )
         except TransactionAborted:
             self._rewind_needed = True
             return
@@ -254,7 +275,7 @@ class StreamWorker:
         limit = self.max_message_bytes
         error: Exception | None = None
         for msg in outcome.messages:
-            if limit is not None and _size(msg) > limit:
+            if limit is not None and record_size(msg) > limit:
                 error = PayloadTooLargeError("result too large to publish", code=ErrorCode.RESULT_TOO_LARGE)
                 break
             refused = await self.publisher.ready(msg)
@@ -268,7 +289,7 @@ class StreamWorker:
         )
         fitted = []
         for msg in replacement.messages:
-            if limit is None or _size(msg) <= limit:
+            if limit is None or record_size(msg) <= limit:
                 fitted.append(msg)
             elif msg.topic == self.processor.ctx.topics.dead_letter and replacement.error is not None:
                 fitted.append(
@@ -350,8 +371,3 @@ class StreamWorker:
             await self.publisher.deliver(msg)
         except PermanentSendError as exc:
             log.error("dropping an unpublishable answer for %s: %s", msg.topic, exc)
-
-
-def _size(msg: OutboundMessage) -> int:
-    """Bytes a record takes in a produce request, with room for the record overhead."""
-    return len(msg.value) + len(msg.key or b"") + sum(len(k) + len(v) for k, v in msg.headers) + 128

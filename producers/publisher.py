@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import ProducerClosed, UnknownTopicOrPartitionError
+from aiokafka.errors import ProducerClosed, RecordTooLargeError, UnknownTopicOrPartitionError
 
 from altlas.producers.partitioner import KeyPartitioner
 from altlas.producers.refusals import TIMED_OUT, UNKNOWN_TOPIC, Fate, Refusal, Refusals, Verdict, verdict
+from altlas.producers.topic_limits import TopicLimits
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.errors import ErrorCode
 from altlas.schemas.types import Record
@@ -84,11 +86,13 @@ class Publisher:
         config: ProducerConfig | None = None,
         patient_topics: Sequence[str] = (),
         refusals: Refusals | None = None,
+        topic_limits: TopicLimits | None = None,
     ) -> None:
         self.codec = codec or AvroCodec()
         self.config = config or ProducerConfig()
         self.patient_topics = frozenset(patient_topics)
         self.refusals = refusals if refusals is not None else Refusals(exempt=self.patient_topics)
+        self.topic_limits = topic_limits
         cfg = self.config
         self._kwargs: dict[str, Any] = {
             "acks": "all",
@@ -127,6 +131,8 @@ class Publisher:
             log.warning("producer did not flush within %.0fs; closing with sends pending", timeout_s)
         for task in list(self._retiring):
             task.cancel()
+        if self.topic_limits is not None:
+            await self.topic_limits.close()
 
     @property
     def client(self) -> AIOKafkaProducer:
@@ -155,6 +161,9 @@ class Publisher:
         for a topic that does not exist, until the time limit, and the batch's
         other messages must not wait behind it.
         """
+        oversized = self._oversized(msg)
+        if oversized is not None:
+            return _failed(oversized)  # refused here: the broker would refuse it and spend a sequence number
         producer = self._producer
         if msg.topic in self._topic_chains or producer.client.cluster.partitions_for_topic(msg.topic) is None:
             return self._enqueue_later(msg)  # behind the messages to that topic still waiting
@@ -163,6 +172,17 @@ class Publisher:
         )
         self._born[future] = self._generation
         return future
+
+    def _oversized(self, msg: OutboundMessage) -> RecordTooLargeError | None:
+        """An error when ``msg`` is over its topic's own max.message.bytes (when that is known)."""
+        if self.topic_limits is None:
+            return None
+        limit = self.topic_limits.get(msg.topic)
+        if limit is None or len(msg.value) < limit - 4096 or (size := record_size(msg)) <= limit:
+            return None
+        return RecordTooLargeError(
+            f"a {size}-byte record for {msg.topic}, whose max.message.bytes is {limit}"
+        )
 
     def _enqueue_later(self, msg: OutboundMessage) -> asyncio.Future[Any]:
         outer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -290,6 +310,9 @@ class Publisher:
         one refused message aborts the whole transaction.
         """
         refused = self.refusals.check(msg.topic, msg.key)
+        oversized = self._oversized(msg) if refused is None else None
+        if oversized is not None:
+            return Refusal(ErrorCode.RESULT_TOO_LARGE, str(oversized), time.monotonic())
         if refused is not None or msg.topic in self.patient_topics:
             return refused
         if self._producer.client.cluster.partitions_for_topic(msg.topic) is not None:
@@ -344,6 +367,11 @@ def _failed(exc: BaseException) -> asyncio.Future[Any]:
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     future.set_exception(exc)
     return future
+
+
+def record_size(msg: OutboundMessage) -> int:
+    """Bytes a record takes in a produce request, with room for the record and batch overhead."""
+    return len(msg.value) + len(msg.key or b"") + sum(len(k) + len(v) for k, v in msg.headers) + 128
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

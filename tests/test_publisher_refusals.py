@@ -106,3 +106,27 @@ async def test_patient_topics_are_never_given_up(kafka_bootstrap: str) -> None:
         assert publisher.refusals.exempt == frozenset({own})
     finally:
         await publisher.stop()
+
+
+async def test_a_topic_limit_read_from_the_broker_refuses_before_sending(kafka_bootstrap: str) -> None:
+    """Knowing the topic's own max.message.bytes, nothing is sent and no producer is spent."""
+    from altlas.producers.topic_limits import TopicLimits
+
+    small = await _topic(kafka_bootstrap, **{"max.message.bytes": "2000"})
+    limits = TopicLimits({"bootstrap_servers": kafka_bootstrap})
+    assert await limits.fetch(small) == 2000
+    publisher = Publisher({"bootstrap_servers": kafka_bootstrap}, topic_limits=limits)
+    await publisher.start()
+    try:
+        await publisher.deliver(OutboundMessage(small, b"first", b"k"))
+        with pytest.raises(PermanentSendError) as refused:
+            await publisher.deliver(OutboundMessage(small, b"x" * 5000, b"big"))
+        assert refused.value.code is ErrorCode.RESULT_TOO_LARGE and "max.message.bytes is 2000" in str(
+            refused.value
+        )
+        assert publisher.replacements == 0
+        ready = await publisher.ready(OutboundMessage(small, b"x" * 5000, b"other"))
+        assert ready is not None and ready.code is ErrorCode.RESULT_TOO_LARGE
+        assert (await publisher.deliver(OutboundMessage(small, b"after", b"k"))).topic == small
+    finally:
+        await publisher.stop()
