@@ -83,17 +83,23 @@ async def test_a_model_raising_on_some_inputs_fails_only_those(
     assert sum(r.status is ResultStatus.OK for r in answers.values()) == 27
 
 
+def _hanging(
+    bootstrap: str, tmp: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any
+) -> Any:
+    """Settings serving the registry above, its ``stuck`` model hanging on every batch."""
+    monkeypatch.setitem(BACKENDS, "hanging-onnx", "tests.hanging_model:HangingOnnxRuntime")
+    return isolated_settings(
+        bootstrap, _registry(tmp, models_dir), modalities=["vision"], cache={"enabled": False}, **overrides
+    )
+
+
 async def test_a_hanging_model_times_out_opens_its_circuit_and_others_keep_answering(
     kafka_bootstrap: str, tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(BACKENDS, "hanging-onnx", "tests.hanging_model:HangingOnnxRuntime")
-    settings = isolated_settings(
-        kafka_bootstrap,
-        _registry(tmp_path, models_dir),
-        modalities=["vision"],
-        cache={"enabled": False},
+    settings = _hanging(
+        kafka_bootstrap, tmp_path, models_dir, monkeypatch,
         routing={"attempt_timeout_s": 0.3, "circuit_failures": 2, "circuit_cooldown_s": 60},
-    )
+    )  # fmt: skip
     run = await Running(Orchestrator(settings)).start()
     await run.orchestrator.manager.load("stuck")  # loading is not what we are timing
     try:
@@ -182,16 +188,12 @@ async def test_readyz_fails_while_waiting_records_see_nothing_answered_and_stuck
     kafka_bootstrap: str, tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Connected and assigned is not serving: records waiting with none answered make it unready."""
-    monkeypatch.setitem(BACKENDS, "hanging-onnx", "tests.hanging_model:HangingOnnxRuntime")
-    settings = isolated_settings(
-        kafka_bootstrap,
-        _registry(tmp_path, models_dir),
-        modalities=["vision"],
-        cache={"enabled": False},
+    settings = _hanging(
+        kafka_bootstrap, tmp_path, models_dir, monkeypatch,
         routing={"attempt_timeout_s": 30},
         process={"stall_s": 0.5},
         metrics={"port": 0, "monitor_interval_s": 0.2},
-    )
+    )  # fmt: skip
     run = await Running(Orchestrator(settings)).start()
     await run.orchestrator.manager.load("stuck")
     try:
