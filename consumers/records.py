@@ -17,6 +17,8 @@ class InboundRecord(NamedTuple):
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
     timestamp_ms: int
+    epoch: int = 0  # the consumer's assignment epoch when fetched (consumers/ownership.py)
+    unreadable: str | None = None  # why the client could not parse it (consumers/unreadable.py)
 
     def header(self, name: str) -> bytes | None:
         """Value of the last header called ``name``."""
@@ -26,7 +28,7 @@ class InboundRecord(NamedTuple):
         return None
 
     @classmethod
-    def from_consumer_record(cls, rec: Any) -> InboundRecord:
+    def from_consumer_record(cls, rec: Any, epoch: int = 0) -> InboundRecord:
         """Copy an aiokafka ConsumerRecord."""
         return cls(
             topic=rec.topic,
@@ -38,4 +40,5 @@ class InboundRecord(NamedTuple):
             if rec.headers
             else (),
             timestamp_ms=int(rec.timestamp or 0),
+            epoch=epoch,
         )

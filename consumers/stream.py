@@ -7,7 +7,9 @@ its partitions while too much is in flight (records or bytes: a stream of large
 images must not fill memory just because it is few records), and commits
 offsets only up to the longest finished prefix of each partition. On a
 rebalance it waits (bounded) for in-flight records of revoked partitions and
-commits them before letting go.
+commits them before letting go; then it starts a new assignment epoch
+(``ownership.py``), and exactly-once drops, uncommitted, whatever of the old
+epoch is still in flight.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from altlas.consumers.offsets import OffsetTracker
+from altlas.consumers.ownership import Ownership
 from altlas.consumers.records import InboundRecord
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,7 @@ class BatchingConsumer:
             **client_kwargs,
             **(consumer_kwargs or {}),
         )
+        self.ownership = Ownership(self._consumer)
         self._tracker = OffsetTracker()
         self._inflight = 0
         self._inflight_bytes = 0
@@ -147,6 +151,8 @@ class BatchingConsumer:
                 if not more:
                     break
                 records.extend(more)
+        # Fetched before a revocation: the partitions' new owner reads them again.
+        records = [r for r in records if r.epoch == self.ownership.epoch]
         records = self._fit_bytes(records)
         for rec in records:
             self._tracker.started((rec.topic, rec.partition), rec.offset)
@@ -168,7 +174,7 @@ class BatchingConsumer:
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         out: list[InboundRecord] = []
         for recs in batches.values():
-            out.extend(InboundRecord.from_consumer_record(r) for r in recs)
+            out.extend(InboundRecord.from_consumer_record(r, self.ownership.epoch) for r in recs)
         return out
 
     def _full(self, fraction: float = 1.0) -> bool:
@@ -209,12 +215,17 @@ class BatchingConsumer:
     async def finished(self, records: Sequence[InboundRecord]) -> None:
         """These records' outcomes are durably published; commit what became contiguous."""
         for rec in records:
-            self._tracker.finished((rec.topic, rec.partition), rec.offset)
+            if rec.epoch == self.ownership.epoch:  # else: forgotten, maybe re-fetched by a new epoch
+                self._tracker.finished((rec.topic, rec.partition), rec.offset)
+        await self.abandon(records)
+        await self.commit()
+
+    async def abandon(self, records: Sequence[InboundRecord]) -> None:
+        """These records leave the in-flight count unanswered (work of a revoked assignment)."""
         self._inflight -= len(records)
         self._inflight_bytes -= sum(_size(r) for r in records)
         async with self._progress:
             self._progress.notify_all()
-        await self.commit()
 
     async def commit(self) -> None:
         """Commit finished prefixes of owned partitions; concurrent calls coalesce."""
@@ -258,6 +269,7 @@ class BatchingConsumer:
                 log.warning("rebalance: in-flight records not finished in time; they will be redelivered")
         if not self.transactional:
             await self._commit_once()
+        await self.ownership.revoked()  # waits for a transaction in progress to end
         self._tracker.forget(revoked)
 
     async def rewind(self) -> None:

@@ -18,13 +18,18 @@ otherwise replaces the producer (same transactional id: the broker bumps the
 epoch and discards the open transaction); the caller then rewinds its
 consumer to the committed offsets and tries again. Only being fenced by
 another producer with the same transactional id is fatal.
+
+aiokafka sends the offsets without the consumer's generation (no KIP-447), so
+the broker would take them from a member the group already expelled; the
+caller's ``confirm`` (``consumers/ownership.py``) asks the group right before
+EndTxn instead, and a member that is no longer in it aborts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -48,6 +53,10 @@ class Fenced(Exception):
 
 class TransactionAborted(Exception):
     """The batch's transaction did not commit; nothing of it is visible. Rewind and retry."""
+
+
+class NotAMember(Exception):
+    """The consumer group no longer counts this member in: its offsets must not commit."""
 
 
 class TransactionalPublisher:
@@ -90,9 +99,14 @@ class TransactionalPublisher:
         await self._producer.stop()
 
     async def publish(
-        self, messages: Sequence[OutboundMessage], offsets: dict[tuple[str, int], int], group_id: str
+        self,
+        messages: Sequence[OutboundMessage],
+        offsets: dict[tuple[str, int], int],
+        group_id: str,
+        *,
+        confirm: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
-        """Produce ``messages`` and commit ``offsets`` for ``group_id`` atomically."""
+        """Produce ``messages`` and commit ``offsets`` for ``group_id`` atomically, if ``confirm`` agrees."""
         async with self._lock:
             producer = self._producer
             sent: list[tuple[OutboundMessage, asyncio.Future[Any]]] = []
@@ -120,6 +134,8 @@ class TransactionalPublisher:
                 refused = next((a for a in acks if isinstance(a, BaseException)), None)
                 if refused is not None:
                     raise refused
+                if confirm is not None and offsets and not await confirm():
+                    raise NotAMember(f"group {group_id} no longer counts this member in")
                 await producer.commit_transaction()
                 self.commits += 1
             except ProducerFenced as exc:
