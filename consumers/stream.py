@@ -17,19 +17,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CorruptRecordException, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from altlas.consumers.offsets import OffsetTracker
 from altlas.consumers.ownership import Ownership
 from altlas.consumers.records import InboundRecord
+from altlas.consumers.unreadable import rewind_and_isolate
 
 log = logging.getLogger(__name__)
+
+#: What parsing a fetched record can raise inside the client (a header key that is not UTF-8 is a
+#: ValueError; a bad CRC is CorruptRecordException).
+_UNPARSABLE = (ValueError, IndexError, struct.error, CorruptRecordException)
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,7 @@ class BatchingConsumer:
         self._inflight = 0
         self._inflight_bytes = 0
         self._held_bytes = 0  # decoded from records in flight: released by whoever holds them
+        self._next_offsets: dict[TopicPartition, int] = {}  # per partition, first offset not handed out
         self._carry: list[InboundRecord] = []
         self._paused = False
         self._progress = asyncio.Condition()
@@ -171,10 +178,14 @@ class BatchingConsumer:
         return records
 
     async def _poll(self, timeout_ms: int, max_records: int) -> list[InboundRecord]:
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        try:
+            batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except _UNPARSABLE as exc:  # one record the client cannot parse: step over it, lose nothing
+            return await rewind_and_isolate(self._consumer, self._next_offsets, exc, self.ownership.epoch)
         out: list[InboundRecord] = []
-        for recs in batches.values():
+        for tp, recs in batches.items():
             out.extend(InboundRecord.from_consumer_record(r, self.ownership.epoch) for r in recs)
+            self._next_offsets[tp] = recs[-1].offset + 1
         return out
 
     def _full(self, fraction: float = 1.0) -> bool:
@@ -271,6 +282,8 @@ class BatchingConsumer:
             await self._commit_once()
         await self.ownership.revoked()  # waits for a transaction in progress to end
         self._tracker.forget(revoked)
+        for t, p in revoked:
+            self._next_offsets.pop(TopicPartition(t, p), None)
 
     async def rewind(self) -> None:
         """Forget everything in flight and go back to the committed offsets (after an aborted transaction)."""
@@ -278,6 +291,7 @@ class BatchingConsumer:
         self._inflight = 0
         self._inflight_bytes = 0
         self._carry = []
+        self._next_offsets.clear()  # back to the committed offsets
         assigned = list(self._consumer.assignment())
         for tp in assigned:
             # Not seek_to_committed: it leaves partitions without a committed offset where they are.

@@ -23,29 +23,24 @@ from altlas.consumers.records import InboundRecord
 from altlas.models.errors import ModelError
 from altlas.models.registry import ModelSpec
 from altlas.orchestration.replies import ReplyPolicy
-from altlas.orchestration.settings import TopicSettings
+from altlas.orchestration.settings import Modality, TopicSettings
 from altlas.orchestration.tracing import Tracing
 from altlas.orchestration.workers import JobResult
 from altlas.producers.publisher import OutboundMessage
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.errors import AltlasError, ErrorCode
+from altlas.schemas.modalities import RESULT_TYPES
 from altlas.schemas.types import (
     AnyRequest,
-    AudioResult,
     DeadLetter,
     ErrorInfo,
     Header,
     Record,
-    Result,
     ResultStatus,
-    TextResult,
-    VisionResult,
     to_datum,
 )
 
 log = logging.getLogger(__name__)
-
-RESULT_TYPES: dict[str, type[Result]] = {"text": TextResult, "vision": VisionResult, "audio": AudioResult}
 
 
 @dataclass
@@ -117,7 +112,7 @@ class Answers:
 
     def __init__(
         self,
-        modality: str,
+        modality: Modality,
         *,
         codec: AvroCodec,
         topics: TopicSettings,
@@ -134,13 +129,13 @@ class Answers:
         self.instance_id = instance_id
         self.group_id = group_id
         self.max_message_bytes = max_message_bytes
-        self.default_results = topics.results(modality)  # type: ignore[arg-type]
+        self.default_results = topics.results(modality)
         # Replays write every answer to one output topic, with no dead letters, and mark them.
         self.forced_topic: str | None = None
         self.dead_letters = True
         self.extra_headers: tuple[tuple[str, bytes], ...] = ()
         self._model_headers: dict[str, list[tuple[str, bytes]]] = {}
-        self.policy = policy or ReplyPolicy(modality, topics, topics.reply_topics)  # type: ignore[arg-type]
+        self.policy = policy or ReplyPolicy(modality, topics, topics.reply_topics)
 
     # ------------------------------------------------------------ results
     def result(
@@ -167,17 +162,16 @@ class Answers:
                 members=members, task=task, default_topic=True,
             )  # fmt: skip
         result = self._result(
-            request.request_id,
-            task or str(request.task),
-            status,
-            spec,
-            output,
-            None,
-            job,
-            request,
-            request.metadata,
-            attributes,
-            members,
+            request_id=request.request_id,
+            task=task or str(request.task),
+            status=status,
+            spec=spec,
+            output=output,
+            job=job,
+            request=request,
+            metadata=request.metadata,
+            attributes=attributes,
+            members=members,
         )
         msg = self.message(result, topic, request.request_id, self.headers(span, topic, rec, spec))
         self.tracing.end(span)
@@ -190,17 +184,12 @@ class Answers:
             message=f"deadline {request.deadline} passed before it ran",
         )
         result = self._result(
-            request.request_id,
-            str(request.task),
-            ResultStatus.EXPIRED,
-            None,
-            None,
-            info,
-            None,
-            request,
-            request.metadata,
-            None,
-            (),
+            request_id=request.request_id,
+            task=str(request.task),
+            status=ResultStatus.EXPIRED,
+            error=info,
+            request=request,
+            metadata=request.metadata,
         )
         topic = self.reply_topic(request.reply_topic)
         msg = self.message(result, topic, request.request_id, self.headers(span, topic, rec, None))
@@ -212,17 +201,13 @@ class Answers:
     ) -> OutboundMessage:
         """One streamed chunk, as a ``partial`` result."""
         result = self._result(
-            request.request_id,
-            str(request.task),
-            ResultStatus.PARTIAL,
-            spec,
-            chunk,
-            None,
-            None,
-            request,
-            request.metadata,
-            None,
-            (),
+            request_id=request.request_id,
+            task=str(request.task),
+            status=ResultStatus.PARTIAL,
+            spec=spec,
+            output=chunk,
+            request=request,
+            metadata=request.metadata,
         )
         return self.message(result, self.reply_topic(request.reply_topic), request.request_id, headers)
 
@@ -252,17 +237,16 @@ class Answers:
         salvage = self._salvage_from(request) if request is not None else self.salvage(rec)
         if salvage is not None:
             result = self._result(
-                salvage.request_id,
-                task or salvage.task,
-                ResultStatus.ERROR,
-                spec,
-                None,
-                info,
-                job,
-                request,
-                salvage.metadata,
-                attributes,
-                members,
+                request_id=salvage.request_id,
+                task=task or salvage.task,
+                status=ResultStatus.ERROR,
+                spec=spec,
+                error=info,
+                job=job,
+                request=request,
+                metadata=salvage.metadata,
+                attributes=attributes,
+                members=members,
             )
             topic = self.default_results if default_topic else self.reply_topic(salvage.reply_topic)
             messages.append(
@@ -313,17 +297,18 @@ class Answers:
     # ------------------------------------------------------------ pieces
     def _result(
         self,
+        *,
         request_id: str,
         task: str,
         status: ResultStatus,
-        spec: ModelSpec | None,
-        output: Record | None,
-        error: ErrorInfo | None,
-        job: JobResult | None,
         request: AnyRequest | None,
         metadata: dict[str, str],
-        attributes: dict[str, str] | None,
-        members: Sequence[MemberAnswer],
+        spec: ModelSpec | None = None,
+        output: Record | None = None,
+        error: ErrorInfo | None = None,
+        job: JobResult | None = None,
+        attributes: dict[str, str] | None = None,
+        members: Sequence[MemberAnswer] = (),
     ) -> dict[str, Any]:
         """The result as the Avro datum itself.
 
@@ -353,17 +338,15 @@ class Answers:
     ) -> dict[str, Any]:
         failed = isinstance(member.output, BaseException)
         return self._result(
-            request_id,
-            task,
-            ResultStatus.ERROR if failed else ResultStatus.OK,
-            member.spec,
-            None if failed else member.output,  # type: ignore[arg-type]
-            error_info(member.output, default=ErrorCode.MODEL_FAILED) if failed else None,  # type: ignore[arg-type]
-            member.job,
-            request,
-            {},
-            None,
-            (),
+            request_id=request_id,
+            task=task,
+            status=ResultStatus.ERROR if failed else ResultStatus.OK,
+            spec=member.spec,
+            output=None if failed else member.output,  # type: ignore[arg-type]
+            error=error_info(member.output, default=ErrorCode.MODEL_FAILED) if failed else None,  # type: ignore[arg-type]
+            job=member.job,
+            request=request,
+            metadata={},
         )
 
     def salvage(self, rec: InboundRecord) -> Salvage | None:

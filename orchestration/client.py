@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from altlas.orchestration.settings import Modality, TopicSettings
 from altlas.schemas.codec import AvroCodec
+from altlas.schemas.modalities import RESULT_TYPES, request_modality
 from altlas.schemas.types import (
     AnyRequest,
     AudioRequest,
@@ -29,8 +30,6 @@ from altlas.schemas.types import (
     TextRequest,
     VisionRequest,
 )
-
-_RESULTS: dict[str, str] = {"text": "TextResult", "vision": "VisionResult", "audio": "AudioResult"}
 
 
 def make_request(
@@ -161,7 +160,7 @@ class AltlasClient:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Produce one request, keyed by its id, and wait for the ack."""
-        modality = modality or _modality_of(request)
+        modality = modality or request_modality(request)
         topic = topic or self.topics.requests(modality)
         value = self.codec.encode_record(request, topic=topic)
         await self._producer.send_and_wait(topic, value, key=request.request_id.encode(), headers=headers)
@@ -170,7 +169,7 @@ class AltlasClient:
         """Produce many requests without waiting for each ack; returns how many."""
         futures = []
         for request in requests:
-            t = topic or self.topics.requests(_modality_of(request))
+            t = topic or self.topics.requests(request_modality(request))
             value = self.codec.encode_record(request, topic=t)
             futures.append(await self._producer.send(t, value, key=request.request_id.encode()))
         await asyncio.gather(*futures)
@@ -199,7 +198,7 @@ class AltlasClient:
         self, request: AnyRequest, *, modality: Modality | None = None, timeout_s: float = 60.0
     ) -> Result | None:
         """Send one request and wait for its result."""
-        modality = modality or _modality_of(request)
+        modality = modality or request_modality(request)
         async with self.reader(request.reply_topic or self.topics.results(modality)) as reader:
             await self.send(request, modality=modality)
             return (await self.collect(reader, modality, [request.request_id], timeout_s)).get(
@@ -222,15 +221,4 @@ class AltlasClient:
 
 
 def _result_class(modality: str) -> type[Result]:
-    from altlas.schemas import types
-
-    cls: type[Result] = getattr(types, _RESULTS[modality])
-    return cls
-
-
-def _modality_of(request: AnyRequest) -> Modality:
-    if isinstance(request, TextRequest):
-        return "text"
-    if isinstance(request, VisionRequest):
-        return "vision"
-    return "audio"
+    return RESULT_TYPES[modality]  # type: ignore[index]

@@ -32,6 +32,7 @@ from altlas.orchestration.kafka_dist import KafkaDistribution
 from altlas.orchestration.localkafka import LocalBroker
 from altlas.orchestration.service import Orchestrator, build_codec
 from altlas.orchestration.settings import Modality, Settings, load_settings
+from altlas.schemas.modalities import request_modality
 from altlas.schemas.types import (
     AnyRequest,
     Classification,
@@ -218,4 +219,4 @@ def _answer(result: Result) -> str:
 
 
 def _modality(request: AnyRequest) -> str:
-    return {"TextRequest": "text", "VisionRequest": "vision", "AudioRequest": "audio"}[type(request).__name__]
+    return request_modality(request)

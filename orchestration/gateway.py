@@ -43,21 +43,18 @@ from altlas.orchestration.settings import Modality, Settings
 from altlas.orchestration.sniff import modality_of, sniff
 from altlas.orchestration.topics import ensure_topics, topic_plan
 from altlas.schemas.errors import ErrorCode
+from altlas.schemas.modalities import RESULT_TYPES
 from altlas.schemas.types import (
     AnyRequest,
-    AudioResult,
     ModelStatus,
     ParamValue,
     Result,
     ResultStatus,
     Speech,
-    TextResult,
-    VisionResult,
 )
 
 log = logging.getLogger(__name__)
 
-_RESULT_TYPES: dict[str, type[Result]] = {"text": TextResult, "vision": VisionResult, "audio": AudioResult}
 #: HTTP status of an error result, by error code; anything not listed is a 500.
 HTTP_STATUS: dict[str, int] = {
     ErrorCode.DECODE_ERROR: 400,
@@ -142,7 +139,7 @@ class ResultWaiter(_TopicFollower):
 
     def __init__(self, client: AltlasClient, modality: Modality, topic: str) -> None:
         super().__init__(client, topic, from_beginning=False)
-        self.result_type = _RESULT_TYPES[modality]
+        self.result_type = RESULT_TYPES[modality]
         self._pending: dict[str, asyncio.Future[Result]] = {}
 
     def expect(self, request_id: str) -> asyncio.Future[Result]:

@@ -26,7 +26,7 @@ from opentelemetry.trace import Span, SpanContext
 from altlas.consumers.records import InboundRecord
 from altlas.models.errors import ModelError
 from altlas.models.registry import ModelSpec
-from altlas.orchestration.answers import RESULT_TYPES, Answers, MemberAnswer, Outcome, error_info
+from altlas.orchestration.answers import Answers, MemberAnswer, Outcome, error_info
 from altlas.orchestration.cache import ResultCache, cache_key
 from altlas.orchestration.chunks import ChunkStream
 from altlas.orchestration.decoding import Decoder
@@ -49,24 +49,17 @@ from altlas.schemas.errors import (
     PayloadTooLargeError,
     TransientError,
 )
+from altlas.schemas.modalities import REQUEST_TYPES
 from altlas.schemas.types import (
     AnyRequest,
-    AudioRequest,
     DeadLetter,
     Record,
     ResultStatus,
-    TextRequest,
-    VisionRequest,
 )
 
 log = logging.getLogger(__name__)
 
-REQUEST_TYPES: dict[str, type[AnyRequest]] = {
-    "text": TextRequest,
-    "vision": VisionRequest,
-    "audio": AudioRequest,
-}
-__all__ = ["RESULT_TYPES", "Outcome", "ProcessorContext", "RequestProcessor", "error_info"]
+__all__ = ["Outcome", "ProcessorContext", "RequestProcessor", "error_info"]
 
 
 @dataclass
@@ -319,6 +312,8 @@ class RequestProcessor:
         return decoded
 
     def _decode(self, rec: InboundRecord) -> AnyRequest:
+        if rec.unreadable is not None:
+            raise DecodeError(f"the Kafka client could not parse the record: {rec.unreadable}")
         if rec.value is None:
             raise DecodeError("record has no value (tombstone)")
         if len(rec.value) > self.ctx.max_message_bytes:

@@ -29,12 +29,7 @@ from altlas.orchestration.processor import Overrides, RequestProcessor
 from altlas.orchestration.service import Orchestrator
 from altlas.orchestration.settings import MODALITIES, Modality, Settings
 from altlas.orchestration.topics import ensure_topics
-
-_MODALITY_OF = {
-    "altlas.events.TextRequest": "text",
-    "altlas.events.VisionRequest": "vision",
-    "altlas.events.AudioRequest": "audio",
-}
+from altlas.schemas.modalities import MODALITY_OF_RECORD
 
 
 @dataclass(frozen=True)
@@ -189,5 +184,4 @@ def _modality(orchestrator: Orchestrator, rec: InboundRecord) -> Modality | None
         name = orchestrator.codec.writer_of(rec.value).name
     except Exception:
         return None
-    found = _MODALITY_OF.get(name)
-    return found  # type: ignore[return-value]
+    return MODALITY_OF_RECORD.get(name)

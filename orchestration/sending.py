@@ -24,10 +24,10 @@ from altlas.orchestration.client import AltlasClient, make_request
 from altlas.orchestration.settings import Modality
 from altlas.orchestration.sniff import modality_of
 from altlas.pipelines.masks import decode_rle
+from altlas.schemas.modalities import RESULT_TYPES
 from altlas.schemas.types import (
     AnyRequest,
     AudioClassification,
-    AudioResult,
     Classification,
     Detection,
     Diarization,
@@ -39,9 +39,7 @@ from altlas.schemas.types import (
     Speech,
     TextChunk,
     TextGeneration,
-    TextResult,
     Transcription,
-    VisionResult,
 )
 
 MODALITIES: tuple[Modality, ...] = ("text", "vision", "audio")
@@ -116,7 +114,7 @@ async def exchange(
         deadline = loop.time() + timeout_s
 
         async def gather(modality: Modality) -> None:
-            cls = _RESULT_CLASSES[modality]
+            cls = RESULT_TYPES[modality]
             while wanted[modality] - found.keys() and loop.time() < deadline:
                 for rec in await readers[modality].read(min(0.5, max(0.01, deadline - loop.time()))):
                     result = client.codec.decode_record(rec.value, cls)
@@ -127,13 +125,6 @@ async def exchange(
 
         await asyncio.gather(*(gather(m) for m in readers))
     return found
-
-
-_RESULT_CLASSES: dict[Modality, type[Result]] = {
-    "text": TextResult,
-    "vision": VisionResult,
-    "audio": AudioResult,
-}
 
 
 def gist(result: Result) -> str:

@@ -25,9 +25,8 @@ from pydantic_settings import (
 
 from altlas.schemas.codec import WireFormat
 from altlas.schemas.confluent import SubjectStrategy
-
-Modality = Literal["text", "vision", "audio"]
-MODALITIES: tuple[Modality, ...] = ("text", "vision", "audio")
+from altlas.schemas.modalities import MODALITIES as MODALITIES  # re-exported: settings are per modality
+from altlas.schemas.modalities import Modality as Modality
 
 
 def cache_dir() -> Path:

@@ -22,7 +22,7 @@ from altlas.orchestration.client import make_request
 from altlas.orchestration.kafka_clients import client_kwargs
 from altlas.orchestration.settings import Settings
 from altlas.schemas.types import ResultStatus, VisionResult
-from tests.conftest import connect, isolated_settings, serving
+from tests.conftest import connect, create_topics, isolated_settings, serving
 from tests.images import png_bomb, solid
 
 ORDINARY = 300
@@ -195,3 +195,56 @@ async def _end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, i
         return await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
     finally:
         await consumer.stop()
+
+
+async def test_a_record_the_kafka_client_cannot_parse_is_dead_lettered_and_nothing_around_it_is_lost(
+    kafka_bootstrap: str, registry_file: Path
+) -> None:
+    """A header key that is not UTF-8 makes aiokafka raise for the whole fetch, on every instance."""
+    import shutil
+    import subprocess
+
+    kcat = shutil.which("kcat")
+    assert kcat, "kcat is installed by make system-deps"
+    settings = isolated_settings(
+        kafka_bootstrap, registry_file, modalities=["vision"], topics={"partitions": 1}
+    )
+    topic = settings.topics.requests("vision")
+    async with connect(settings) as client:
+        before = [
+            make_request("vision", "classify", solid((i, 1, 1)), model="mean-color", request_id=f"before-{i}")
+            for i in range(20)
+        ]
+        after = [
+            make_request("vision", "classify", solid((i, 2, 2)), model="mean-color", request_id=f"after-{i}")
+            for i in range(20)
+        ]
+        await create_topics(settings)
+        await client.send_many(before, topic=topic)
+        poison = b"any value: the header key is what no client can read"  # one line: kcat splits on newlines
+        await asyncio.to_thread(
+            subprocess.run,
+            [kcat, "-b", kafka_bootstrap, "-P", "-t", topic, "-p", "0", "-H", "\udcff\udcfe=x"],
+            input=poison,
+            check=True,
+            capture_output=True,
+            env={**os.environ, "LC_ALL": "C"},
+        )
+        await client.send_many(after, topic=topic)
+        async with serving(settings):
+            async with client.reader(settings.topics.results("vision"), from_beginning=True) as results:
+                answers = await client.collect(
+                    results, "vision", [r.request_id for r in before + after], timeout_s=60
+                )
+            async with client.reader(settings.topics.dead_letter, from_beginning=True) as dlq:
+                letters = [client.decode_dead_letter(r.value) for r in await dlq.read(5.0)]
+            for _ in range(30):  # the commit follows the dead letter's acknowledgement
+                committed = await _committed(settings, topic)
+                if committed.get(0, -1) >= 41:
+                    break
+                await asyncio.sleep(0.3)
+    assert len(answers) == 40 and all(a.status is ResultStatus.OK for a in answers.values())
+    (letter,) = letters
+    assert (letter.topic, letter.partition, letter.offset) == (topic, 0, 20)
+    assert letter.error_code == "DECODE_ERROR" and "could not parse" in (letter.error_message or "")
+    assert committed.get(0) == 41
