@@ -45,6 +45,9 @@ class GenerationCancelled(ModelError):
     """Nobody waits for this output any more (its time budget ran out): generation stopped early."""
 
     code = "DEADLINE_EXCEEDED"
+    # What was generated before it stopped, for the error result.
+    partial_text: str = ""
+    completion_tokens: int = 0
 
 
 class InvalidInputError(ModelError):

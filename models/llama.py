@@ -7,16 +7,12 @@ callers beyond the pool wait on a queue, on their own worker thread. The
 weights are memory-mapped, so extra contexts cost their KV cache, not another
 copy of the model.
 
-When several requests are queued, up to ``params.batch_sequences`` of them are
-decoded together in one context (llama.cpp's batched decoding, see
-``llama_batch``); a lone or streamed request takes the single-sequence path.
-
-Single-sequence generation is a token loop over ``Llama.generate`` rather than
-``create_completion``: that gives exact token accounting, a context check before
-anything runs, and streamed text that always adds up to the final text (see
-``llama_text.TextAssembler``). Each request starts from a cleared context
-(unless ``params.prompt_cache``), so the same request with the same seed gives
-the same text whatever ran on that context before.
+Every request, batched or streamed, goes through a context's scheduler
+(``llama_scheduler``): one decode loop over ``params.batch_sequences`` slots
+that requests join and leave at every step, reusing the KV cells of a cached
+prompt prefix. A request's text depends only on the request (and its seed),
+never on what ran before or beside it. The ``Llama`` object itself only
+tokenizes, detokenizes and builds sampler chains, so its own context is tiny.
 """
 
 from __future__ import annotations
@@ -26,12 +22,10 @@ import ctypes
 import io
 import logging
 import os
-import queue
-import random
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import llama_cpp
@@ -40,14 +34,13 @@ from llama_cpp.llama_grammar import LlamaGrammar
 
 from altlas.models.errors import GenerationCancelled, ModelLoadError
 from altlas.models.gguf_header import GgufFormatError, context_length, read_metadata
-from altlas.models.llama_batch import BatchDecoder, BatchItem
+from altlas.models.llama_scheduler import Job, Scheduler
 from altlas.models.llama_text import (
     ChatTemplateError,
     ContextOverflowError,
     GenerationRequest,
     GenerationResult,
     InvalidGrammarError,
-    TextAssembler,
 )
 from altlas.models.registry import ModelSpec
 
@@ -59,8 +52,12 @@ _native_log = logging.getLogger("altlas.models.llama.native")
 #: Default context when the registry names none: the model's own, capped, since
 #: a 128k-token context would allocate gigabytes of KV cache per pool slot.
 DEFAULT_MAX_CTX = 4096
-#: Sequences decoded together when several requests are queued (see llama_batch).
+#: Sequence slots per context decoded together (see llama_scheduler).
 DEFAULT_BATCH_SEQUENCES = 4
+#: Extra idle sequences per context kept only for their cached prompt prefixes.
+DEFAULT_CACHED_PREFIXES = 1
+#: The ``Llama`` object's own context: it never decodes, the schedulers' contexts do.
+_TOKENIZER_CTX = 64
 
 # llama.cpp's log goes to one process-wide callback. Ours forwards it to logging
 # and keeps recent error lines per thread, so a failed load can say why (the
@@ -100,21 +97,21 @@ def gpu_offload_supported() -> bool:
 
 
 class LlamaRuntime:
-    """One GGUF model with a pool of llama.cpp contexts."""
+    """One GGUF model with a pool of llama.cpp contexts, each run by a continuous-batching scheduler."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         params = spec.params
         self.pool_size = max(1, int(params.get("contexts") or spec.metadata.concurrency or 1))
-        self.prompt_cache = bool(params.get("prompt_cache", False))
+        self.prompt_cache = bool(params.get("prompt_cache", True))
         self.batch_sequences = max(1, int(params.get("batch_sequences", DEFAULT_BATCH_SEQUENCES)))
+        self.cached_prefixes = max(0, int(params.get("cached_prefixes", DEFAULT_CACHED_PREFIXES)))
         self.n_ctx = 0
         self.n_threads = 0
         self.n_gpu_layers = 0
         self.metadata: dict[str, Any] = {}
         self._contexts: list[llama_cpp.Llama] = []
-        self._free: queue.Queue[llama_cpp.Llama] = queue.Queue()
-        self._batchers: dict[int, BatchDecoder] = {}  # id(context) -> its batched-decoding twin
+        self._schedulers: list[Scheduler] = []
         self._chat: Jinja2ChatFormatter | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -134,12 +131,13 @@ class LlamaRuntime:
         self.n_ctx = int(params.get("n_ctx") or min(trained or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX))
         self.n_threads = int(params.get("n_threads") or max(1, (os.cpu_count() or 1) // self.pool_size))
         self.n_gpu_layers = self._gpu_layers(params.get("n_gpu_layers", "auto"))
+        n_batch = int(params.get("n_batch", 512))
         kwargs: dict[str, Any] = {
-            "n_ctx": self.n_ctx,
+            "n_ctx": min(self.n_ctx, _TOKENIZER_CTX),
             "n_threads": self.n_threads,
             "n_threads_batch": self.n_threads,
             "n_gpu_layers": self.n_gpu_layers,
-            "n_batch": int(params.get("n_batch", 512)),
+            "n_batch": n_batch,
             "flash_attn": bool(params.get("flash_attn", False)),
             "use_mmap": bool(params.get("use_mmap", True)),
         }
@@ -147,11 +145,8 @@ class LlamaRuntime:
             for _ in range(self.pool_size):
                 llm = self._construct(str(path), kwargs)
                 self._contexts.append(llm)
-                if self.batch_sequences > 1:
-                    self._batchers[id(llm)] = BatchDecoder(
-                        llm, self.batch_sequences, self.n_ctx, kwargs["n_batch"]
-                    )
-                self._free.put(llm)
+                slots, cached = self.batch_sequences, self.cached_prefixes
+                self._schedulers.append(Scheduler(llm, slots, cached, self.n_ctx, n_batch, self.prompt_cache))
         except ModelLoadError:
             self.unload()
             raise
@@ -160,9 +155,10 @@ class LlamaRuntime:
             raise ModelLoadError(f"{self.spec.key}: {exc}") from exc
         self._chat = self._chat_formatter(self._contexts[0])
         log.info(
-            "llama.cpp model %s loaded: %d context(s) of %d tokens, %d thread(s), %d GPU layer(s)",
+            "llama.cpp model %s loaded: %d context(s) of %d slot(s) x %d tokens, %d thread(s), %d GPU layers",
             self.spec.key,
             self.pool_size,
+            self.batch_sequences,
             self.n_ctx,
             self.n_threads,
             self.n_gpu_layers,
@@ -201,28 +197,31 @@ class LlamaRuntime:
         )
 
     def unload(self) -> None:
-        """Free every context (the model's memory map goes with the last one)."""
-        for batcher in self._batchers.values():
-            batcher.close()
-        self._batchers.clear()
+        """Stop the schedulers and free every context (the model's memory map goes with the last one)."""
+        for scheduler in self._schedulers:
+            scheduler.close()
+        self._schedulers.clear()
         for llm in self._contexts:
             llm.close()
         self._contexts.clear()
-        self._free = queue.Queue()
 
-    def memory_bytes(self) -> int:
-        """Weights on disk plus each context's KV cache (f16 keys and values)."""
-        path = self.spec.path
-        weights = path.stat().st_size if path is not None and path.exists() else 0
+    def kv_cell_bytes(self) -> int:
+        """KV memory of one token of one sequence (f16 keys and values, all layers)."""
         if not self._contexts:
-            return weights
+            return 0
         model = self._contexts[0].model
         n_layer = llama_cpp.llama_model_n_layer(model)
         n_embd = llama_cpp.llama_model_n_embd(model)
         heads = max(1, llama_cpp.llama_model_n_head(model))
         kv_dim = n_embd * llama_cpp.llama_model_n_head_kv(model) // heads
-        sequences = self.pool_size * (1 + (self.batch_sequences if self.batch_sequences > 1 else 0))
-        return int(weights + sequences * self.n_ctx * n_layer * kv_dim * 2 * 2)
+        return int(n_layer * kv_dim * 2 * 2)
+
+    def memory_bytes(self) -> int:
+        """Weights on disk plus each context's KV cache: (slots + cached prefixes) x n_ctx cells."""
+        path = self.spec.path
+        weights = path.stat().st_size if path is not None and path.exists() else 0
+        sequences = self.pool_size * (self.batch_sequences + self.cached_prefixes)
+        return int(weights + sequences * self.n_ctx * self.kv_cell_bytes())
 
     @property
     def has_chat_template(self) -> bool:
@@ -230,70 +229,58 @@ class LlamaRuntime:
         return self._chat is not None
 
     # ------------------------------------------------------------ inference
-    @contextlib.contextmanager
-    def _context(self) -> Iterator[llama_cpp.Llama]:
-        if not self._contexts:
+    def submit(
+        self, request: GenerationRequest, on_text: Callable[[str], None] | None = None
+    ) -> Future[GenerationResult]:
+        """Queue one request on the least busy context; returns at once.
+
+        Tokenizing and grammar checks run here, on the caller's thread; a
+        request they reject gets a future that already holds the error.
+        ``cancel()`` on the future stops the request within one decode step.
+        """
+        if not self._schedulers:
             raise RuntimeError(f"{self.spec.key} is not loaded")
-        llm = self._free.get()  # blocks this worker thread, never the event loop
+        llm = self._contexts[0]
         try:
-            yield llm
-        finally:
-            self._free.put(llm)
+            tokens = self._checked_tokens(llm, request)
+            s = request.sampling
+            grammar = self._grammar(llm, s.grammar) if s.grammar else None
+        except _REQUEST_ERRORS as exc:
+            failed: Future[GenerationResult] = Future()
+            failed.set_exception(exc)
+            return failed
+        job = Job(
+            tokens,
+            s,
+            grammar,
+            min(s.max_tokens, self.n_ctx - len(tokens)),
+            deadline=request.deadline,
+            on_text=on_text,
+        )
+        return min(self._schedulers, key=lambda sch: sch.load).submit(job)
 
     def predict_batch(self, inputs: Sequence[GenerationRequest]) -> list[Any]:
-        """Generate for each request on one context; a failure stays in its slot.
-
-        With ``batch_sequences`` > 1, up to that many requests decode together.
-        """
-        outputs: list[Any] = [None] * len(inputs)
-        with self._context() as llm:
-            batcher = self._batchers.get(id(llm))
-            step = batcher.n_seq if batcher is not None and len(inputs) > 1 else 1
-            for start in range(0, len(inputs), step):
-                group = list(range(start, min(start + step, len(inputs))))
-                if batcher is None or len(group) == 1:
-                    for i in group:
-                        outputs[i] = self._one(llm, inputs[i])
-                    continue
-                items: dict[int, BatchItem] = {}
-                for i in group:
-                    try:
-                        items[i] = self._batch_item(llm, inputs[i])
-                    except _REQUEST_ERRORS as exc:
-                        outputs[i] = exc
-                if len(items) == 1:
-                    (i,) = items
-                    outputs[i] = self._one(llm, inputs[i])
-                elif items:
-                    for i, result in zip(items, batcher.run(list(items.values())), strict=True):
-                        outputs[i] = result
+        """Generate for each request; a failure stays in its slot."""
+        futures = [self.submit(request) for request in inputs]
+        outputs: list[Any] = []
+        for future in futures:
+            try:
+                outputs.append(future.result())
+            except Exception as exc:  # rejected, cancelled, or its decoding failed: this item only
+                outputs.append(exc)
         return outputs
-
-    def _one(self, llm: llama_cpp.Llama, request: GenerationRequest) -> Any:
-        try:
-            return self._generate(llm, request, None)
-        except _REQUEST_ERRORS as exc:
-            return exc
-
-    def _batch_item(self, llm: llama_cpp.Llama, request: GenerationRequest) -> BatchItem:
-        tokens = self._checked_tokens(llm, request)
-        s = request.sampling
-        grammar = self._grammar(llm, s.grammar) if s.grammar else None
-        return BatchItem(
-            tokens, s, grammar, min(s.max_tokens, self.n_ctx - len(tokens)), deadline=request.deadline
-        )
 
     def generate(
         self, request: GenerationRequest, on_text: Callable[[str], None] | None = None
     ) -> GenerationResult:
         """One request; ``on_text`` gets the text in pieces as it is generated."""
-        with self._context() as llm:
-            return self._generate(llm, request, on_text)
+        return self.submit(request, on_text).result()
 
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
         """The tokens a request's prompt (or rendered chat) becomes."""
-        with self._context() as llm:
-            return self._tokens(llm, request)
+        if not self._contexts:
+            raise RuntimeError(f"{self.spec.key} is not loaded")
+        return self._tokens(self._contexts[0], request)
 
     def _tokens(self, llm: llama_cpp.Llama, request: GenerationRequest) -> list[int]:
         if request.messages is not None:
@@ -321,57 +308,6 @@ class LlamaRuntime:
             raise InvalidGrammarError(f"{self.spec.key}: the grammar does not parse (GBNF, root rule 'root')")
         llama_cpp.llama_sampler_free(sampler)
         return LlamaGrammar.from_string(gbnf, verbose=False)
-
-    def _generate(
-        self, llm: llama_cpp.Llama, request: GenerationRequest, on_text: Callable[[str], None] | None
-    ) -> GenerationResult:
-        started = time.perf_counter()
-        if request.deadline is not None and time.monotonic() >= request.deadline:
-            raise GenerationCancelled(f"{self.spec.key}: the request's time budget ran out before it started")
-        s = request.sampling
-        tokens = self._checked_tokens(llm, request)
-        grammar = self._grammar(llm, s.grammar) if s.grammar else None
-        max_tokens = min(s.max_tokens, self.n_ctx - len(tokens))
-        if not self.prompt_cache:  # no prefix reuse: the text must not depend on the previous request
-            llm.reset()  # type: ignore[no-untyped-call]
-        llm.set_seed(s.seed if s.seed is not None else random.SystemRandom().randrange(2**32))
-        vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        text = TextAssembler(s.stop)
-        finish, produced = "length", 0
-        for token in llm.generate(
-            tokens,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            min_p=s.min_p,
-            temp=s.temperature,
-            repeat_penalty=s.repeat_penalty,
-            grammar=grammar,
-        ):
-            if llama_cpp.llama_vocab_is_eog(vocab, token):
-                finish = "stop"
-                break
-            produced += 1
-            hit = text.feed(llm.detokenize([token]))
-            if on_text is not None and (chunk := text.ready()):
-                on_text(chunk)
-            if hit:
-                finish = "stop"
-                break
-            if produced >= max_tokens:
-                break
-            if request.deadline is not None and time.monotonic() >= request.deadline:
-                raise GenerationCancelled(
-                    f"{self.spec.key}: stopped after {produced} tokens, past the request's time budget"
-                )
-        if on_text is not None and (chunk := text.rest()):
-            on_text(chunk)
-        return GenerationResult(
-            text=text.text,
-            finish_reason=finish,
-            prompt_tokens=len(tokens),
-            completion_tokens=produced,
-            seconds=time.perf_counter() - started,
-        )
 
     def _checked_tokens(self, llm: llama_cpp.Llama, request: GenerationRequest) -> list[int]:
         """The prompt's tokens, or ContextOverflowError: too long is rejected, never cut."""

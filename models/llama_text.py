@@ -65,6 +65,8 @@ class GenerationResult:
     prompt_tokens: int
     completion_tokens: int
     seconds: float  # prompt evaluation plus generation
+    first_token_seconds: float | None = None  # from submission (queueing included) to the first token
+    cached_prompt_tokens: int = 0  # prompt tokens whose KV cells came from a cached prefix
 
     @property
     def tokens_per_second(self) -> float:

@@ -1,0 +1,200 @@
+"""Continuous batching and prefix reuse give every request the text it gets alone.
+
+Real GGUF models (the tiny random one and the trained SmolLM2-135M): requests
+join and leave a running decode loop at random moments, share prompt prefixes
+with running and finished sequences, and are cancelled mid-generation; each
+answer must equal the one-request-at-a-time answer without any reuse.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from altlas.models.errors import GenerationCancelled
+from altlas.models.llama import LlamaRuntime
+from altlas.models.llama_scheduler import MIN_COPY_TOKENS, common_prefix
+from altlas.models.llama_text import GenerationRequest, GenerationResult, Sampling
+from altlas.models.registry import ModelRegistry
+
+
+def _runtime(path: Path, **params: Any) -> LlamaRuntime:
+    registry = ModelRegistry.from_dict(
+        {"models": [{"id": "m", "tasks": ["text.generate", "text.chat"], "backend": "llama.cpp",
+                     "path": str(path), "params": params}]}
+    )  # fmt: skip
+    runtime = LlamaRuntime(registry.get("m"))
+    runtime.load()
+    return runtime
+
+
+@pytest.fixture(scope="module")
+def alone_tiny(tiny_gguf: Path) -> Iterator[LlamaRuntime]:
+    """The reference: one slot, no cached prefixes, no reuse."""
+    runtime = _runtime(tiny_gguf, batch_sequences=1, cached_prefixes=0, prompt_cache=False)
+    yield runtime
+    runtime.unload()
+
+
+@pytest.fixture(scope="module")
+def alone_smol(smollm2_gguf: Path) -> Iterator[LlamaRuntime]:
+    runtime = _runtime(smollm2_gguf, n_ctx=1024, batch_sequences=1, cached_prefixes=0, prompt_cache=False)
+    yield runtime
+    runtime.unload()
+
+
+def _key(result: GenerationResult) -> tuple[str, str, int]:
+    return result.text, result.finish_reason, result.completion_tokens
+
+
+def _staggered(runtime: LlamaRuntime, requests: list[GenerationRequest], seed: int) -> list[GenerationResult]:
+    """Submit with random gaps, so requests join while others are mid-prompt or mid-generation."""
+    rng = random.Random(seed)
+    futures = []
+    for request in requests:
+        futures.append(runtime.submit(request))
+        time.sleep(rng.choice([0.0, 0.0, 0.002, 0.01, 0.03]))
+    return [f.result(timeout=120) for f in futures]
+
+
+def _tiny_requests() -> list[GenerationRequest]:
+    lead = "the big red house on the hill is where the old cat sleeps all day and"
+    prompts = [lead + " the dog", lead + " the bird", "one two three", lead, "x y z", lead + " a tree"]
+    requests = []
+    for i, prompt in enumerate(prompts * 2):
+        if i % 3 == 0:
+            sampling = Sampling(max_tokens=8 + 7 * i, temperature=1.0, seed=100 + i)  # seeded
+        elif i % 3 == 1:
+            sampling = Sampling(max_tokens=5 + 5 * i, temperature=0.0)  # greedy
+        else:
+            sampling = Sampling(max_tokens=30, temperature=0.7, top_k=5, seed=i, stop=(" cat",))
+        requests.append(GenerationRequest(prompt=prompt, sampling=sampling))
+    requests.append(
+        GenerationRequest(prompt="x", sampling=Sampling(temperature=0.0, grammar='root ::= " sky"+'))
+    )
+    return requests
+
+
+@pytest.mark.parametrize("slots", [2, 3, 5])
+def test_any_mix_of_joins_and_leaves_gives_each_request_its_alone_text(
+    tiny_gguf: Path, alone_tiny: LlamaRuntime, slots: int
+) -> None:
+    requests = _tiny_requests()
+    want = [_key(alone_tiny.generate(r)) for r in requests]
+    runtime = _runtime(tiny_gguf, batch_sequences=slots, cached_prefixes=1, n_batch=16)  # prompts in chunks
+    try:
+        for seed in range(3):
+            got = _staggered(runtime, requests, seed)
+            assert [_key(g) for g in got] == want
+        assert any(g.cached_prompt_tokens > 0 for g in got)  # prefixes were reused, not re-evaluated
+    finally:
+        runtime.unload()
+
+
+def test_the_trained_model_gives_the_same_chat_answers_batched_with_a_shared_system_prompt(
+    smollm2_gguf: Path, alone_smol: LlamaRuntime
+) -> None:
+    system = {"role": "system", "content": "You are a concise assistant. " * 12}
+    questions = ["What is 2+2?", "Name a color.", "What is the capital of France?", "Say hello.",
+                 "Count to five.", "What is water made of?", "Name a fruit."]  # fmt: skip
+    requests = [
+        GenerationRequest(
+            messages=(system, {"role": "user", "content": q}),
+            sampling=Sampling(max_tokens=12 + 6 * i, temperature=0.0 if i % 2 else 0.9, seed=i),
+        )
+        for i, q in enumerate(questions)
+    ]
+    want = [_key(alone_smol.generate(r)) for r in requests]
+    runtime = _runtime(smollm2_gguf, n_ctx=1024, batch_sequences=3, cached_prefixes=1, n_batch=64)
+    try:
+        got = _staggered(runtime, requests, seed=7)
+    finally:
+        runtime.unload()
+    assert [_key(g) for g in got] == want
+    assert all(w[0].strip() for w in want) and "Paris" in want[2][0]  # real answers (index 2 is greedy)
+    system_tokens = len(alone_smol.prompt_tokens(GenerationRequest(messages=(system,))))
+    # Only the first arrivals, evaluating side by side before anything is cached, start cold.
+    assert sum(g.cached_prompt_tokens >= system_tokens - 2 for g in got) >= len(got) - 3
+
+
+def test_a_prefix_is_copied_from_a_running_sequence_and_gives_the_same_text(
+    smollm2_gguf: Path, alone_smol: LlamaRuntime
+) -> None:
+    lead = (
+        "In a small village by the sea, between the cliffs and the long white beach where the children "
+        "played all summer, there lived an old fisherman with a grey beard who every morning "
+    )
+    first = GenerationRequest(prompt=lead + "went out", sampling=Sampling(max_tokens=60, temperature=0.0))
+    second = GenerationRequest(prompt=lead + "sang", sampling=Sampling(max_tokens=10, temperature=0.0))
+    runtime = _runtime(smollm2_gguf, n_ctx=1024, batch_sequences=2, cached_prefixes=0)
+    try:
+        started = threading.Event()
+        running = runtime.submit(first, lambda _: started.set())
+        assert started.wait(30)
+        copied = runtime.submit(second).result(timeout=60)  # the only other slot is empty: copy
+        assert _key(running.result(timeout=60)) == _key(alone_smol.generate(first))
+    finally:
+        runtime.unload()
+    assert _key(copied) == _key(alone_smol.generate(second))
+    tokens = alone_smol.prompt_tokens(second)
+    shared = min(common_prefix(alone_smol.prompt_tokens(first), tokens), len(tokens) - 2)  # >= 2 evaluated
+    assert copied.cached_prompt_tokens == shared >= MIN_COPY_TOKENS
+
+
+def test_prompt_cache_never_makes_a_result_depend_on_the_previous_request(
+    tiny_gguf: Path, alone_tiny: LlamaRuntime
+) -> None:
+    target = GenerationRequest(prompt="the old cat sleeps", sampling=Sampling(max_tokens=20, seed=5))
+    want = _key(alone_tiny.generate(target))
+    runtime = _runtime(tiny_gguf, batch_sequences=1, cached_prefixes=2, prompt_cache=True)
+    try:
+        for before in ["the old cat sleeps all day", "the old", "the old cat sleeps", "dog"]:
+            runtime.generate(GenerationRequest(prompt=before, sampling=Sampling(max_tokens=9, seed=1)))
+            assert _key(runtime.generate(target)) == want
+    finally:
+        runtime.unload()
+
+
+def test_a_cancelled_generation_frees_its_slot_within_a_step_and_keeps_its_text(
+    smollm2_gguf: Path,
+) -> None:
+    runtime = _runtime(smollm2_gguf, n_ctx=1024, batch_sequences=1, cached_prefixes=0)
+    try:
+        pieces: list[str] = []
+        enough = threading.Event()
+
+        def on_text(piece: str) -> None:
+            pieces.append(piece)
+            if len(pieces) >= 5:
+                enough.set()
+
+        long = runtime.submit(
+            GenerationRequest(prompt="Once upon a time", sampling=Sampling(max_tokens=900, temperature=0.0)),
+            on_text,
+        )
+        queued = runtime.submit(GenerationRequest(prompt="The sky is", sampling=Sampling(max_tokens=4)))
+        assert enough.wait(30)
+        at_cancel = len(pieces)
+        long.cancel()
+        assert queued.result(timeout=30).completion_tokens == 4  # it got the slot
+        with pytest.raises(GenerationCancelled) as caught:
+            long.result(timeout=5)
+    finally:
+        runtime.unload()
+    assert at_cancel <= caught.value.completion_tokens <= at_cancel + 2
+    assert caught.value.partial_text.startswith("".join(pieces[:at_cancel]))
+
+
+def test_common_prefix_counts_equal_leading_tokens() -> None:
+    assert common_prefix([1, 2, 3, 4], [1, 2, 9]) == 2
+    assert common_prefix([], [1]) == 0
+    assert common_prefix([5] * 700 + [1], [5] * 700 + [2]) == 700
+    assert common_prefix([1, 2], [1, 2]) == 2
