@@ -59,6 +59,9 @@ from altlas.schemas.types import (
 
 log = logging.getLogger(__name__)
 
+#: Records larger than this are read (Avro and validation) on a thread rather than on the event loop.
+_READ_ON_LOOP_BYTES = 64 * 1024
+
 __all__ = ["Outcome", "ProcessorContext", "RequestProcessor", "error_info"]
 
 
@@ -299,17 +302,26 @@ class RequestProcessor:
         remote_ids = getattr(self.ctx.codec.schema_ids, "remote", False)
         if remote_ids:  # registry look-ups are blocking I/O: do them off the event loop
             await asyncio.to_thread(self.ctx.codec.prefetch, [r.value for r in records if r.value], ())
-        decoded: list[AnyRequest | AltlasError] = []
-        for rec in records:
-            try:
-                decoded.append(self._decode(rec))
-            except TransientError:
-                raise
-            except AltlasError as exc:
-                decoded.append(exc)
+        # Reading Avro holds the GIL for as long as the record is big (a 2 MB record of a long params
+        # list takes a second): big ones are read on a thread, where the loop still gets its turns.
+        big = {i for i, r in enumerate(records) if r.value is not None and len(r.value) > _READ_ON_LOOP_BYTES}
+        off_loop: dict[int, AnyRequest | AltlasError] = {}
+        if big:
+            read = await asyncio.to_thread(lambda: {i: self._decode_or_error(records[i]) for i in big})
+            off_loop.update(read)
+        decoded = [off_loop[i] if i in big else self._decode_or_error(r) for i, r in enumerate(records)]
         if remote_ids:
             await asyncio.to_thread(self.ctx.codec.prefetch, (), self._outputs(records, decoded))
         return decoded
+
+    def _decode_or_error(self, rec: InboundRecord) -> AnyRequest | AltlasError:
+        """The request, or the error that answers it; a TransientError (registry down) is raised."""
+        try:
+            return self._decode(rec)
+        except TransientError:
+            raise
+        except AltlasError as exc:
+            return exc
 
     def _decode(self, rec: InboundRecord) -> AnyRequest:
         if rec.unreadable is not None:
@@ -345,8 +357,9 @@ class RequestProcessor:
         cache, request = self.ctx.cache, work.request
         if cache is None or request.params.get("cache") is False or request.params.get("stream") is True:
             return None
-        if _sampled(request.params):  # a random answer is not the answer: never reuse it
-            return None
+        deterministic = getattr(work.plan.pipeline, "deterministic", None)
+        if deterministic is not None and not deterministic(request.params, work.plan.specs[0]):
+            return None  # a random answer is not the answer: never reuse it
         key = cache_key(request.payload, work.plan.task, work.plan.specs[0], request.params)
         try:
             state, value = await cache.lookup(key)
@@ -364,8 +377,12 @@ class RequestProcessor:
     ) -> Outcome:
         spec = work.plan.specs[0]
         try:
-            output = await value if isinstance(value, asyncio.Future) else value
-        except BaseException as exc:  # the identical computation failed: so does this one
+            # Shielded: cancelling this batch (shutdown, a rewind) must not cancel the computation
+            # other requests share, nor be taken for its failure.
+            output = await asyncio.shield(value) if isinstance(value, asyncio.Future) else value
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the identical computation failed: so does this one
             return self._failure(rec, work, exc, spec=spec)
         work.attributes["cache"] = how
         return self.answers.result(
@@ -541,13 +558,6 @@ class RequestProcessor:
             attributes=attributes if attributes is not None else work.attributes, members=members,
             task=_short(work.plan),
         )  # fmt: skip
-
-
-def _sampled(params: dict[str, Any]) -> bool:
-    """Whether the output is drawn at random: temperature above zero and no seed to replay it."""
-    temperature = params.get("temperature")
-    hot = isinstance(temperature, int | float) and not isinstance(temperature, bool) and temperature > 0
-    return hot and params.get("seed") is None
 
 
 def _short(plan: Plan) -> str:

@@ -101,6 +101,10 @@ class _Lane:
         self.queue: deque[_Job] = deque()
         self.queued = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"infer-{spec.id}")
+        # A pipeline with ``submit`` batches continuously in its runtime (llama.cpp): every
+        # request is handed over as it arrives, to join the running decode loop.
+        self.continuous = callable(getattr(pipeline, "submit", None))
+        self.in_flight: set[asyncio.Task[None]] = set()
         self.runners = [asyncio.create_task(self._runner()) for _ in range(concurrency)]
 
     def put(self, ticket: _Ticket) -> None:
@@ -113,6 +117,14 @@ class _Lane:
             while not queue:
                 self.queued.clear()
                 await self.queued.wait()
+            if self.continuous:
+                while queue:
+                    job = queue.popleft()
+                    if not job[0].future.done():
+                        task = asyncio.create_task(self._run_one(job))
+                        self.in_flight.add(task)
+                        task.add_done_callback(self.in_flight.discard)
+                continue
             batch = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
             batch = [job for job in batch if not job[0].future.done()]  # cancelled meanwhile
             # A streamed request runs alone: its chunks must leave as they are made.
@@ -159,6 +171,48 @@ class _Lane:
             if not ticket.future.done():
                 ticket.answer(i, JobResult(out, started, inference_ms, len(batch)))
 
+    async def _run_one(self, job: _Job) -> None:
+        """One request on a continuously batching runtime: handed over now, answered when it ends."""
+        ticket, i = job
+        started = time.time()
+        together = len(self.in_flight)  # requests on the model's decode loops with it: its "batch"
+        loop = asyncio.get_running_loop()
+        on_chunk = ticket.on_chunk
+        sink = None if on_chunk is None else (lambda chunk: loop.call_soon_threadsafe(on_chunk, chunk))
+        link = ticket.spans[i]
+        try:
+            with self.tracing.batch_span(self.spec.key, [link] if link is not None else [], 1) as span:
+                async with self.manager.use(self.spec) as runtime:
+                    t0 = time.perf_counter()
+                    with self.tracing.inference_span(span, self.spec.key):
+                        submit = self.pipeline.submit  # type: ignore[attr-defined]
+                        pending = await loop.run_in_executor(
+                            self.executor, submit, runtime, ticket.items[i], sink
+                        )
+                        waiter = asyncio.wrap_future(pending)
+                        # The caller gave up (timeout, shutdown): stop generating, free the slot.
+                        ticket.future.add_done_callback(lambda _: waiter.cancel())
+                        try:
+                            output: Output = await waiter
+                        except asyncio.CancelledError:
+                            if not ticket.future.done():
+                                raise
+                            return
+                        except Exception as exc:  # the request's own error is its answer
+                            output = exc
+                    inference_ms = (time.perf_counter() - t0) * 1000
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # load failure, budget
+            output, inference_ms = exc, 0.0
+        if self.health is not None and not ticket.future.done():
+            timed = self.manager.batches_since_load(self.spec) > 1
+            self.health.observe(self.spec, [output], inference_ms if timed else 0.0)
+        if self.on_batch is not None and inference_ms > 0:
+            self.on_batch(self.spec.key, 1, inference_ms)
+        if not ticket.future.done():
+            ticket.answer(i, JobResult(output, started, inference_ms, together))
+
     def _infer(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
         try:
             outputs = self.pipeline.run(runtime, items)
@@ -187,9 +241,9 @@ class _Lane:
             return [exc]
 
     async def close(self) -> None:
-        for task in self.runners:
+        for task in [*self.runners, *self.in_flight]:
             task.cancel()
-        await asyncio.gather(*self.runners, return_exceptions=True)
+        await asyncio.gather(*self.runners, *self.in_flight, return_exceptions=True)
         while self.queue:
             self.queue.popleft()[0].future.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)

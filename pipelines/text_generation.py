@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 
 from altlas.models.llama import LlamaRuntime
 from altlas.models.llama_text import GenerationRequest, GenerationResult
 from altlas.models.registry import ModelSpec
 from altlas.models.runtime import ModelRuntime
-from altlas.pipelines.base import Output, PipelineLimits, Prepared
-from altlas.pipelines.text_params import bool_param, sampling_from
+from altlas.pipelines.base import Output, PipelineLimits, Prepared, float_param
+from altlas.pipelines.text_params import DEFAULT_TEMPERATURE, bool_param, sampling_from
 from altlas.schemas.errors import InvalidRequestError, PayloadTooLargeError
 from altlas.schemas.types import ParamValue, Record, TextChunk, TextGeneration
 
@@ -84,16 +85,61 @@ class TextGenerationPipeline:
         raw = llama_runtime(runtime).predict_batch([_with_deadline(item) for item in items])
         return [out if isinstance(out, Exception) else to_record(out) for out in raw]
 
+    def submit(
+        self, runtime: ModelRuntime, item: Prepared, emit: Callable[[Record], None] | None = None
+    ) -> Future[Output]:
+        """Queue one request on the model's decode loop and return at once (continuous batching).
+
+        The lane calls this for every request as soon as it arrives, so requests
+        join a running batch instead of waiting for it; cancelling the future
+        stops the generation within one decode step.
+        """
+        on_text = None if emit is None else _numbered(emit)
+        generation = llama_runtime(runtime).submit(_with_deadline(item), on_text)
+        output: Future[Output] = Future()
+
+        def done(f: Future[GenerationResult]) -> None:
+            if f.cancelled():
+                output.cancel()
+            elif (exc := f.exception()) is not None:
+                output.set_exception(exc)
+            else:
+                output.set_result(to_record(f.result()))
+
+        # Cancelling the output cancels the generation (its slot frees within a step).
+        output.add_done_callback(lambda o: generation.cancel() if o.cancelled() else None)
+        generation.add_done_callback(done)
+        return output
+
+    def deterministic(self, params: Mapping[str, ParamValue], spec: ModelSpec) -> bool:
+        """Whether the same request always gives the same text (greedy, or a seed): only then is it cached.
+
+        With no params a request samples (temperature 0.8, a random seed); the
+        registry's ``request_defaults`` count, as they do when it runs.
+        """
+        defaults = spec.params.get("request_defaults")
+        merged = {**defaults, **params} if isinstance(defaults, Mapping) else params
+        try:
+            temperature = float_param(merged, "temperature", DEFAULT_TEMPERATURE, lo=0.0, hi=5.0)
+        except InvalidRequestError:
+            return False  # answered with an error, never cached
+        return temperature == 0 or merged.get("seed") is not None
+
     def run_stream(self, runtime: ModelRuntime, item: Prepared, emit: Callable[[Record], None]) -> Output:
         """Generate one request, emitting numbered chunks as the text grows."""
-        sequence = 0
+        return to_record(llama_runtime(runtime).generate(_with_deadline(item), _numbered(emit)))
 
-        def on_text(text: str) -> None:
-            nonlocal sequence
-            emit(TextChunk(sequence=sequence, text=text))
-            sequence += 1
 
-        return to_record(llama_runtime(runtime).generate(_with_deadline(item), on_text))
+def _numbered(emit: Callable[[Record], None]) -> Callable[[str], None]:
+    """A text callback that emits ``TextChunk``s numbered 0, 1, 2, ..."""
+    sequence = 0
+
+    def on_text(text: str) -> None:
+        nonlocal sequence
+        emit(TextChunk(sequence=sequence, text=text))
+        sequence += 1
+
+    return on_text
 
 
 def _with_deadline(item: Prepared) -> GenerationRequest:

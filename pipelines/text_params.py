@@ -18,6 +18,8 @@ from altlas.pipelines.base import float_param, int_param
 from altlas.schemas.types import ParamValue
 
 MAX_NEW_TOKENS = 32_768
+#: llama.cpp's default: a request without params samples.
+DEFAULT_TEMPERATURE = 0.8
 MAX_STOPS = 16
 MAX_STOP_CHARS = 256
 MAX_GRAMMAR_CHARS = 64 * 1024
@@ -104,7 +106,7 @@ def sampling_from(params: Mapping[str, ParamValue]) -> Sampling:
     seed = params.get("seed")
     return Sampling(
         max_tokens=int_param(params, "max_tokens", 256, lo=1, hi=MAX_NEW_TOKENS),
-        temperature=float_param(params, "temperature", 0.8, lo=0.0, hi=5.0),
+        temperature=float_param(params, "temperature", DEFAULT_TEMPERATURE, lo=0.0, hi=5.0),
         top_p=float_param(params, "top_p", 0.95, lo=0.0, hi=1.0),
         top_k=int_param(params, "top_k", 40, lo=0, hi=1_000_000),
         min_p=float_param(params, "min_p", 0.05, lo=0.0, hi=1.0),

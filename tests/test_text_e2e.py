@@ -178,6 +178,40 @@ async def test_a_replayed_request_with_a_seed_gets_the_same_sampled_text(text_cl
     assert texts[0] == texts[1] and len(texts[0]) > 0
 
 
+async def test_a_request_without_params_samples_and_is_never_answered_from_the_cache(
+    text_client: AltlasClient,
+) -> None:
+    """No params means temperature 0.8 and a random seed: a repeat must sample again, not replay."""
+    texts, attributes = [], []
+    for _ in range(3):
+        result = await text_client.request(
+            make_request("text", "generate", "the old fox and the", model="tiny", params={"max_tokens": 24})
+        )
+        assert result is not None and result.status is ResultStatus.OK, result
+        assert isinstance(result.output, TextGeneration)
+        texts.append(result.output.text)
+        attributes.append(result.attributes)
+    assert all("cache" not in a for a in attributes)
+    assert len(set(texts)) > 1  # 24 sampled tokens of a 506-token vocabulary: three equal draws is no sample
+
+
+@pytest.mark.parametrize("params", [{"temperature": 0}, {"temperature": 1.0, "seed": 3}])
+async def test_a_deterministic_request_is_answered_from_the_cache_when_repeated(
+    text_client: AltlasClient, params: dict[str, object]
+) -> None:
+    request_params = {"max_tokens": 16, **params}
+    first = await text_client.request(
+        make_request("text", "generate", "a cached cat", model="tiny", params=request_params)
+    )
+    again = await text_client.request(
+        make_request("text", "generate", "a cached cat", model="tiny", params=request_params)
+    )
+    assert first is not None and again is not None
+    assert isinstance(first.output, TextGeneration) and isinstance(again.output, TextGeneration)
+    assert "cache" not in first.attributes and "cache" in again.attributes
+    assert again.output.text == first.output.text
+
+
 async def test_a_prompt_beyond_the_context_gets_an_error_result_and_a_dead_letter(
     text_client: AltlasClient,
 ) -> None:
