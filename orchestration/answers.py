@@ -278,7 +278,7 @@ class Answers:
             topic=rec.topic,
             partition=rec.partition,
             offset=rec.offset,
-            timestamp=datetime.fromtimestamp(rec.timestamp_ms / 1000, UTC) if rec.timestamp_ms > 0 else None,
+            timestamp=_timestamp(rec.timestamp_ms),
             key=rec.key,
             value=rec.value if with_value else None,
             headers=[Header(key=k, value=v) for k, v in rec.headers],
@@ -423,3 +423,13 @@ class Answers:
         """Encode a result datum for ``topic``, keyed by ``key``."""
         value = self.codec.encode(self.result_type.avro_name, datum, topic=topic)
         return OutboundMessage(topic, value, key.encode(), tuple(headers))
+
+
+def _timestamp(ms: int) -> datetime | None:
+    """A record's timestamp, or None when unset or beyond what a datetime holds (the producer chose it)."""
+    if ms <= 0:
+        return None
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from altlas.orchestration.sniff import sniff
+from altlas.pipelines.image import FORMATS
 from altlas.schemas.errors import ErrorCode, InvalidRequestError
 from altlas.schemas.types import ParamValue
 
@@ -114,8 +115,11 @@ def _audio(params: Mapping[str, ParamValue]) -> list[tuple[str, str]]:
     return out
 
 
-#: Largest image task detection decodes whole to look at (the request's own limit still applies).
+#: Largest image task detection looks at: JPEG (decoded straight to a thumbnail) and the
+#: formats decoded whole first. Larger ones are not taken for text pages; the request's own
+#: limit still applies when its model decodes it.
 DETECTION_MAX_PIXELS = 16_000_000
+DETECTION_MAX_PIXELS_FULL_DECODE = 4_000_000
 
 
 def text_likeness(data: bytes, size: int = 384) -> float:
@@ -127,9 +131,10 @@ def text_likeness(data: bytes, size: int = 384) -> float:
     Only a thumbnail is decoded, so it is cheap enough for every auto image.
     """
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
             width, height = img.size
-            if width * height > DETECTION_MAX_PIXELS:  # only JPEG decodes a thumbnail directly
+            limit = DETECTION_MAX_PIXELS if img.format == "JPEG" else DETECTION_MAX_PIXELS_FULL_DECODE
+            if width * height > limit:  # only JPEG decodes a thumbnail directly; others decode whole
                 return 0.0
             img.draft("L", (size, size))
             gray = img.convert("L")

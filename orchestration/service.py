@@ -269,6 +269,7 @@ class Orchestrator:
                     f"{self._txn_prefix}.{modality}",
                     max_request_size=s.limits.max_result_bytes,
                     refusals=self.refusals,
+                    send_timeout_s=s.limits.send_timeout_s,
                 )
                 await transactions.start()
                 self._transactions.append(transactions)

@@ -137,8 +137,17 @@ class StreamWorker:
     ) -> None:
         try:
             await self._answer_and_publish(records, previous, queued)
-        except BaseException:
+        except asyncio.CancelledError:
             self.progress.dropped(token)
+            raise
+        except Exception as exc:
+            # Its records stay started, so their partitions could never commit again: stopping (and
+            # being restarted on the committed offsets) is the only way on that loses nothing.
+            self.progress.dropped(token)
+            log.error(
+                "a batch failed while publishing (%s: %s); stopping this instance", type(exc).__name__, exc
+            )
+            self.fatal = self.fatal or exc
             raise
         self.progress.finished(token)
 
@@ -155,15 +164,29 @@ class StreamWorker:
         finally:
             queued.set()  # never hold up later batches, even when this one failed
         # Wait for all acks at once, for at most the send time limit; only the rare message that
-        # failed or is still waiting gets individual handling, one after another in batch order
-        # (a coroutine per message just to await its future cost more than producing it).
+        # failed or is still waiting gets individual handling (a coroutine per message just to await
+        # its future cost more than producing it): in batch order within a topic, topics at once, so
+        # many bad reply topics cost one time limit, not one each.
+        limit = self.publisher.config.send_timeout_s
         if sends:
-            await asyncio.wait([f for _, _, f in sends], timeout=self.publisher.config.send_timeout_s)
+            await asyncio.wait([f for _, _, f in sends], timeout=limit)
+        retry: dict[str, list[tuple[Outcome, OutboundMessage, asyncio.Future[Any]]]] = {}
         for outcome, msg, future in sends:
             if not future.done() or future.cancelled() or future.exception() is not None:
-                await self._deliver(outcome, msg, future)
-        await asyncio.gather(*chunk_acks, return_exceptions=True)  # streamed chunks: best effort
+                retry.setdefault(msg.topic, []).append((outcome, msg, future))
+        if retry:
+            await asyncio.gather(*(self._deliver_in_order(items) for items in retry.values()))
+        if chunk_acks:  # streamed chunks: best effort, and never longer than the time limit
+            for ack in chunk_acks:
+                ack.add_done_callback(_retrieve)
+            await asyncio.wait(chunk_acks, timeout=limit)
         await self.consumer.finished(records)
+
+    async def _deliver_in_order(
+        self, items: list[tuple[Outcome, OutboundMessage, asyncio.Future[Any]]]
+    ) -> None:
+        for outcome, msg, future in items:
+            await self._deliver(outcome, msg, future)
 
     async def _handle_transactional(
         self, records: list[InboundRecord], previous: asyncio.Event, queued: asyncio.Event, token: int
@@ -178,7 +201,10 @@ class StreamWorker:
             await previous.wait()
             if self._rewind_needed:
                 return  # an earlier batch aborted: these records will be fetched and answered again
-            messages = [msg for outcome in outcomes for msg in await self._fit(outcome)]
+            fitted = await asyncio.gather(
+                *(self._fit(outcome) for outcome in outcomes)
+            )  # at once: each may wait
+            messages = [msg for batch in fitted for msg in batch]
             self._txn_work.append((messages, records, token))
             handed = True
             self._txn_idle.clear()
@@ -371,3 +397,9 @@ class StreamWorker:
             await self.publisher.deliver(msg)
         except PermanentSendError as exc:
             log.error("dropping an unpublishable answer for %s: %s", msg.topic, exc)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Read a best-effort send's error, so that it is not reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()

@@ -34,7 +34,16 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ProducerClosed, RecordTooLargeError, UnknownTopicOrPartitionError
 
 from altlas.producers.partitioner import KeyPartitioner
-from altlas.producers.refusals import TIMED_OUT, UNKNOWN_TOPIC, Fate, Refusal, Refusals, Verdict, verdict
+from altlas.producers.refusals import (
+    TIMED_OUT,
+    TOPIC_TIMED_OUT,
+    UNKNOWN_TOPIC,
+    Fate,
+    Refusal,
+    Refusals,
+    Verdict,
+    verdict,
+)
 from altlas.producers.topic_limits import TopicLimits
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.errors import ErrorCode
@@ -111,6 +120,7 @@ class Publisher:
         self._retiring: set[asyncio.Task[None]] = set()
         self._topic_chains: dict[str, asyncio.Task[None]] = {}
         self._closing = False
+        self._timeouts: dict[str, int] = {}  # sends given up per topic, towards refusing the topic
         self.replacements = 0
 
     def _new_producer(self) -> AIOKafkaProducer:
@@ -164,13 +174,13 @@ class Publisher:
         oversized = self._oversized(msg)
         if oversized is not None:
             return _failed(oversized)  # refused here: the broker would refuse it and spend a sequence number
-        producer = self._producer
+        producer, generation = self._producer, self._generation  # both before the await: a replacement
         if msg.topic in self._topic_chains or producer.client.cluster.partitions_for_topic(msg.topic) is None:
             return self._enqueue_later(msg)  # behind the messages to that topic still waiting
         future: asyncio.Future[Any] = await producer.send(
             msg.topic, msg.value, key=msg.key, headers=list(msg.headers)
         )
-        self._born[future] = self._generation
+        self._born[future] = generation
         return future
 
     def _oversized(self, msg: OutboundMessage) -> RecordTooLargeError | None:
@@ -280,9 +290,19 @@ class Publisher:
             future = None
 
     def _expired(self, msg: OutboundMessage) -> Verdict:
-        """What a message whose time ran out is refused as: its whole topic when no partition is known."""
-        known = self._producer.client.cluster.partitions_for_topic(msg.topic)
-        return TIMED_OUT if known else UNKNOWN_TOPIC
+        """What a message whose time ran out is refused as.
+
+        Its whole topic when no partition of it is known, or when it has run
+        out of time again and again (a topic that never acknowledges would
+        otherwise cost the time limit once per request id); else that message.
+        """
+        if not self._producer.client.cluster.partitions_for_topic(msg.topic):
+            return UNKNOWN_TOPIC
+        strikes = self._timeouts.get(msg.topic, 0) + 1
+        self._timeouts[msg.topic] = strikes
+        if len(self._timeouts) > 10_000:
+            self._timeouts.clear()
+        return TOPIC_TIMED_OUT if strikes >= 3 else TIMED_OUT
 
     def _refuse(self, msg: OutboundMessage, judged: Verdict, reason: str) -> NoReturn:
         if msg.topic not in self.patient_topics:
@@ -339,8 +359,9 @@ class Publisher:
         async with self._replace_lock:
             if generation != self._generation or self._closing:
                 return
-            fresh = self._new_producer()
-            await fresh.start()
+            fresh = await self._start_fresh()
+            if fresh is None:  # closing meanwhile
+                return
             old, self._producer = self._producer, fresh
             self._generation += 1
             self.replacements += 1
@@ -350,6 +371,21 @@ class Publisher:
             retire = asyncio.create_task(_retire(old))
             self._retiring.add(retire)
             retire.add_done_callback(self._retiring.discard)
+
+    async def _start_fresh(self) -> AIOKafkaProducer | None:
+        """A started producer, trying again while the broker is unreachable (a restart is when this runs)."""
+        backoff = self.config.retry_backoff_s
+        while not self._closing:
+            fresh = self._new_producer()
+            try:
+                await fresh.start()
+                return fresh
+            except Exception as exc:
+                log.warning("cannot start a replacement producer yet (%s); retrying in %.1fs", exc, backoff)
+                await _retire(fresh)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.config.max_retry_backoff_s)
+        return None
 
     async def send_and_wait(self, msg: OutboundMessage) -> Any:
         """Enqueue and wait for the acknowledgement (retrying transient errors)."""

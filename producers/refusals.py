@@ -90,8 +90,9 @@ ERROR_TABLE: dict[type[BaseException], Verdict] = {
     KafkaTimeoutError: _RETRY,
 }
 
-#: What a retriable error becomes when its time runs out.
+#: What a retriable error becomes when its time runs out: for that message, or for its whole topic.
 TIMED_OUT = Verdict(Fate.REFUSED, ErrorCode.PUBLISH_TIMED_OUT)
+TOPIC_TIMED_OUT = Verdict(Fate.REFUSED, ErrorCode.PUBLISH_TIMED_OUT, topic_wide=True)
 #: A reply topic whose partitions could not be learnt in time (it does not exist, or is not ours to see).
 UNKNOWN_TOPIC = Verdict(Fate.REFUSED, ErrorCode.REPLY_TOPIC_REFUSED, topic_wide=True)
 

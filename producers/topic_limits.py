@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -22,6 +23,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 log = logging.getLogger(__name__)
 
 _KEY = "max.message.bytes"
+_MAX_FETCHING = 8  # look-ups at once: the rest wait for a later answer to ask again
 
 
 class TopicLimits:
@@ -39,7 +41,7 @@ class TopicLimits:
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self.max_topics = max_topics
-        self._known: dict[str, tuple[int | None, float]] = {}  # topic -> (limit, fetched at)
+        self._known: OrderedDict[str, tuple[int | None, float]] = OrderedDict()  # topic -> (limit, when)
         self._fetching: dict[str, asyncio.Task[None]] = {}
         self._admin: AIOKafkaAdminClient | None = None
         self._admin_lock = asyncio.Lock()
@@ -49,7 +51,7 @@ class TopicLimits:
         known = self._known.get(topic)
         if known is not None and time.monotonic() - known[1] < self.ttl_s:
             return known[0]
-        if topic not in self._fetching and len(self._known) < self.max_topics:
+        if topic not in self._fetching and len(self._fetching) < _MAX_FETCHING:
             task = asyncio.get_running_loop().create_task(self._fetch(topic))
             self._fetching[topic] = task
             task.add_done_callback(lambda _: self._fetching.pop(topic, None))
@@ -72,6 +74,9 @@ class TopicLimits:
         except Exception as exc:  # no Describe grant, no such topic yet, broker busy: unknown for a while
             log.debug("max.message.bytes of %s unknown: %s", topic, exc)
         self._known[topic] = (limit, time.monotonic())
+        self._known.move_to_end(topic)
+        while len(self._known) > self.max_topics:  # request fields name topics: least recent go first
+            self._known.popitem(last=False)
 
     async def _client(self) -> AIOKafkaAdminClient:
         async with self._admin_lock:

@@ -37,7 +37,7 @@ from aiokafka.errors import ProducerFenced
 
 from altlas.producers.partitioner import KeyPartitioner
 from altlas.producers.publisher import OutboundMessage
-from altlas.producers.refusals import Fate, Refusals, verdict
+from altlas.producers.refusals import TOPIC_TIMED_OUT, Fate, Refusals, verdict
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,10 @@ class TransactionalPublisher:
         linger_ms: int = 2,
         transaction_timeout_ms: int = 60_000,
         refusals: Refusals | None = None,
+        send_timeout_s: float = 30.0,
     ) -> None:
         self.transactional_id = transactional_id
+        self.send_timeout_s = send_timeout_s
         self.refusals = refusals if refusals is not None else Refusals()
         self._kwargs = {
             **client_kwargs,
@@ -130,8 +132,22 @@ class TransactionalPublisher:
                     )
                 # aiokafka commits a transaction even when one of its sends was refused, and that
                 # answer would vanish: every send must be acknowledged before the commit.
-                acks = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
-                refused = next((a for a in acks if isinstance(a, BaseException)), None)
+                # A topic that never acknowledges must not hold the committer (and the modality).
+                _, waiting = (
+                    await asyncio.wait([f for _, f in sent], timeout=self.send_timeout_s)
+                    if sent
+                    else ((), ())
+                )
+                for msg, future in sent:
+                    if future in waiting:
+                        self.refusals.refuse(
+                            msg.topic, msg.key, TOPIC_TIMED_OUT, "no acknowledgement in time"
+                        )
+                if waiting:
+                    raise TimeoutError(
+                        f"{len(waiting)} sends not acknowledged within {self.send_timeout_s:.0f}s"
+                    )
+                refused = next((f.exception() for _, f in sent if not f.cancelled() and f.exception()), None)
                 if refused is not None:
                     raise refused
                 if confirm is not None and offsets and not await confirm():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from enum import StrEnum
@@ -92,6 +93,7 @@ class SchemaRegistryClient:
         self._auth = auth
         self._lock = threading.Lock()
         self._by_id: dict[int, SchemaInfo] = {}
+        self._unknown: dict[int, float] = {}  # id -> until when it is known not to exist
         self._ids: dict[tuple[str, bytes], int] = {}
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -119,10 +121,25 @@ class SchemaRegistryClient:
 
     def schema_for_id(self, schema_id: int) -> SchemaInfo:
         """Writer schema registered under ``schema_id`` (fetched once, then cached)."""
+        if not 0 < schema_id < 2**31:  # ids are positive 32-bit ints: never ask the registry for others
+            raise UnknownSchemaError(f"schema id {schema_id} is not a valid schema id")
         with self._lock:
             cached = self._by_id.get(schema_id)
+            unknown_until = self._unknown.get(schema_id, 0.0)
         if cached is not None:
             return cached
+        if unknown_until > time.monotonic():
+            raise UnknownSchemaError(f"schema id {schema_id} is not in the registry (asked recently)")
+        try:
+            return self._fetch(schema_id)
+        except UnknownSchemaError:
+            with self._lock:  # a random id per record must not cost a registry round trip per record
+                if len(self._unknown) > 10_000:
+                    self._unknown.clear()
+                self._unknown[schema_id] = time.monotonic() + 60.0
+            raise
+
+    def _fetch(self, schema_id: int) -> SchemaInfo:
         try:
             answer = self._call("GET", f"/schemas/ids/{schema_id}")
         except urllib.error.HTTPError as exc:  # 404, and 401/403/422: no schema this record can be read with
