@@ -164,8 +164,3 @@ class ResultCache:
             return None
         self._put_local(key, value)
         return value
-
-    @property
-    def size_bytes(self) -> int:
-        """Bytes held by the in-process tier."""
-        return self._size

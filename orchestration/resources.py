@@ -33,11 +33,6 @@ class ResourceSampler:
         except Exception:  # no driver, no GPU, or no nvidia-ml-py: CPU-only sampling
             self._nvml = None
 
-    @property
-    def has_gpu(self) -> bool:
-        """Whether NVML answered."""
-        return self._nvml is not None
-
     def sample(self, models_memory_bytes: int = 0) -> ResourceSnapshot:
         """CPU since the previous sample, memory now, and every GPU NVML reports."""
         vm = psutil.virtual_memory()

@@ -57,11 +57,6 @@ class Tracing:
         self.provider = provider
         self._tracer = provider.get_tracer("altlas") if provider is not None else None
 
-    @property
-    def enabled(self) -> bool:
-        """Whether spans are recorded."""
-        return self._tracer is not None
-
     def consume_span(
         self, topic: str, headers: Sequence[tuple[str, bytes]], attributes: dict[str, Any]
     ) -> Span | None:
