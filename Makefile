@@ -13,7 +13,7 @@ APT_PACKAGES ?= kcat espeak-ng ffmpeg redis-server tesseract-ocr tesseract-ocr-e
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: run test test-chaos setup system-deps kafka-jars lint typecheck pytest bench bench-peers clean
+.PHONY: bench-llm-peers run test test-chaos setup system-deps kafka-jars lint typecheck pytest bench bench-peers clean
 
 run: setup kafka-jars ## local Kafka + orchestrator + sample requests, results as a table
 	$(BIN)/altlas demo
@@ -68,6 +68,9 @@ bench: setup kafka-jars ## one benchmark, BENCH=throughput|orchestration|scaling
 
 bench-peers: setup kafka-jars ## altlas vs Quix Streams, FastStream, MLServer, raw aiokafka (~10 min; peers install into ~/.cache/altlas/peers)
 	$(BIN)/python -m bench.peers $(BENCH_ARGS)
+
+bench-llm-peers: setup kafka-jars ## altlas vs llama-server (built once from the binding's sdist into ~/.cache/altlas/peers, ~9 min) on a chat workload
+	$(BIN)/python -m bench.llm_peers $(or $(BENCH_ARGS),--requests 48 --rate 1.5 --in-flight 8)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
