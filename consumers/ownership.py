@@ -19,9 +19,11 @@ parts:
    (SIGSTOP, a long pause, a network cut) may not have run its revocation yet; it
    learns here that it is no longer in the group, and its transaction aborts.
 
-What stays open is the round trip between that check and EndTxn: a member frozen
-in exactly that moment for longer than the session timeout still commits once.
-Only KIP-447 closes that on the broker.
+That leaves the round trip between the check and EndTxn: a member frozen in
+exactly that moment, for longer than the session timeout, still commits once.
+The partition's new owner closes it (``stable_offsets.py``): it starts from
+offsets no open transaction holds, so it begins after the zombie's late commit,
+or redoes the records once that transaction aborted or timed out.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from aiokafka.structs import OffsetAndMetadata
 from altlas.consumers.offsets import OffsetTracker
 from altlas.consumers.ownership import Ownership
 from altlas.consumers.records import InboundRecord
+from altlas.consumers.stable_offsets import stable_committed
 from altlas.consumers.unreadable import rewind_and_isolate
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ class BatchingConfig:
     max_inflight_bytes: int = 256 * 1024 * 1024
     poll_timeout_ms: int = 200
     revoke_timeout_s: float = 20.0
+    # Exactly-once: how long a new owner waits for its predecessor's open transaction (above
+    # the producer's transaction timeout, after which the broker aborts it).
+    stable_offsets_timeout_s: float = 90.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -64,6 +68,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info(
             "partitions assigned", extra={"partitions": sorted(f"{t.topic}:{t.partition}" for t in assigned)}
         )
+        if self._owner.transactional and assigned:
+            await self._owner._start_stable(set(assigned))
 
 
 class BatchingConsumer:
@@ -284,6 +290,13 @@ class BatchingConsumer:
         self._tracker.forget(revoked)
         for t, p in revoked:
             self._next_offsets.pop(TopicPartition(t, p), None)
+
+    async def _start_stable(self, assigned: set[TopicPartition]) -> None:
+        """Start new partitions where no open transaction of their last owner can still move them."""
+        offsets = await stable_committed(self._consumer, assigned, self.config.stable_offsets_timeout_s)
+        for tp, offset in offsets.items():
+            if offset is not None:
+                self._consumer.seek(tp, offset)
 
     async def rewind(self) -> None:
         """Forget everything in flight and go back to the committed offsets (after an aborted transaction)."""
