@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from altlas.consumers.stable_offsets import stable_committed
 from altlas.models.runtime import BACKENDS
 from altlas.orchestration.client import AltlasClient, make_request
 from altlas.orchestration.kafka_clients import client_kwargs
@@ -149,3 +150,40 @@ async def _answers(client: AltlasClient, topic: str, want: set[str], timeout_s: 
         for rec in await reader.read(2.0):
             counts[rec.key.decode()] = counts.get(rec.key.decode(), 0) + 1
     return counts
+
+
+async def test_a_new_owner_starts_after_its_predecessors_open_transaction_commits(
+    kafka_bootstrap: str,
+) -> None:
+    """A zombie frozen between its last check and EndTxn: its offsets are pending; the new owner waits."""
+    settings = isolated_settings(kafka_bootstrap, None, topics={"partitions": 1})
+    topic, group = settings.topics.requests("vision"), f"{settings.kafka.group_id}.vision"
+    kwargs = client_kwargs(settings.kafka)
+    admin = AIOKafkaAdminClient(**kwargs)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 1, 1)])
+    await admin.close()
+    zombie = AIOKafkaProducer(transactional_id=f"{group}-zombie", **kwargs)
+    owner = AIOKafkaConsumer(group_id=group, enable_auto_commit=False, **kwargs)
+    await zombie.start()
+    await owner.start()
+    try:
+        await zombie.begin_transaction()
+        await zombie.send_and_wait(topic, b"answer")
+        await zombie.send_offsets_to_transaction({TopicPartition(topic, 0): 7}, group)
+        owner.subscribe([topic])
+        await owner.getmany(timeout_ms=2000)  # joined: the coordinator is known
+
+        async def wake_up() -> float:
+            await asyncio.sleep(1.5)
+            await zombie.commit_transaction()
+            return time.monotonic()
+
+        committed_at = asyncio.create_task(wake_up())
+        offsets = await stable_committed(owner, [TopicPartition(topic, 0)], timeout_s=30)
+        returned_at = time.monotonic()
+    finally:
+        await owner.stop()
+        await zombie.stop()
+    assert offsets == {TopicPartition(topic, 0): 7}
+    assert returned_at >= await committed_at
