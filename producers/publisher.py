@@ -25,13 +25,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import ProducerClosed, RecordTooLargeError, UnknownTopicOrPartitionError
+from aiokafka.errors import OutOfOrderSequenceNumber, ProducerClosed, RecordTooLargeError, UnknownProducerId
 
 from altlas.producers.partitioner import KeyPartitioner
 from altlas.producers.refusals import (
@@ -44,6 +43,8 @@ from altlas.producers.refusals import (
     Verdict,
     verdict,
 )
+from altlas.producers.side_chains import SideChains
+from altlas.producers.swap import ReplaceableProducer
 from altlas.producers.topic_limits import TopicLimits
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.errors import ErrorCode
@@ -85,7 +86,7 @@ class ProducerConfig:
 
 
 class Publisher:
-    """Produces encoded messages; owns the producer's lifecycle and replaces a broken one."""
+    """Produces encoded messages and judges every failure; the producer itself is replaceable."""
 
     def __init__(
         self,
@@ -103,7 +104,7 @@ class Publisher:
         self.refusals = refusals if refusals is not None else Refusals(exempt=self.patient_topics)
         self.topic_limits = topic_limits
         cfg = self.config
-        self._kwargs: dict[str, Any] = {
+        kwargs: dict[str, Any] = {
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": cfg.linger_ms,
@@ -113,41 +114,34 @@ class Publisher:
             "request_timeout_ms": cfg.request_timeout_ms,
             **client_kwargs,
         }
-        self._producer = self._new_producer()
-        self._generation = 0
-        self._born: weakref.WeakKeyDictionary[asyncio.Future[Any], int] = weakref.WeakKeyDictionary()
-        self._replace_lock = asyncio.Lock()
-        self._retiring: set[asyncio.Task[None]] = set()
-        self._topic_chains: dict[str, asyncio.Task[None]] = {}
-        self._closing = False
+        self.producers = ReplaceableProducer(
+            lambda: AIOKafkaProducer(partitioner=KeyPartitioner(), **kwargs),
+            backoff_s=cfg.retry_backoff_s,
+            max_backoff_s=cfg.max_retry_backoff_s,
+        )
+        self._chains = SideChains(self.producers, cfg.metadata_timeout_s)
         self._timeouts: dict[str, int] = {}  # sends given up per topic, towards refusing the topic
-        self.replacements = 0
-
-    def _new_producer(self) -> AIOKafkaProducer:
-        return AIOKafkaProducer(partitioner=KeyPartitioner(), **self._kwargs)
 
     async def start(self) -> None:
         """Connect (retrying while the broker is not reachable yet)."""
-        await self._producer.start()
+        await self.producers.start()
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Flush what is queued and close, within ``timeout_s`` whatever the broker does."""
-        self._closing = True
-        for chain in list(self._topic_chains.values()):
-            chain.cancel()
-        try:
-            await asyncio.wait_for(self._producer.stop(), timeout_s)
-        except TimeoutError:
-            log.warning("producer did not flush within %.0fs; closing with sends pending", timeout_s)
-        for task in list(self._retiring):
-            task.cancel()
+        self._chains.cancel()
+        await self.producers.stop(timeout_s)
         if self.topic_limits is not None:
             await self.topic_limits.close()
 
     @property
     def client(self) -> AIOKafkaProducer:
         """The underlying aiokafka producer (a replacement's after a recovery)."""
-        return self._producer
+        return self.producers.producer
+
+    @property
+    def replacements(self) -> int:
+        """How many times the producer was replaced."""
+        return self.producers.replacements
 
     def message(
         self,
@@ -164,23 +158,18 @@ class Publisher:
         )
 
     async def enqueue(self, msg: OutboundMessage) -> asyncio.Future[Any]:
-        """Queue one message; the future resolves with its RecordMetadata on ack.
-
-        A topic whose partitions are not known yet is sent from a side chain
-        (in order, per topic): learning them may take a metadata round trip or,
-        for a topic that does not exist, until the time limit, and the batch's
-        other messages must not wait behind it.
-        """
+        """Queue one message; the future resolves with its RecordMetadata on ack."""
         oversized = self._oversized(msg)
         if oversized is not None:
             return _failed(oversized)  # refused here: the broker would refuse it and spend a sequence number
-        producer, generation = self._producer, self._generation  # both before the await: a replacement
-        if msg.topic in self._topic_chains or producer.client.cluster.partitions_for_topic(msg.topic) is None:
-            return self._enqueue_later(msg)  # behind the messages to that topic still waiting
+        swap = self.producers
+        producer, generation = swap.producer, swap.generation  # both before the await: a replacement
+        if self._chains.waiting(msg.topic) or not swap.knows(msg.topic):
+            return self._chains.send(msg)  # behind the messages to that topic still waiting
         future: asyncio.Future[Any] = await producer.send(
             msg.topic, msg.value, key=msg.key, headers=list(msg.headers)
         )
-        self._born[future] = generation
+        swap.tag(future, generation)
         return future
 
     def _oversized(self, msg: OutboundMessage) -> RecordTooLargeError | None:
@@ -193,42 +182,6 @@ class Publisher:
         return RecordTooLargeError(
             f"a {size}-byte record for {msg.topic}, whose max.message.bytes is {limit}"
         )
-
-    def _enqueue_later(self, msg: OutboundMessage) -> asyncio.Future[Any]:
-        outer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        outer.add_done_callback(_retrieve)  # a caller whose time ran out no longer awaits it
-        before = self._topic_chains.get(msg.topic)
-        chain = asyncio.create_task(self._send_after(before, msg, outer))
-        self._topic_chains[msg.topic] = chain
-        chain.add_done_callback(lambda task: self._chain_done(msg.topic, task))
-        return outer
-
-    def _chain_done(self, topic: str, task: asyncio.Task[None]) -> None:
-        if self._topic_chains.get(topic) is task:
-            del self._topic_chains[topic]
-
-    async def _send_after(
-        self, before: asyncio.Task[None] | None, msg: OutboundMessage, outer: asyncio.Future[Any]
-    ) -> None:
-        if before is not None:
-            await asyncio.gather(before, return_exceptions=True)
-        generation = self._generation
-        try:
-            inner = await asyncio.wait_for(
-                self._producer.send(msg.topic, msg.value, key=msg.key, headers=list(msg.headers)),
-                self.config.metadata_timeout_s,
-            )
-        except TimeoutError:  # judged like the broker's own answer for a topic it does not know
-            _fail(outer, UnknownTopicOrPartitionError(f"no partitions known for {msg.topic}"))
-            return
-        except asyncio.CancelledError:
-            _fail(outer, ProducerClosed())
-            raise
-        except Exception as exc:
-            _fail(outer, exc)
-            return
-        self._born[outer] = generation
-        inner.add_done_callback(lambda f: _copy(f, outer))
 
     async def deliver(self, msg: OutboundMessage, first_try: asyncio.Future[Any] | None = None) -> Any:
         """Wait for ``msg`` to be acknowledged, re-sending what may still succeed.
@@ -247,47 +200,53 @@ class Publisher:
             if refused is not None and not patient:
                 raise PermanentSendError(refused.reason, code=refused.code)
             if future is None:
-                try:
-                    future = await self.enqueue(msg)
-                except ProducerClosed:
-                    if self._closing:
-                        raise
-                    continue  # replaced between the check and the send
-                except Exception as raised:
-                    future = _failed(raised)  # raised at send time (e.g. too large): judged like the rest
+                future = await self._send(msg)
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
             try:
                 return await asyncio.wait_for(asyncio.shield(future), remaining)
             except TimeoutError:
                 if not future.done():  # our time limit ran out, not the send's own error
-                    self._refuse(
-                        msg, self._expired(msg), f"not acknowledged within {self.config.send_timeout_s:.0f}s"
-                    )
+                    self._refuse(msg, self._expired(msg), "not acknowledged in time")
                 exc = future.exception() or TimeoutError()
             except Exception as caught:
                 exc = caught
-            if self._closing:
+            if self.producers.closing:
                 raise exc
-            judged = verdict(exc) if not isinstance(exc, ProducerClosed) else Verdict(Fate.RETRY)
-            born = self._born.get(future)
-            if judged.fate is Fate.REFUSED and patient and judged.topic_wide:
-                log.error("altlas cannot write its own topic %s (%s); retrying", msg.topic, exc)
-            elif judged.fate is Fate.REFUSED:
-                if born is not None:  # the broker refused a batch: its sequence number is spent
-                    await self.replace(born, f"broker refused a batch ({type(exc).__name__})")
-                self._refuse(msg, judged, f"{type(exc).__name__}: {exc}")
-            if judged.fate is Fate.REPLACE_PRODUCER:
-                await self.replace(born if born is not None else self._generation, type(exc).__name__)
-                future = None
-                continue
+            await self._judge(msg, future, exc, patient)
             if deadline is not None and loop.time() >= deadline:
-                self._refuse(
-                    msg, self._expired(msg), f"still failing after {self.config.send_timeout_s:.0f}s: {exc}"
-                )
-            log.warning("send to %s failed (%s); retrying in %.1fs", msg.topic, exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.config.max_retry_backoff_s)
+                self._refuse(msg, self._expired(msg), f"still failing after the time limit: {exc}")
+            if not isinstance(exc, OutOfOrderSequenceNumber | UnknownProducerId):  # those resend at once
+                log.warning("send to %s failed (%s); retrying in %.1fs", msg.topic, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.config.max_retry_backoff_s)
             future = None
+
+    async def _send(self, msg: OutboundMessage) -> asyncio.Future[Any]:
+        while True:
+            try:
+                return await self.enqueue(msg)
+            except ProducerClosed:
+                if self.producers.closing:
+                    raise  # else replaced between the check and the send: again, on the new one
+            except Exception as raised:
+                return _failed(raised)  # raised at send time (e.g. too large): judged like the rest
+
+    async def _judge(
+        self, msg: OutboundMessage, future: asyncio.Future[Any], exc: BaseException, patient: bool
+    ) -> None:
+        """Act on a failure: replace a broken producer, raise a refusal; return to retry."""
+        judged = verdict(exc) if not isinstance(exc, ProducerClosed) else Verdict(Fate.RETRY)
+        born = self.producers.born(future)
+        if judged.fate is Fate.REFUSED and patient and judged.topic_wide:
+            log.error("altlas cannot write its own topic %s (%s); retrying", msg.topic, exc)
+        elif judged.fate is Fate.REFUSED:
+            if born is not None:  # the broker refused a batch: its sequence number is spent
+                await self.producers.replace(born, f"broker refused a batch ({type(exc).__name__})")
+            self._refuse(msg, judged, f"{type(exc).__name__}: {exc}")
+        elif judged.fate is Fate.REPLACE_PRODUCER:
+            await self.producers.replace(
+                born if born is not None else self.producers.generation, type(exc).__name__
+            )
 
     def _expired(self, msg: OutboundMessage) -> Verdict:
         """What a message whose time ran out is refused as.
@@ -296,7 +255,7 @@ class Publisher:
         out of time again and again (a topic that never acknowledges would
         otherwise cost the time limit once per request id); else that message.
         """
-        if not self._producer.client.cluster.partitions_for_topic(msg.topic):
+        if not self.producers.knows(msg.topic):
             return UNKNOWN_TOPIC
         strikes = self._timeouts.get(msg.topic, 0) + 1
         self._timeouts[msg.topic] = strikes
@@ -308,20 +267,8 @@ class Publisher:
         if msg.topic not in self.patient_topics:
             self.refusals.refuse(msg.topic, msg.key, judged, reason)
             if judged.topic_wide:
-                self._forget(msg.topic)
+                self.producers.forget_topic(msg.topic)
         raise PermanentSendError(f"{msg.topic}: {reason}", code=judged.code)
-
-    def _forget(self, topic: str) -> None:
-        """Stop asking the broker for a refused topic's metadata.
-
-        aiokafka keeps every topic it was asked to send to in its metadata
-        requests for ever (private ``_topics``), and logs an error for an
-        invalid one at each refresh.
-        """
-        client = self._producer.client
-        tracked = getattr(client, "_topics", None)
-        if isinstance(tracked, set) and topic in tracked and len(tracked) > 1:
-            client.set_topics(tracked - {topic})
 
     async def ready(self, msg: OutboundMessage) -> Refusal | None:
         """Why ``msg`` cannot be sent, learning its topic's partitions first (bounded) when unknown.
@@ -333,70 +280,23 @@ class Publisher:
         oversized = self._oversized(msg) if refused is None else None
         if oversized is not None:
             return Refusal(ErrorCode.RESULT_TOO_LARGE, str(oversized), time.monotonic())
-        if refused is not None or msg.topic in self.patient_topics:
+        if refused is not None or msg.topic in self.patient_topics or self.producers.knows(msg.topic):
             return refused
-        if self._producer.client.cluster.partitions_for_topic(msg.topic) is not None:
-            return None
         try:
-            await asyncio.wait_for(self._producer.partitions_for(msg.topic), self.config.metadata_timeout_s)
+            await asyncio.wait_for(self.client.partitions_for(msg.topic), self.config.metadata_timeout_s)
             return None
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             judged = verdict(exc)
-            if judged.fate is not Fate.REFUSED:
-                judged = UNKNOWN_TOPIC
-            self.refusals.refuse(msg.topic, msg.key, judged, f"{type(exc).__name__}: {exc}")
-        return self.refusals.check(msg.topic, msg.key)
-
-    async def replace(self, generation: int, why: str) -> None:
-        """Replace the producer of ``generation`` (once, however many sends saw it break).
-
-        The new producer has a new producer id, so its sequence numbers start
-        afresh; the old one is stopped in the background, and every send it
-        had not delivered fails there and is sent again through ``deliver``.
-        """
-        async with self._replace_lock:
-            if generation != self._generation or self._closing:
-                return
-            fresh = await self._start_fresh()
-            if fresh is None:  # closing meanwhile
-                return
-            old, self._producer = self._producer, fresh
-            self._generation += 1
-            self.replacements += 1
-            log.warning(
-                "replaced the idempotent producer (%s)", why, extra={"replacements": self.replacements}
+            self.refusals.refuse(
+                msg.topic, msg.key, judged if judged.fate is Fate.REFUSED else UNKNOWN_TOPIC, f"{exc!r}"
             )
-            retire = asyncio.create_task(_retire(old))
-            self._retiring.add(retire)
-            retire.add_done_callback(self._retiring.discard)
-
-    async def _start_fresh(self) -> AIOKafkaProducer | None:
-        """A started producer, trying again while the broker is unreachable (a restart is when this runs)."""
-        backoff = self.config.retry_backoff_s
-        while not self._closing:
-            fresh = self._new_producer()
-            try:
-                await fresh.start()
-                return fresh
-            except Exception as exc:
-                log.warning("cannot start a replacement producer yet (%s); retrying in %.1fs", exc, backoff)
-                await _retire(fresh)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.config.max_retry_backoff_s)
-        return None
+        return self.refusals.check(msg.topic, msg.key)
 
     async def send_and_wait(self, msg: OutboundMessage) -> Any:
         """Enqueue and wait for the acknowledgement (retrying transient errors)."""
         return await self.deliver(msg)
-
-
-async def _retire(producer: AIOKafkaProducer) -> None:
-    try:
-        await asyncio.wait_for(producer.stop(), 30)
-    except Exception as exc:  # it was broken already: nothing more to save from it
-        log.debug("stopping a replaced producer: %s", exc)
 
 
 def _failed(exc: BaseException) -> asyncio.Future[Any]:
@@ -408,24 +308,3 @@ def _failed(exc: BaseException) -> asyncio.Future[Any]:
 def record_size(msg: OutboundMessage) -> int:
     """Bytes a record takes in a produce request, with room for the record and batch overhead."""
     return len(msg.value) + len(msg.key or b"") + sum(len(k) + len(v) for k, v in msg.headers) + 128
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
-
-
-def _copy(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
-    if target.done():
-        return
-    if source.cancelled():
-        target.cancel()
-    elif source.exception() is not None:
-        target.set_exception(source.exception())  # type: ignore[arg-type]
-    else:
-        target.set_result(source.result())
