@@ -178,7 +178,10 @@ class LimitSettings(BaseModel):
 class ModelSettings(BaseModel):
     """Where models come from and how much memory they may take."""
 
-    registry: Path | None = Field(None, description="Model registry YAML.")
+    registry: Path | None = Field(
+        None,
+        description="Model registry YAML. Unset: `altlas run` serves the starter registry; `none`: no model.",
+    )
     memory_budget_mb: int | None = Field(
         None, description="Evict idle models beyond this; unlimited if unset."
     )
