@@ -53,9 +53,16 @@ def broker(heap: str = "512m") -> Iterator[str]:
 
 
 async def create_topics(
-    bootstrap: str, topics: dict[str, int], *, log_append_time: AbstractSet[str] = frozenset()
+    bootstrap: str,
+    topics: dict[str, int],
+    *,
+    log_append_time: AbstractSet[str] = frozenset(),
+    replication_factor: int | None = 1,
 ) -> None:
-    """Create fresh topics; those in ``log_append_time`` get broker-assigned timestamps."""
+    """Create fresh topics; those in ``log_append_time`` get broker-assigned timestamps.
+
+    ``replication_factor`` None takes the cluster's default (aiokafka sends -1 only beside an
+    empty replica assignment)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -64,7 +71,8 @@ async def create_topics(
                 NewTopic(
                     name,
                     num_partitions=parts,
-                    replication_factor=1,
+                    replication_factor=replication_factor if replication_factor is not None else -1,
+                    replica_assignments=None if replication_factor is not None else {},
                     topic_configs={"message.timestamp.type": "LogAppendTime"}
                     if name in log_append_time
                     else {},

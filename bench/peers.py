@@ -1221,7 +1221,11 @@ async def main() -> None:
             "runs": runs,
             "versions": meta_versions,
         }
-        (docs / "performance.md").write_text(markdown(rows, meta, result_line, skipped))
+        # The page ends with the section `bench.scaling --cluster` writes: keep it.
+        page = docs / "performance.md"
+        old = page.read_text() if page.exists() else ""
+        kept = old[old.find("<!-- scaling-cluster: begin") :] if "<!-- scaling-cluster: begin" in old else ""
+        page.write_text(markdown(rows, meta, result_line, skipped) + ("\n" + kept if kept else ""))
     console.print(f"took {time.monotonic() - started:.0f} s")
     print(result_line)
 

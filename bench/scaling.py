@@ -11,6 +11,10 @@ group is stable: a backlog waiting before the processes start is half drained
 by the first process to join while the others are still loading, which made
 the 2- and 3-process figures swing between 1x and 2x from run to run.
 Ends with ``RESULT rps_1=... rps_2=... rps_3=... scale_2=... scale_3=... cores=...``.
+
+``--cluster`` runs the same 1, 2 and 3 instances on a local 3-broker cluster and
+adds lag over time, the spread over instances and partitions, CPU per request
+and what a rebalance costs (``bench/scaling_cluster.py``).
 """
 
 from __future__ import annotations
@@ -109,36 +113,57 @@ async def _group_stable(bootstrap: str, group: str, members: int, timeout_s: flo
         await admin.close()
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=12_000)
-    args = parser.parse_args()
+def _registry(workdir: Path) -> Path:
+    """The ``busy`` model: a few ms of real compute per request, answering like the mean-colour one."""
     from tests.builders import mean_color_variant
 
+    model = mean_color_variant(workdir / "busy.onnx", slow_layers=30, slow_width=512)
+    registry = workdir / "models.yaml"
+    registry.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {
+                        "id": "busy",
+                        "task": "vision.classify",
+                        "backend": "onnx",
+                        "path": str(model),
+                        "params": {
+                            "preprocess": {"resize": 4},
+                            "labels_metadata_key": "labels",
+                            "intra_op_threads": 1,
+                        },
+                        "metadata": {"max_batch": 64},
+                    }
+                ]
+            }
+        )
+    )
+    return registry
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--requests", type=int, default=None, help="backlog per run (12,000; 20,000 with --cluster)"
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="on a local 3-broker cluster: lag over time, spread, CPU per request, rebalance cost; "
+        "writes its section of docs/performance.md",
+    )
+    parser.add_argument("--no-docs", action="store_true", help="with --cluster: do not rewrite the docs")
+    args = parser.parse_args()
+    if args.cluster:
+        from bench.scaling_cluster import cluster_main
+
+        await cluster_main(args.requests or 20_000, write_docs=not args.no_docs)
+        return
+    args.requests = args.requests or 12_000
     with tempfile.TemporaryDirectory() as tmp, broker() as bootstrap:
         workdir = Path(tmp)
-        model = mean_color_variant(workdir / "busy.onnx", slow_layers=30, slow_width=512)
-        registry = workdir / "models.yaml"
-        registry.write_text(
-            yaml.safe_dump(
-                {
-                    "models": [
-                        {
-                            "id": "busy",
-                            "task": "vision.classify",
-                            "backend": "onnx",
-                            "path": str(model),
-                            "params": {
-                                "preprocess": {"resize": 4},
-                                "labels_metadata_key": "labels",
-                                "intra_op_threads": 1,
-                            },
-                            "metadata": {"max_batch": 64},
-                        }
-                    ]
-                }
-            )
-        )
+        registry = _registry(workdir)
         console.print("warming the broker up (not measured) ...")
         await _run(bootstrap, 2000, 1, registry, workdir)
         rows = {}
