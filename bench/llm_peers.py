@@ -210,6 +210,7 @@ async def altlas_side(
         "backend": "llama.cpp",
         "path": str(model),
         "params": params,
+        "metadata": {"timeout_s": 900},  # queueing is measured, not cut off by the default budget
     }
     with tempfile.TemporaryDirectory() as tmp, broker() as bootstrap:
         registry = Path(tmp) / "models.yaml"

@@ -233,7 +233,11 @@ class Scheduler:
             return min(common_prefix(slot.cached, tokens), cap) if self.reuse else 0
 
         free = [slot for slot in self.slots if slot.job is None]
-        slot = max(free, key=lambda s: (match(s), -s.last_used))  # no match: the least recently used
+        # Ties go to the lowest seq id, which keeps running seq ids consecutive (see _step);
+        # with nothing to reuse, the least recently used slot's cells go.
+        slot = max(free, key=lambda s: (match(s), -s.seq))
+        if match(slot) == 0:
+            slot = min(free, key=lambda s: s.last_used)
         keep = match(slot)
         donor = max(self.slots, key=match)
         if (reach := match(donor)) >= keep + MIN_COPY_TOKENS:  # a running slot holds more of it
@@ -254,7 +258,9 @@ class Scheduler:
         # llama.cpp splits a multi-stream batch into "equal" micro-batches, and a prompt
         # chunk split that way beside other sequences does not give the KV it gives alone.
         calls: list[list[tuple[Job, int, bool]]] = []  # (job, token, wants logits)
-        generating = [(job, job.next_token, True) for job in self.running if job.evaluated == len(job.tokens)]
+        # By seq id: llama.cpp puts only consecutive seq ids in one micro-batch (one weights pass).
+        done = sorted((job for job in self.running if job.evaluated == len(job.tokens)), key=_seq)
+        generating = [(job, job.next_token, True) for job in done]
         if generating:
             calls.append(generating)
         budget = self.n_batch - len(generating)
@@ -341,6 +347,10 @@ class Scheduler:
             _fail(job, outcome)
         elif not job.future.done():
             job.future.set_result(outcome)
+
+
+def _seq(job: Job) -> int:
+    return job.slot.seq if job.slot is not None else -1
 
 
 def _fail(job: Job, exc: Exception) -> None:

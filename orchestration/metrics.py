@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Sequence
@@ -42,6 +43,20 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "altlas_batch_size", "Requests per model call.", ["model"], buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.first_token_seconds = Histogram(
+            "altlas_time_to_first_token_seconds",
+            "Text generation: from joining the model's queue to the first token.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.generation_tps = Histogram(
+            "altlas_generation_tokens_per_second",
+            "Text generation: a request's tokens over its time in its slot.",
+            ["model"],
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=r,
         )
         self.cache = Counter("altlas_cache", "Result cache look-ups.", ["outcome"], registry=r)
         self.dead_letters = Counter(
@@ -109,6 +124,8 @@ class Metrics:
             how = result.attributes.get("cache")
             if how is not None:
                 cached[how] += 1
+            elif (ttft := result.attributes.get("time_to_first_token_ms")) is not None:
+                self._observe_generation(result.model_id, result.model_version, result.attributes, ttft)
         for key, values in seconds.items():
             children = self._children.get(key)
             if children is None:  # labels() costs more than the increment: resolve each label set once
@@ -124,6 +141,13 @@ class Metrics:
             self.dead_letters.labels(modality, code).inc(n)
         for how, n in cached.items():
             self.cache.labels(how).inc(n)
+
+    def _observe_generation(self, model_id: str, version: str, attributes: Any, ttft_ms: str) -> None:
+        """A generated text's time to first token and tokens/s (attributes the text pipeline sets)."""
+        model = f"{model_id}@{version}"
+        with contextlib.suppress(ValueError):
+            self.first_token_seconds.labels(model).observe(float(ttft_ms) / 1000)
+            self.generation_tps.labels(model).observe(float(attributes.get("tokens_per_second", "0")))
 
     def observe_batch(self, model: str, size: int, inference_ms: float) -> None:
         """One model call."""

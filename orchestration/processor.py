@@ -476,6 +476,8 @@ class RequestProcessor:
                 i = work.index
                 if work.cache_key is not None:
                     await self._cache_store(work, job.output)
+                if job.attributes:  # per-request figures (time to first token, tokens/s, partial text)
+                    work.attributes.update(job.attributes)
                 try:
                     if isinstance(job.output, BaseException):
                         outcomes[i] = self._failure(

@@ -38,6 +38,7 @@ class JobResult(NamedTuple):
     started_at: float  # epoch seconds when its batch started
     inference_ms: float
     batch_size: int
+    attributes: dict[str, str] | None = None  # per-request figures the pipeline reports (e.g. TTFT)
 
 
 ChunkSink = Callable[[Record], None]
@@ -192,8 +193,9 @@ class _Lane:
                         waiter = asyncio.wrap_future(pending)
                         # The caller gave up (timeout, shutdown): stop generating, free the slot.
                         ticket.future.add_done_callback(lambda _: waiter.cancel())
+                        attributes: dict[str, str] | None = None
                         try:
-                            output: Output = await waiter
+                            output, attributes = await waiter
                         except asyncio.CancelledError:
                             if not ticket.future.done():
                                 raise
@@ -204,14 +206,14 @@ class _Lane:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # load failure, budget
-            output, inference_ms = exc, 0.0
+            output, inference_ms, attributes = exc, 0.0, None
         if self.health is not None and not ticket.future.done():
             timed = self.manager.batches_since_load(self.spec) > 1
             self.health.observe(self.spec, [output], inference_ms if timed else 0.0)
         if self.on_batch is not None and inference_ms > 0:
             self.on_batch(self.spec.key, 1, inference_ms)
         if not ticket.future.done():
-            ticket.answer(i, JobResult(output, started, inference_ms, together))
+            ticket.answer(i, JobResult(output, started, inference_ms, together, attributes))
 
     def _infer(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
         try:

@@ -7,10 +7,13 @@ is generated, and the chunks of a request always concatenate to its final text.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 
+from altlas.models.errors import GenerationCancelled
 from altlas.models.llama import LlamaRuntime
 from altlas.models.llama_text import GenerationRequest, GenerationResult
 from altlas.models.registry import ModelSpec
@@ -19,6 +22,13 @@ from altlas.pipelines.base import Output, PipelineLimits, Prepared, float_param
 from altlas.pipelines.text_params import DEFAULT_TEMPERATURE, bool_param, sampling_from
 from altlas.schemas.errors import InvalidRequestError, PayloadTooLargeError
 from altlas.schemas.types import ParamValue, Record, TextChunk, TextGeneration
+
+#: An output and its per-request attributes.
+Answer = tuple[Output, dict[str, str]]
+#: A cancelled generation's text goes into its error result's attributes up to this length.
+MAX_PARTIAL_CHARS = 16_384
+#: A generation stops this long (at most 15 % of its budget) before its caller gives up.
+STOP_MARGIN_S = 1.0
 
 
 def text_payload(payload: bytes | str, limits: PipelineLimits) -> str:
@@ -87,24 +97,31 @@ class TextGenerationPipeline:
 
     def submit(
         self, runtime: ModelRuntime, item: Prepared, emit: Callable[[Record], None] | None = None
-    ) -> Future[Output]:
+    ) -> Future[Answer]:
         """Queue one request on the model's decode loop and return at once (continuous batching).
 
         The lane calls this for every request as soon as it arrives, so requests
         join a running batch instead of waiting for it; cancelling the future
-        stops the generation within one decode step.
+        stops the generation within one decode step. The answer is the output
+        (a record, or the request's error) and its per-request attributes.
         """
         on_text = None if emit is None else _numbered(emit)
         generation = llama_runtime(runtime).submit(_with_deadline(item), on_text)
-        output: Future[Output] = Future()
+        output: Future[Answer] = Future()
 
         def done(f: Future[GenerationResult]) -> None:
-            if f.cancelled():
-                output.cancel()
-            elif (exc := f.exception()) is not None:
-                output.set_exception(exc)
-            else:
-                output.set_result(to_record(f.result()))
+            if output.done():  # cancelled by the caller, who no longer waits
+                return
+            with contextlib.suppress(InvalidStateError):  # ... or cancelled just now
+                if f.cancelled():
+                    output.cancel()
+                elif isinstance(exc := f.exception(), GenerationCancelled):
+                    output.set_result((exc, _partial(exc)))
+                elif exc is not None:
+                    output.set_exception(exc)
+                else:
+                    result = f.result()
+                    output.set_result((to_record(result), generation_attributes(result)))
 
         # Cancelling the output cancels the generation (its slot frees within a step).
         output.add_done_callback(lambda o: generation.cancel() if o.cancelled() else None)
@@ -130,6 +147,25 @@ class TextGenerationPipeline:
         return to_record(llama_runtime(runtime).generate(_with_deadline(item), _numbered(emit)))
 
 
+def generation_attributes(result: GenerationResult) -> dict[str, str]:
+    """Per-request figures for the result's attributes (and the Prometheus histograms)."""
+    attributes = {
+        "tokens_per_second": f"{result.tokens_per_second:.2f}",
+        "cached_prompt_tokens": str(result.cached_prompt_tokens),
+    }
+    if result.first_token_seconds is not None:
+        attributes["time_to_first_token_ms"] = f"{result.first_token_seconds * 1000:.1f}"
+    return attributes
+
+
+def _partial(exc: GenerationCancelled) -> dict[str, str]:
+    """What a stopped generation had produced, for its error result."""
+    return {
+        "completion_tokens": str(exc.completion_tokens),
+        "partial_text": exc.partial_text[:MAX_PARTIAL_CHARS],
+    }
+
+
 def _numbered(emit: Callable[[Record], None]) -> Callable[[str], None]:
     """A text callback that emits ``TextChunk``s numbered 0, 1, 2, ..."""
     sequence = 0
@@ -143,8 +179,13 @@ def _numbered(emit: Callable[[Record], None]) -> Callable[[str], None]:
 
 
 def _with_deadline(item: Prepared) -> GenerationRequest:
-    """The request, told when to stop: a generation nobody waits for must free its slot."""
+    """The request, told when to stop: a generation nobody waits for must free its slot.
+
+    It stops a little before the caller gives up, so that its own error, with
+    the text generated so far, is the answer rather than a bare timeout.
+    """
     request: GenerationRequest = item.data
-    if item.deadline is None or request.deadline == item.deadline:
+    if item.deadline is None:
         return request
-    return dataclasses.replace(request, deadline=item.deadline)
+    margin = min(STOP_MARGIN_S, 0.15 * max(0.0, item.deadline - time.monotonic()))
+    return dataclasses.replace(request, deadline=item.deadline - margin)

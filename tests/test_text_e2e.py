@@ -210,6 +210,20 @@ async def test_a_deterministic_request_is_answered_from_the_cache_when_repeated(
     assert isinstance(first.output, TextGeneration) and isinstance(again.output, TextGeneration)
     assert "cache" not in first.attributes and "cache" in again.attributes
     assert again.output.text == first.output.text
+    # The generation's own figures travel as attributes (and feed the Prometheus histograms).
+    assert float(first.attributes["time_to_first_token_ms"]) > 0
+    assert float(first.attributes["tokens_per_second"]) > 0
+
+
+async def test_a_generation_past_its_time_budget_answers_with_the_text_it_had(
+    text_client: AltlasClient,
+) -> None:
+    params = {"max_tokens": 1500, "temperature": 0, "timeout_ms": 6000}
+    result = await text_client.request(make_request("text", "generate", "Once upon a time", params=params))
+    assert result is not None and result.status is ResultStatus.ERROR and result.error is not None
+    assert result.error.code == "DEADLINE_EXCEEDED"
+    assert 1 <= int(result.attributes["completion_tokens"]) < 1500
+    assert result.attributes["partial_text"].strip()
 
 
 async def test_a_prompt_beyond_the_context_gets_an_error_result_and_a_dead_letter(
