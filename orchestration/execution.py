@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -24,8 +25,10 @@ from altlas.orchestration.ensemble import aggregate
 from altlas.orchestration.health import error_code
 from altlas.orchestration.planning import Plan
 from altlas.orchestration.workers import JobResult, ModelWorkers
+from altlas.pipelines.base import Pipeline, Prepared
+from altlas.pipelines.decode_once import decoded_once
 from altlas.schemas.errors import AltlasError, ErrorCode
-from altlas.schemas.types import AnyRequest, Record
+from altlas.schemas.types import AnyRequest, ParamValue, Record
 
 #: Errors after which the next model of a fallback chain is tried (input errors are not).
 RETRY_NEXT = frozenset({"MODEL_FAILED", "MODEL_UNAVAILABLE", "DEADLINE_EXCEEDED"})
@@ -88,12 +91,21 @@ class MultiModelExecutor:
         return max(0.0, budget)
 
     async def _attempt(
-        self, request: AnyRequest, plan: Plan, spec: ModelSpec, span: SpanContext | None, timeout_s: float
+        self,
+        request: AnyRequest,
+        plan: Plan,
+        spec: ModelSpec,
+        span: SpanContext | None,
+        timeout_s: float,
+        prepared: Prepared | BaseException | None = None,
     ) -> Member:
-        try:
-            prepared = await self.decoder.prepare((plan.pipeline, request.payload, request.params, spec))
-        except Exception as exc:
-            return Member(spec, exc, None)
+        if prepared is None:
+            try:
+                prepared = await self.decoder.prepare((plan.pipeline, request.payload, request.params, spec))
+            except Exception as exc:
+                prepared = exc
+        if isinstance(prepared, BaseException):
+            return Member(spec, prepared, None)
         future = self.workers.submit(spec, plan.pipeline, [prepared], [span])
         try:
             (job,) = await asyncio.wait_for(asyncio.shield(future), timeout_s)
@@ -142,9 +154,13 @@ class MultiModelExecutor:
         return Execution(last.output, last.spec, last.job, tried, False, attributes)
 
     async def _ensemble(self, request: AnyRequest, plan: Plan, span: SpanContext | None) -> Execution:
+        # Every member's input from one decode of the payload (each model still preprocesses its own).
+        prepared = await asyncio.to_thread(
+            prepare_members, plan.pipeline, request.payload, request.params, plan.specs
+        )
         tasks = [
-            asyncio.create_task(self._attempt(request, plan, spec, span, self.budget(request, spec)))
-            for spec in plan.specs
+            asyncio.create_task(self._attempt(request, plan, spec, span, self.budget(request, spec), item))
+            for spec, item in zip(plan.specs, prepared, strict=True)
         ]
         members = list(await asyncio.gather(*tasks))
         good = [m for m in members if not isinstance(m.output, BaseException)]
@@ -160,3 +176,17 @@ class MultiModelExecutor:
             return Execution(exc, None, None, members, False, attributes)
         lead = good[0]
         return Execution(combined, lead.spec, lead.job, members, bool(missed), attributes)
+
+
+def prepare_members(
+    pipeline: Pipeline, payload: bytes | str, params: Mapping[str, ParamValue], specs: Sequence[ModelSpec]
+) -> list[Prepared | BaseException]:
+    """Each model's input, the payload decoded once for all of them (pipelines/decode_once.py)."""
+    out: list[Prepared | BaseException] = []
+    with decoded_once():
+        for spec in specs:
+            try:
+                out.append(pipeline.prepare(payload, params, spec))
+            except Exception as exc:
+                out.append(exc)
+    return out

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from altlas.pipelines.decode_once import memoized
 from altlas.schemas.errors import ErrorCode, InvalidRequestError, PayloadTooLargeError
 
 MAX_CHANNELS = 64
@@ -55,7 +56,12 @@ def sniff(data: bytes) -> str | None:
 def decode_audio(
     data: bytes, *, max_seconds: float, target_rate: int | None = None, max_samples: int = MAX_SAMPLES
 ) -> Audio:
-    """Decode, bound-check, downmix and (optionally) resample encoded audio."""
+    """Decode, bound-check, downmix and (optionally) resample encoded audio (once a plan: decode_once)."""
+    limits = (max_seconds, target_rate, max_samples)
+    return memoized("audio", data, limits, lambda: _decode_audio(data, max_seconds, target_rate, max_samples))
+
+
+def _decode_audio(data: bytes, max_seconds: float, target_rate: int | None, max_samples: int) -> Audio:
     if not data:
         raise InvalidRequestError("empty audio payload")
     kind = sniff(data)

@@ -13,6 +13,7 @@ import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from altlas.pipelines.decode_once import memoized
 from altlas.schemas.errors import ErrorCode, InvalidRequestError, PayloadTooLargeError
 
 _ORIENTATION = 0x0112  # the EXIF tag
@@ -22,7 +23,11 @@ FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
 
 
 def decode_image(data: bytes, *, max_pixels: int, mode: str = "RGB") -> Image.Image:
-    """Decode, bound-check, EXIF-rotate and convert an encoded image."""
+    """Decode, bound-check, EXIF-rotate and convert an encoded image (once per plan: decode_once.py)."""
+    return memoized("image", data, (max_pixels, mode), lambda: _decode_image(data, max_pixels, mode))
+
+
+def _decode_image(data: bytes, max_pixels: int, mode: str) -> Image.Image:
     if not data:
         raise InvalidRequestError("empty image payload")
     # Pillow's own bomb guard follows the configured limit (a warning above it, which is turned

@@ -294,3 +294,38 @@ async def test_under_memory_pressure_a_model_with_pending_requests_is_kept(
     states = {key: manager.status(key).state for key in ("a@1", "b@1", "c@1")}
     assert states["b@1"] == "evicted", states
     assert states["a@1"] != "evicted", states
+
+
+def test_an_ensemble_decodes_its_payload_once_for_every_member(models_dir: Path) -> None:
+    """Each member preprocesses for its own model, from one decode of the payload."""
+    from unittest import mock
+
+    from altlas.models.registry import ModelSpec
+    from altlas.orchestration.execution import prepare_members
+    from altlas.pipelines import image
+    from altlas.pipelines.image_classification import ImageClassificationPipeline
+    from tests.images import solid
+
+    specs = [
+        ModelSpec(
+            f"m{i}",
+            "1",
+            "vision.classify",
+            "onnx",
+            models_dir / "mean_color.onnx",
+            params={"preprocess": {"resize": 4 + i}},
+        )
+        for i in range(3)
+    ]
+    pipeline = ImageClassificationPipeline()
+    payload = solid((10, 20, 30), size=32)
+    with mock.patch.object(image, "_decode_image", wraps=image._decode_image) as decode:
+        prepared = prepare_members(pipeline, payload, {}, specs)
+        assert decode.call_count == 1
+        alone = [pipeline.prepare(payload, {}, spec) for spec in specs]
+        assert decode.call_count == 4  # outside a plan, every call decodes
+    for together, single in zip(prepared, alone, strict=True):
+        assert not isinstance(together, BaseException) and together.data.shape == single.data.shape
+        assert (together.data == single.data).all()
+    broken = prepare_members(pipeline, b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, {}, specs)
+    assert all(isinstance(b, Exception) for b in broken)  # one decode error, given to every member
