@@ -106,6 +106,7 @@ class BatchingConsumer:
         self._next_offsets: dict[TopicPartition, int] = {}  # per partition, first offset not handed out
         self._carry: list[InboundRecord] = []
         self._paused = False
+        self._settling: set[TopicPartition] = set()  # new partitions waiting for stable offsets (paused)
         self._progress = asyncio.Condition()
         self._commit_lock = asyncio.Lock()
         self._commit_again = False
@@ -214,7 +215,7 @@ class BatchingConsumer:
             # Keep the group membership alive (max.poll.interval) while paused;
             # partitions assigned meanwhile are not paused, so keep what they give.
             self._carry.extend(await self._poll(0, self.config.max_records))
-        self._consumer.resume(*self._consumer.assignment())
+        self._consumer.resume(*(self._consumer.assignment() - self._settling))
         self._paused = False
         log.debug("backpressure: resumed", extra={"inflight": self._inflight})
 
@@ -292,11 +293,24 @@ class BatchingConsumer:
             self._next_offsets.pop(TopicPartition(t, p), None)
 
     async def _start_stable(self, assigned: set[TopicPartition]) -> None:
-        """Start new partitions where no open transaction of their last owner can still move them."""
-        offsets = await stable_committed(self._consumer, assigned, self.config.stable_offsets_timeout_s)
-        for tp, offset in offsets.items():
-            if offset is not None:
-                self._consumer.seek(tp, offset)
+        """Start new partitions where no open transaction of their last owner can still move them.
+
+        aiokafka starts fetching them from the plain committed offset while this listener runs, so
+        they stay paused (from before the first await) until they are sought to the stable one.
+        """
+        self._settling |= assigned
+        self._consumer.pause(*assigned)
+        try:
+            offsets = await stable_committed(self._consumer, assigned, self.config.stable_offsets_timeout_s)
+            for tp, offset in offsets.items():
+                if offset is None:
+                    await self._consumer.seek_to_beginning(tp)
+                else:
+                    self._consumer.seek(tp, offset)
+        finally:
+            self._settling -= assigned
+            if not self._paused:
+                self._consumer.resume(*(assigned & self._consumer.assignment()))
 
     async def rewind(self) -> None:
         """Forget everything in flight and go back to the committed offsets (after an aborted transaction)."""
@@ -314,7 +328,7 @@ class BatchingConsumer:
             else:
                 self._consumer.seek(tp, committed)
         if self._paused:
-            self._consumer.resume(*assigned)
+            self._consumer.resume(*(set(assigned) - self._settling))
             self._paused = False
         async with self._progress:
             self._progress.notify_all()

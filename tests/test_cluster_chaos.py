@@ -235,6 +235,7 @@ class Tally:
         self.codec = build_codec(settings)
         self.counts: dict[str, int] = {}
         self.first: dict[str, float] = {}
+        self.by: dict[str, list[str]] = {}  # request id -> "instance@partition:offset" of each answer
         self._consumer = AIOKafkaConsumer(
             group_id=None,
             enable_auto_commit=False,
@@ -257,6 +258,8 @@ class Tally:
                         rid = self.codec.decode_record(rec.value, VisionResult).request_id
                         self.counts[rid] = self.counts.get(rid, 0) + 1
                         self.first.setdefault(rid, now)
+                        who = dict(rec.headers).get("altlas.instance", b"?").decode()
+                        self.by.setdefault(rid, []).append(f"{who}@{rec.partition}:{rec.offset}")
         finally:
             await self._consumer.stop()
 
@@ -421,4 +424,5 @@ async def test_cluster_fault_loses_nothing_and_exactly_once_doubles_nothing(
     table.append(outcome)
     assert not lost, f"{outcome}: lost {sorted(lost)[:10]}"
     if delivery == "exactly_once":
-        assert duplicated == 0, outcome
+        twice = {rid: tally.by.get(rid) for rid, n in tally.counts.items() if n > copies.get(rid, 1)}
+        assert duplicated == 0, f"{outcome}: {list(twice.items())[:5]}"

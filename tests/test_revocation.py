@@ -3,7 +3,9 @@
 aiokafka sends transactional offsets without the group generation (no KIP-447), so
 the broker would accept them from a member that gave the partition up; altlas drops
 that work itself (consumers/ownership.py). Here a real second member joins while
-the first has batches in its model, long past the revocation's wait.
+the first has batches in its model, long past the revocation's wait; and a new
+owner waits for the open transaction of a predecessor frozen just before its
+commit (consumers/stable_offsets.py).
 """
 
 from __future__ import annotations
