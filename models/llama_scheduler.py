@@ -11,9 +11,9 @@ all of it. Here one thread per context owns the slots and, at every step:
 2. lets waiting requests into free slots, reusing the KV cells of the longest
    matching prompt prefix held by any slot (see ``_place``);
 3. decodes one token of every generating sequence (one ``llama_decode``),
-   then prompt chunks of joining sequences, oldest first, up to ``n_batch``
-   tokens in all, so a long prompt never freezes the others for more than
-   one step;
+   then a chunk of every joining prompt, up to ``n_batch`` tokens in all,
+   shared equally (see ``_prompt_shares``), so a long prompt never freezes
+   the others for more than one step nor holds a short one back;
 4. samples every sequence that got logits; finished ones leave at once.
 
 Each slot is its own KV stream (``kv_unified`` off) whose cell i holds
@@ -264,23 +264,44 @@ class Scheduler:
         if generating:
             calls.append(generating)
         budget = self.n_batch - len(generating)
-        for job in self.running:
-            left = len(job.tokens) - job.evaluated
-            take = min(left, budget)
-            if take < left and left - take < 2:
-                take = left - 2
-            if left and take >= min(left, 2):
-                # Never a 1-token chunk of a longer prompt: llama.cpp sums attention in
-                # another order for a lone token, and the text could differ from its
-                # evaluation alone by a rounding.
-                chunk = job.tokens[job.evaluated : job.evaluated + take]
-                calls.append([(job, token, False) for token in chunk[:-1]] + [(job, chunk[-1], take == left)])
-                budget -= take
+        for job, take in self._prompt_shares(budget):
+            chunk = job.tokens[job.evaluated : job.evaluated + take]
+            last = job.evaluated + take == len(job.tokens)
+            calls.append([(job, token, False) for token in chunk[:-1]] + [(job, chunk[-1], last)])
         for entries in calls:
             self._decode(entries)
             for i, (job, _, logits) in enumerate(entries):
                 if logits:
                     self._sample(job, i)
+
+    def _prompt_shares(self, budget: int) -> list[tuple[Job, int]]:
+        """Prompt tokens each joining sequence evaluates this step.
+
+        The budget is shared equally, the rest goes oldest first: a short prompt
+        is never stuck behind a long one. No chunk is a single token of a longer
+        prompt: llama.cpp sums attention in another order for a lone token, and
+        the text could then differ from the request's evaluation alone.
+        """
+        joining = [job for job in self.running if job.evaluated < len(job.tokens)]
+        if not joining or budget <= 0:
+            return []
+        share = max(2, budget // len(joining))
+        takes: dict[Job, int] = {}
+        for job in joining:
+            takes[job] = min(len(job.tokens) - job.evaluated, share, budget)
+            budget -= takes[job]
+        for job in joining:
+            extra = min(len(job.tokens) - job.evaluated - takes[job], budget)
+            takes[job] += extra
+            budget -= extra
+        shares = []
+        for job, take in takes.items():
+            left = len(job.tokens) - job.evaluated
+            if take < left and left - take < 2:
+                take = left - 2
+            if take >= min(left, 2) and take > 0:
+                shares.append((job, take))
+        return shares
 
     def _decode(self, entries: list[tuple[Job, int, bool]]) -> None:
         b = self.batch

@@ -193,6 +193,26 @@ def test_a_cancelled_generation_frees_its_slot_within_a_step_and_keeps_its_text(
     assert caught.value.partial_text.startswith("".join(pieces[:at_cancel]))
 
 
+def test_a_short_prompt_is_not_held_behind_a_long_one(tiny_gguf: Path, alone_tiny: LlamaRuntime) -> None:
+    """Prompt chunks share each step's budget: the short one's first token comes long before the other's."""
+    runtime = _runtime(tiny_gguf, batch_sequences=2, cached_prefixes=0, n_batch=16)
+    long = GenerationRequest(prompt=" ".join(["cat", "dog", "sun"] * 22), sampling=Sampling(max_tokens=1))
+    short = GenerationRequest(prompt="the hill", sampling=Sampling(max_tokens=1, temperature=0.0))
+    finished: list[str] = []
+    try:
+        assert len(runtime.prompt_tokens(long)) > 150  # about ten steps of 16 tokens alone
+        first = runtime.submit(long)
+        first.add_done_callback(lambda _: finished.append("long"))
+        second = runtime.submit(short)
+        second.add_done_callback(lambda _: finished.append("short"))
+        got = second.result(timeout=30)
+        first.result(timeout=30)
+    finally:
+        runtime.unload()
+    assert finished == ["short", "long"]
+    assert _key(got) == _key(alone_tiny.generate(short))
+
+
 def test_common_prefix_counts_equal_leading_tokens() -> None:
     assert common_prefix([1, 2, 3, 4], [1, 2, 9]) == 2
     assert common_prefix([], [1]) == 0
