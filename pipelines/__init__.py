@@ -30,15 +30,23 @@ PIPELINES: dict[str, str] = {
 }
 
 
+_guard: list[int] = []  # the pixel limit Pillow's guard was set to, once set
+
+
 def guard_images(max_pixels: int) -> None:
     """Set Pillow's process-wide bomb guard to the configured limit before any image is opened.
 
-    Task detection opens images before any pipeline decodes one, and decoder
-    processes import this package afresh.
+    Every ``open()`` in the process then stops where the service's limit does
+    (a warning above it, turned into an error where altlas decodes, and an
+    error above twice it), task detection's included. The guard is one global:
+    a second set of pipelines with a higher limit raises it, a lower one
+    leaves it (each decode still checks its own limit from the header).
     """
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    if not _guard or max_pixels > _guard[0]:
+        _guard[:] = [max_pixels]
+        Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def load_pipelines(limits: PipelineLimits) -> tuple[dict[str, Pipeline], dict[str, str]]:

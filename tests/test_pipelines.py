@@ -22,7 +22,7 @@ from tests.images import encode, png_declaring, rotated_page, solid
 
 
 def test_an_image_declaring_50000_by_50000_pixels_is_refused_before_decoding() -> None:
-    with pytest.raises(PayloadTooLargeError, match="50000x50000"):
+    with pytest.raises(PayloadTooLargeError, match="pixels"):  # Pillow's guard or ours, from the header
         decode_image(png_declaring(50_000, 50_000), max_pixels=40_000_000)
 
 
