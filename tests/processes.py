@@ -31,11 +31,13 @@ def start_altlas(config: Path, log: Path, **env: str) -> subprocess.Popen[bytes]
         )
 
 
-async def wait_started(log: Path, timeout_s: float = 60, marker: str = "altlas started") -> None:
-    """Until the log shows ``marker`` (by default: the orchestrator started)."""
+async def wait_started(
+    log: Path, timeout_s: float = 60, marker: str = "altlas started", *, times: int = 1
+) -> None:
+    """Until the log shows ``marker`` (by default: the orchestrator started) ``times`` times."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if log.exists() and marker in log.read_text(errors="replace"):
+        if log.exists() and log.read_text(errors="replace").count(marker) >= times:
             return
         await asyncio.sleep(0.1)
     raise TimeoutError(

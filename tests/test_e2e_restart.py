@@ -12,7 +12,7 @@ from altlas.orchestration.settings import Settings
 from altlas.schemas.types import ResultStatus
 from tests.conftest import create_topics, write_config
 from tests.images import rotated_page
-from tests.processes import start_altlas
+from tests.processes import start_altlas, wait_started
 
 
 async def test_sigterm_mid_stream_then_restart_loses_nothing(
@@ -46,6 +46,8 @@ async def test_sigterm_mid_stream_then_restart_loses_nothing(
         stopped_at = len(seen)
         second = start_altlas(config, log)
         try:
+            # Started for sure, even when the first run's drain answered everything in flight.
+            await wait_started(log, 120, times=2)
             deadline = time.monotonic() + 120
             while ids - set(seen) and time.monotonic() < deadline:
                 for rec in await reader.read(0.5):
