@@ -214,7 +214,12 @@ async def altlas_side(
     from altlas.schemas.types import ResultStatus, TextGeneration, TextResult
     from bench.common import broker
 
-    params = {"n_ctx": args.n_ctx, "n_threads": args.threads, "batch_sequences": slots}
+    params = {
+        "n_ctx": args.n_ctx,
+        "n_threads": args.threads,
+        "batch_sequences": slots,
+        "flash_attn": args.flash,
+    }
     entry = {
         "id": "smol",
         "tasks": ["text.chat"],
@@ -329,6 +334,7 @@ async def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=20)
     parser.add_argument("--skip", nargs="*", default=[], help="systems to leave out")
+    parser.add_argument("--flash", action="store_true", help="altlas with flash attention (not batch-exact)")
     args = parser.parse_args()
 
     from llama_cpp import Llama
@@ -347,7 +353,9 @@ async def main() -> None:
         run, want = await altlas_side(reqs, args, model, args.slots)
         altlas_texts = run.texts
         same = int(run.texts == want)
-        rows.append(summary(f"altlas, {args.slots} slots", run, count))
+        rows.append(
+            summary(f"altlas, {args.slots} slots" + (", flash_attn" if args.flash else ""), run, count)
+        )
     if "llama-server" not in args.skip:
         binary = build_llama_server()
         env = {"LD_LIBRARY_PATH": str(binary.parent)}
