@@ -69,8 +69,8 @@ bench: setup kafka-jars ## one benchmark, BENCH=throughput|orchestration|scaling
 bench-peers: setup kafka-jars ## altlas vs Quix Streams, FastStream, MLServer, raw aiokafka (~10 min; peers install into ~/.cache/altlas/peers)
 	$(BIN)/python -m bench.peers $(BENCH_ARGS)
 
-bench-llm-peers: setup kafka-jars ## altlas vs llama-server (built once from the binding's sdist into ~/.cache/altlas/peers, ~9 min) on a chat workload
-	$(BIN)/python -m bench.llm_peers $(or $(BENCH_ARGS),--requests 48 --rate 1.5 --in-flight 8)
+bench-llm-peers: setup kafka-jars ## altlas vs llama-server (built once from the binding's sdist into ~/.cache/altlas/peers, ~9 min) and llama_cpp.server on a chat workload (~15 min; the issue's 200 requests: BENCH_ARGS=--requests 200 --rate 2)
+	$(BIN)/python -m bench.llm_peers $(or $(BENCH_ARGS),--requests 24 --rate 1.0 --in-flight 8)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
