@@ -24,6 +24,7 @@ from altlas.consumers.stream import BatchingConsumer
 from altlas.orchestration.liveness import Progress
 from altlas.orchestration.processor import Outcome, RequestProcessor
 from altlas.producers.publisher import OutboundMessage, PermanentSendError, Publisher, record_size
+from altlas.producers.swap import retrieve_error
 from altlas.producers.transactions import Fenced, TransactionAborted, TransactionalPublisher
 from altlas.schemas.errors import AltlasError, ErrorCode, PayloadTooLargeError
 
@@ -178,7 +179,7 @@ class StreamWorker:
             await asyncio.gather(*(self._deliver_in_order(items) for items in retry.values()))
         if chunk_acks:  # streamed chunks: best effort, and never longer than the time limit
             for ack in chunk_acks:
-                ack.add_done_callback(_retrieve)
+                ack.add_done_callback(retrieve_error)
             await asyncio.wait(chunk_acks, timeout=limit)
         await self.consumer.finished(records)
 
@@ -397,9 +398,3 @@ class StreamWorker:
             await self.publisher.deliver(msg)
         except PermanentSendError as exc:
             log.error("dropping an unpublishable answer for %s: %s", msg.topic, exc)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Read a best-effort send's error, so that it is not reported as never retrieved."""
-    if not future.cancelled():
-        future.exception()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import ProducerClosed, UnknownTopicOrPartitionError
 
-from altlas.producers.swap import ReplaceableProducer
+from altlas.producers.swap import ReplaceableProducer, retrieve_error
 
 if TYPE_CHECKING:
     from altlas.producers.publisher import OutboundMessage
@@ -35,7 +35,7 @@ class SideChains:
     def send(self, msg: OutboundMessage) -> asyncio.Future[Any]:
         """Queue ``msg`` behind the earlier ones to its topic; the future resolves on its ack."""
         outer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        outer.add_done_callback(_retrieve)  # a caller whose time ran out no longer awaits it
+        outer.add_done_callback(retrieve_error)  # a caller whose time ran out no longer awaits it
         before = self._chains.get(msg.topic)
         chain = asyncio.create_task(self._send_after(before, msg, outer))
         self._chains[msg.topic] = chain
@@ -73,11 +73,6 @@ class SideChains:
             return
         self.producers.tag(outer, generation)
         inner.add_done_callback(lambda f: _copy(f, outer))
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:

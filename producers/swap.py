@@ -125,3 +125,9 @@ async def _retire(producer: AIOKafkaProducer) -> None:
         await asyncio.wait_for(producer.stop(), 30)
     except Exception as exc:  # it was broken already: nothing more to save from it
         log.debug("stopping a replaced producer: %s", exc)
+
+
+def retrieve_error(future: asyncio.Future[Any]) -> None:
+    """Read a send's error as it completes, so that nobody waiting no longer makes it "never retrieved"."""
+    if not future.cancelled():
+        future.exception()

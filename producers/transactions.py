@@ -38,13 +38,9 @@ from aiokafka.errors import ProducerFenced
 from altlas.producers.partitioner import KeyPartitioner
 from altlas.producers.publisher import OutboundMessage
 from altlas.producers.refusals import TOPIC_TIMED_OUT, Fate, Refusals, verdict
+from altlas.producers.swap import retrieve_error
 
 log = logging.getLogger(__name__)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 class Fenced(Exception):
@@ -124,7 +120,7 @@ class TransactionalPublisher:
                         raise
                     # The commit below is what we wait on; an aborted send's own error is
                     # read here so that it is not reported as "never retrieved".
-                    future.add_done_callback(_retrieve)
+                    future.add_done_callback(retrieve_error)
                     sent.append((msg, future))
                 if offsets:
                     await producer.send_offsets_to_transaction(
