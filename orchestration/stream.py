@@ -202,10 +202,12 @@ class StreamWorker:
             await previous.wait()
             if self._rewind_needed:
                 return  # an earlier batch aborted: these records will be fetched and answered again
-            fitted = await asyncio.gather(
-                *(self._fit(outcome) for outcome in outcomes)
-            )  # at once: each may wait
-            messages = [msg for batch in fitted for msg in batch]
+            # Nearly every answer can be sent as it is; the rest are checked at once (each may wait).
+            unclear = [i for i, outcome in enumerate(outcomes) if not self._clear(outcome)]
+            fitted = dict(
+                zip(unclear, await asyncio.gather(*(self._fit(outcomes[i]) for i in unclear)), strict=True)
+            )
+            messages = [msg for i, outcome in enumerate(outcomes) for msg in fitted.get(i, outcome.messages)]
             self._txn_work.append((messages, records, token))
             handed = True
             self._txn_idle.clear()
@@ -296,6 +298,14 @@ class StreamWorker:
         await self.consumer.rewind()
         self._rewind_needed = False
         log.warning("rewound to the committed offsets after an aborted transaction")
+
+    def _clear(self, outcome: Outcome) -> bool:
+        """Whether ``_fit`` would return the outcome's messages unchanged, known without waiting."""
+        limit = self.max_message_bytes
+        return all(
+            (limit is None or record_size(msg) <= limit) and self.publisher.clear(msg)
+            for msg in outcome.messages
+        )
 
     async def _fit(self, outcome: Outcome) -> list[OutboundMessage]:
         """The outcome's messages, those that cannot be sent replaced: a transaction must not fail on them."""

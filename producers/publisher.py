@@ -270,6 +270,14 @@ class Publisher:
                 self.producers.forget_topic(msg.topic)
         raise PermanentSendError(f"{msg.topic}: {reason}", code=judged.code)
 
+    def clear(self, msg: OutboundMessage) -> bool:
+        """Whether ``msg`` can be sent as far as is known now, with nothing to wait for."""
+        return (
+            self.refusals.check(msg.topic, msg.key) is None
+            and self._oversized(msg) is None
+            and (msg.topic in self.patient_topics or self.producers.knows(msg.topic))
+        )
+
     async def ready(self, msg: OutboundMessage) -> Refusal | None:
         """Why ``msg`` cannot be sent, learning its topic's partitions first (bounded) when unknown.
 
