@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 # A rebalance in progress still counts this member in: the group waits for it to rejoin, and
 # its revocation (which waits for this transaction) runs before it does.
 _STILL_MEMBER = {0, 27}  # NONE, REBALANCE_IN_PROGRESS
+_COORDINATOR_MOVED = {14, 15, 16}  # loading, not available, not the coordinator: ask it again
+#: How long a commit may wait for a moving group coordinator to say whether this member is in.
+_CONFIRM_RETRY_S = 5.0
 
 
 class Ownership:
@@ -68,21 +72,41 @@ class Ownership:
             self.epoch += 1
 
     async def confirm(self) -> bool:
-        """Whether the group coordinator still counts this member in its current generation."""
+        """Whether the group coordinator still counts this member in its current generation.
+
+        A coordinator on the move (a broker restart) is found again and asked again for a
+        few seconds, rather than aborting every instance's transaction at once.
+        """
         coordinator = getattr(self._consumer, "_coordinator", None)
         if coordinator is None or coordinator.generation < 0 or not coordinator.member_id:
             return False
         request = HeartbeatRequest(coordinator.group_id, coordinator.generation, coordinator.member_id)
-        try:
-            response = await coordinator._send_req(request)
-        except KafkaError as exc:
-            log.warning("group membership unconfirmed (%s): not committing", exc)
-            return False
-        if response.error_code in _STILL_MEMBER:
-            return True
-        log.warning(
-            "this member left group %s (%s): its partitions are someone else's, not committing",
-            coordinator.group_id,
-            for_code(response.error_code).__name__,
-        )
-        return False
+        deadline = time.monotonic() + _CONFIRM_RETRY_S
+        while True:
+            try:
+                response = await coordinator._send_req(request)
+                code = response.error_code
+            except KafkaError as exc:
+                code, why = None, str(exc)
+            else:
+                why = for_code(code).__name__
+            if code in _STILL_MEMBER:
+                return True
+            if code is not None and code not in _COORDINATOR_MOVED:
+                log.warning(
+                    "this member left group %s (%s): its partitions are someone else's, not committing",
+                    coordinator.group_id,
+                    why,
+                )
+                return False
+            if time.monotonic() > deadline:
+                log.warning("group membership unconfirmed (%s): not committing", why)
+                return False
+            coordinator.coordinator_dead()
+            await asyncio.sleep(0.2)
+            try:
+                await asyncio.wait_for(
+                    coordinator.ensure_coordinator_known(), max(0.1, deadline - time.monotonic())
+                )
+            except TimeoutError:
+                pass

@@ -90,7 +90,10 @@ class _OffsetFetchRequestV7(RequestStruct):  # type: ignore[misc]
 class _StableOffsetFetch(Request[_OffsetFetchRequestV7]):  # type: ignore[misc]
     API_KEY = 9
 
-    def __init__(self, group_id: str, partitions: Iterable[TopicPartition]) -> None:
+    def __init__(
+        self, group_id: str, partitions: Iterable[TopicPartition], require_stable: bool = True
+    ) -> None:
+        self._require_stable = require_stable
         by_topic: dict[str, list[int]] = {}
         for tp in partitions:
             by_topic.setdefault(tp.topic, []).append(tp.partition)
@@ -100,7 +103,7 @@ class _StableOffsetFetch(Request[_OffsetFetchRequestV7]):  # type: ignore[misc]
         ]
 
     def build(self, request_struct_class: type[_OffsetFetchRequestV7]) -> _OffsetFetchRequestV7:
-        return request_struct_class(self._group_id, self._topics, True, {})
+        return request_struct_class(self._group_id, self._topics, self._require_stable, {})
 
 
 async def stable_committed(
@@ -108,20 +111,58 @@ async def stable_committed(
 ) -> dict[TopicPartition, int | None]:
     """Committed offsets (None: none yet) once no open transaction holds offsets for these partitions.
 
-    Waits at most ``timeout_s``; after that it returns what the group has, and says so.
+    Waits at most ``timeout_s`` for open transactions; after that it returns the
+    offsets last committed for good, and says so. A coordinator that is moving
+    is asked again, however long that takes: guessing would restart a partition.
     """
-    coordinator = consumer._coordinator
     wanted = list(partitions)
+    if not wanted:
+        return {}
     deadline = time.monotonic() + timeout_s
     waited = False
     while True:
+        offsets, unstable = await _fetch(consumer, wanted, require_stable=True)
+        if not unstable:
+            if waited:
+                log.info("pending transactional offsets settled", extra={"partitions": len(wanted)})
+            return offsets
+        if time.monotonic() > deadline:
+            log.warning("offsets still held by an open transaction after %.0fs; starting anyway", timeout_s)
+            settled, _ = await _fetch(consumer, wanted, require_stable=False)
+            return settled
+        if not waited:
+            log.info(
+                "waiting for an open transaction of the partitions' previous owner",
+                extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in unstable)},
+            )
+        waited = True
+        await asyncio.sleep(0.2)
+
+
+async def seek_committed(
+    consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition], timeout_s: float
+) -> None:
+    """Move each partition to its stable committed offset, or to its beginning when it has none."""
+    for tp, offset in (await stable_committed(consumer, partitions, timeout_s)).items():
+        if offset is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, offset)
+
+
+async def _fetch(
+    consumer: AIOKafkaConsumer, wanted: list[TopicPartition], *, require_stable: bool
+) -> tuple[dict[TopicPartition, int | None], list[TopicPartition]]:
+    """One OffsetFetch v7 that the coordinator answered: the offsets, and the partitions still unstable."""
+    coordinator = consumer._coordinator
+    while True:
         await coordinator.ensure_coordinator_known()
         try:
-            response = await coordinator._send_req(_StableOffsetFetch(coordinator.group_id, wanted))
+            response = await coordinator._send_req(
+                _StableOffsetFetch(coordinator.group_id, wanted, require_stable)
+            )
         except KafkaError as exc:  # _send_req has marked the coordinator dead: find it again
-            if time.monotonic() > deadline:
-                raise
-            log.debug("stable offset fetch failed (%s); retrying", exc)
+            log.debug("offset fetch failed (%s); retrying", exc)
             await asyncio.sleep(0.2)
             continue
         if response.error_code in _COORDINATOR_MOVED:
@@ -132,25 +173,21 @@ async def stable_committed(
             raise for_code(response.error_code)()
         offsets: dict[TopicPartition, int | None] = {}
         unstable = []
+        moved = False
         for topic, parts, _tags in response.topics:
             for partition, offset, _epoch, _meta, error, _tags in parts:
                 tp = TopicPartition(topic, partition)
                 if error == UNSTABLE_OFFSET_COMMIT:
                     unstable.append(tp)
+                elif error in _COORDINATOR_MOVED:
+                    moved = True
                 elif error:
                     raise for_code(error)()
                 offsets[tp] = offset if offset >= 0 else None
-        if not unstable:
-            if waited:
-                log.info("pending transactional offsets settled", extra={"partitions": len(wanted)})
-            return offsets
-        if time.monotonic() > deadline:
-            log.warning("offsets still held by an open transaction after %.0fs; starting anyway", timeout_s)
-            return offsets
-        if not waited:
-            log.info(
-                "waiting for an open transaction of the partitions' previous owner",
-                extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in unstable)},
-            )
-        waited = True
-        await asyncio.sleep(0.2)
+        missing = [tp for tp in wanted if tp not in offsets]
+        if moved or missing:
+            log.debug("offset fetch answered without %d partitions; retrying", len(missing))
+            coordinator.coordinator_dead()
+            await asyncio.sleep(0.2)
+            continue
+        return offsets, unstable

@@ -29,7 +29,7 @@ from aiokafka.structs import OffsetAndMetadata
 from altlas.consumers.offsets import OffsetTracker
 from altlas.consumers.ownership import Ownership
 from altlas.consumers.records import InboundRecord
-from altlas.consumers.stable_offsets import stable_committed
+from altlas.consumers.stable_offsets import seek_committed
 from altlas.consumers.unreadable import rewind_and_isolate
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info(
             "partitions assigned", extra={"partitions": sorted(f"{t.topic}:{t.partition}" for t in assigned)}
         )
-        if self._owner.transactional and assigned:
+        if assigned:
             await self._owner._start_stable(set(assigned))
 
 
@@ -293,20 +293,17 @@ class BatchingConsumer:
             self._next_offsets.pop(TopicPartition(t, p), None)
 
     async def _start_stable(self, assigned: set[TopicPartition]) -> None:
-        """Start new partitions where no open transaction of their last owner can still move them.
+        """Start new partitions at their committed offsets, read correctly (``stable_offsets.py``).
 
-        aiokafka starts fetching them from the plain committed offset while this listener runs, so
-        they stay paused (from before the first await) until they are sought to the stable one.
+        Exactly-once: where no open transaction of their last owner can still move them. Either mode:
+        never from the beginning because the group coordinator was moving when aiokafka asked.
+        aiokafka starts fetching from its own reading while this listener runs, so the partitions
+        stay paused (from before the first await) until they are sought.
         """
         self._settling |= assigned
         self._consumer.pause(*assigned)
         try:
-            offsets = await stable_committed(self._consumer, assigned, self.config.stable_offsets_timeout_s)
-            for tp, offset in offsets.items():
-                if offset is None:
-                    await self._consumer.seek_to_beginning(tp)
-                else:
-                    self._consumer.seek(tp, offset)
+            await seek_committed(self._consumer, assigned, self.config.stable_offsets_timeout_s)
         finally:
             self._settling -= assigned
             if not self._paused:
@@ -320,13 +317,9 @@ class BatchingConsumer:
         self._carry = []
         self._next_offsets.clear()  # back to the committed offsets
         assigned = list(self._consumer.assignment())
-        for tp in assigned:
-            # Not seek_to_committed: it leaves partitions without a committed offset where they are.
-            committed = await self._consumer.committed(tp)
-            if committed is None:
-                await self._consumer.seek_to_beginning(tp)
-            else:
-                self._consumer.seek(tp, committed)
+        # Not seek_to_committed: it leaves partitions without a committed offset where they are,
+        # and reads a coordinator on the move as "nothing committed".
+        await seek_committed(self._consumer, assigned, self.config.stable_offsets_timeout_s)
         if self._paused:
             self._consumer.resume(*(set(assigned) - self._settling))
             self._paused = False

@@ -22,11 +22,14 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from altlas.consumers.records import InboundRecord
+from altlas.consumers.stable_offsets import seek_committed
 
 log = logging.getLogger(__name__)
 
 #: How long isolating waits for a partition's next record before deciding it has none buffered.
 _PROBE_MS = 200
+#: How long a partition's open transaction may hold isolating back before its last settled offset is used.
+_COMMITTED_WAIT_S = 90.0
 
 
 async def rewind_and_isolate(
@@ -35,15 +38,10 @@ async def rewind_and_isolate(
     """Re-read what the failed poll lost, one record at a time; the unreadable ones carry their error."""
     log.warning("a fetched record could not be parsed (%s); isolating it", type(error).__name__)
     assigned = list(consumer.assignment())
+    await seek_committed(consumer, [tp for tp in assigned if tp not in next_offsets], _COMMITTED_WAIT_S)
     for tp in assigned:
-        start = next_offsets.get(tp)
-        if start is None:
-            committed = await consumer.committed(tp)
-            if committed is None:
-                await consumer.seek_to_beginning(tp)
-                continue
-            start = committed
-        consumer.seek(tp, start)
+        if tp in next_offsets:
+            consumer.seek(tp, next_offsets[tp])
     out: list[InboundRecord] = []
     for tp in assigned:
         while True:
