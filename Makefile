@@ -47,8 +47,8 @@ system-deps:
 	fi
 
 kafka-jars: $(STAMP) ## fetch the Kafka jars into ~/.cache/altlas/kafka (once)
-	$(BIN)/python -c "from altlas.orchestration.settings import LocalBrokerSettings as S; \
-	from altlas.orchestration.kafka_dist import KafkaDistribution as D; s=S(); D(s.kafka_version, s.scala_version).ensure()"
+	$(BIN)/python -c "from altlas.orchestration.app.settings import LocalBrokerSettings as S; \
+	from altlas.orchestration.devtools.kafka_dist import KafkaDistribution as D; s=S(); D(s.kafka_version, s.scala_version).ensure()"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -92,7 +92,7 @@ def _start_altlas(
 async def _altlas(
     bootstrap: str, clips: list[bytes], registry: Path, workdir: Path, beam_size: int
 ) -> dict[str, Any]:
-    from altlas.orchestration.client import make_request
+    from altlas.orchestration.clients.client import make_request
     from altlas.schemas.codec import AvroCodec
     from altlas.schemas.types import AudioResult
 

@@ -37,9 +37,9 @@ def broker(heap: str = "512m") -> Iterator[str]:
     if external:
         yield external
         return
-    from altlas.orchestration.kafka_dist import KafkaDistribution
-    from altlas.orchestration.localkafka import LocalBroker
-    from altlas.orchestration.settings import LocalBrokerSettings
+    from altlas.orchestration.app.settings import LocalBrokerSettings
+    from altlas.orchestration.devtools.kafka_dist import KafkaDistribution
+    from altlas.orchestration.devtools.localkafka import LocalBroker
 
     lb = LocalBrokerSettings()
     b = LocalBroker(
@@ -147,7 +147,7 @@ async def collect(
     )
     await consumer.start()
     try:
-        from altlas.orchestration.client import topic_partitions
+        from altlas.orchestration.clients.client import topic_partitions
 
         parts = await topic_partitions(consumer, topic)
         tps = [TopicPartition(topic, p) for p in parts]

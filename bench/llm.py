@@ -61,7 +61,7 @@ async def altlas_round(
     client: Any, prompts: list[str], max_tokens: int, model: str
 ) -> tuple[float, int, list[str]]:
     """The same through Kafka and the orchestrator."""
-    from altlas.orchestration.client import make_request
+    from altlas.orchestration.clients.client import make_request
     from altlas.schemas.types import TextGeneration
 
     params = {"max_tokens": max_tokens, "temperature": 0.0, "cache": False}
@@ -91,10 +91,10 @@ async def main() -> None:
 
     from llama_cpp import Llama
 
-    from altlas.orchestration.client import AltlasClient
-    from altlas.orchestration.kafka_clients import client_kwargs
-    from altlas.orchestration.service import Orchestrator, build_codec
-    from altlas.orchestration.settings import load_settings
+    from altlas.orchestration.app.kafka_clients import client_kwargs
+    from altlas.orchestration.app.service import Orchestrator, build_codec
+    from altlas.orchestration.app.settings import load_settings
+    from altlas.orchestration.clients.client import AltlasClient
     from tests.fixtures_text import SMOLLM2
 
     model = SMOLLM2.path()

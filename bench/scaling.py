@@ -40,7 +40,7 @@ console = Console(stderr=True)
 
 
 def _requests(n: int) -> list[tuple[bytes, bytes]]:
-    from altlas.orchestration.client import make_request
+    from altlas.orchestration.clients.client import make_request
     from altlas.schemas.codec import AvroCodec
     from tests.images import solid
 

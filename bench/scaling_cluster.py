@@ -353,9 +353,9 @@ def write_section(path: Path, section: str) -> None:
 
 async def cluster_main(n: int, *, write_docs: bool) -> None:
     """Start the cluster, run 1/2/3 instances and the scale-out, print and write the figures."""
-    from altlas.orchestration.kafka_dist import KafkaDistribution
-    from altlas.orchestration.localcluster import LocalCluster
-    from altlas.orchestration.settings import LocalBrokerSettings
+    from altlas.orchestration.app.settings import LocalBrokerSettings
+    from altlas.orchestration.devtools.kafka_dist import KafkaDistribution
+    from altlas.orchestration.devtools.localcluster import LocalCluster
 
     began = time.monotonic()
     lb = LocalBrokerSettings()

@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
 
 from altlas.models.registry import ModelRegistry, ModelSpec  # noqa: E402
 from altlas.models.runtime import ModelRuntime, create_runtime  # noqa: E402
-from altlas.orchestration import starter  # noqa: E402
+from altlas.orchestration.app import starter  # noqa: E402
 from altlas.pipelines import PipelineLimits, load_pipelines  # noqa: E402
 from altlas.pipelines.masks import decode_rle  # noqa: E402
 
@@ -94,7 +94,7 @@ SENTENCES = [
 
 
 def _vision_checks() -> dict[str, Check]:
-    from altlas.orchestration.assets import PipAsset
+    from altlas.orchestration.devtools.assets import PipAsset
     from tests.images import rotated_page
     from tests.vision_builders import document_page, encode, text_lines
 

@@ -40,7 +40,7 @@ console = Console(stderr=True)
 
 
 def _requests(n: int, seed: int = 1) -> tuple[list[tuple[bytes, bytes]], dict[str, int]]:
-    from altlas.orchestration.client import make_request
+    from altlas.orchestration.clients.client import make_request
     from altlas.schemas.codec import AvroCodec
     from tests.images import solid
 
@@ -136,7 +136,7 @@ async def _paced(
         if system == "altlas"
         else _start_raw(bootstrap, topic_in, topic_out, model)
     )
-    from altlas.orchestration.client import make_request
+    from altlas.orchestration.clients.client import make_request
     from altlas.schemas.codec import AvroCodec
     from tests.images import solid
 

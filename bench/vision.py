@@ -44,7 +44,7 @@ BATCHES = (1, 8, 32)
 # ------------------------------------------------------------------ models and inputs
 def _models(workdir: Path) -> dict[str, dict[str, Any]]:
     """Registry entries (without max_batch) and the request images of each benchmarked model."""
-    from altlas.orchestration.assets import ORIENTATION_CLASSIFIER, ORIENTATION_PARAMS
+    from altlas.orchestration.devtools.assets import ORIENTATION_CLASSIFIER, ORIENTATION_PARAMS
     from tests.builders import mean_color_classifier
     from tests.images import solid, text_page
     from tests.vision_builders import build_yolo, encode, export_onnx, scene
@@ -129,7 +129,7 @@ def _direct(name: str, model: dict[str, Any], batch: int, n: int) -> float:
 
 # ------------------------------------------------------------------ through altlas
 def _requests(model: dict[str, Any], name: str, n: int, prefix: str = "r") -> list[tuple[bytes, bytes]]:
-    from altlas.orchestration.client import make_request
+    from altlas.orchestration.clients.client import make_request
     from altlas.schemas.codec import AvroCodec
 
     codec = AvroCodec()

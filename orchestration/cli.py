@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from altlas.orchestration.settings import Settings, load_settings
+from altlas.orchestration.app.settings import Settings, load_settings
 
 app = typer.Typer(
     help="altlas: Kafka-native AI inference orchestrator.", no_args_is_help=True, add_completion=False
@@ -55,7 +55,7 @@ def _settings(config: Path | None, bootstrap: str | None = None, registry: Path 
     if registry:
         overrides["models"] = {"registry": str(registry)}
     settings = load_settings(config, **overrides)
-    from altlas.orchestration.logs import secrets_of, setup_logging
+    from altlas.orchestration.observability.logs import secrets_of, setup_logging
 
     setup_logging(settings.log.level, settings.log.format, secrets_of(settings))
     return settings
@@ -67,7 +67,7 @@ def run(
     config: ConfigOpt = None, bootstrap_servers: BootstrapOpt = None, registry: ServeRegistryOpt = None
 ) -> None:
     """Serve: consume requests, run models, publish results, until SIGINT/SIGTERM."""
-    from altlas.orchestration.service import serve
+    from altlas.orchestration.app.service import serve
 
     settings = _settings(config, bootstrap_servers, registry)
     if settings.models.registry == Path("none"):
@@ -83,7 +83,7 @@ def _starter_registry(*, announce: bool = True) -> Path:
     """The starter registry's file, fetching its models first (with progress) where needed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
-    from altlas.orchestration import starter
+    from altlas.orchestration.app import starter
 
     with Progress(
         "{task.description}", BarColumn(), MofNCompleteColumn(), console=console, transient=True
@@ -107,13 +107,13 @@ def broker_up(
     ] = 1,
 ) -> None:
     """Start a local broker (or cluster) on free ports and print `bootstrap=127.0.0.1:PORT[,...]`."""
-    from altlas.orchestration.kafka_dist import KafkaDistribution
-    from altlas.orchestration.localkafka import BrokerState, LocalBroker
+    from altlas.orchestration.devtools.kafka_dist import KafkaDistribution
+    from altlas.orchestration.devtools.localkafka import BrokerState, LocalBroker
 
     settings = _settings(config)
     lb = settings.local_broker
     if brokers > 1:
-        from altlas.orchestration.localcluster import cluster_up
+        from altlas.orchestration.devtools.localcluster import cluster_up
 
         with console.status(f"starting a {brokers}-node Kafka cluster..."):
             print(f"bootstrap={cluster_up(lb, kafka_version or lb.kafka_version, brokers)}")
@@ -121,7 +121,7 @@ def broker_up(
     state_file = lb.state_dir / "state.json"
     if state_file.exists():
         state = BrokerState(**json.loads(state_file.read_text()))
-        from altlas.orchestration.localkafka import _alive
+        from altlas.orchestration.devtools.localkafka import _alive
 
         if _alive(state.pid):
             print(f"bootstrap={state.bootstrap}")
@@ -148,8 +148,8 @@ def broker_down(config: ConfigOpt = None) -> None:
     """Stop the local broker (and cluster) started by `broker up` and delete its data."""
     import shutil
 
-    from altlas.orchestration.localcluster import cluster_down
-    from altlas.orchestration.localkafka import BrokerState, stop_process
+    from altlas.orchestration.devtools.localcluster import cluster_down
+    from altlas.orchestration.devtools.localkafka import BrokerState, stop_process
 
     settings = _settings(config)
     state_file = settings.local_broker.state_dir / "state.json"
@@ -190,10 +190,10 @@ def send(
     """Send requests (the task is picked from the payload) and print the answers."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
-    from altlas.orchestration import sending
-    from altlas.orchestration.client import AltlasClient
-    from altlas.orchestration.kafka_clients import client_kwargs
-    from altlas.orchestration.service import build_codec
+    from altlas.orchestration.app.kafka_clients import client_kwargs
+    from altlas.orchestration.app.service import build_codec
+    from altlas.orchestration.clients import sending
+    from altlas.orchestration.clients.client import AltlasClient
 
     settings = _settings(config, bootstrap_servers)
     if modality not in (None, "text", "vision", "audio"):
@@ -245,7 +245,7 @@ def send(
 
 def _print_answers(items: list[Any], results: dict[str, Any], elapsed_ms: float, many: bool) -> None:
     """One row per request: what was sent, the task altlas picked, the model and its answer."""
-    from altlas.orchestration.sending import gist
+    from altlas.orchestration.clients.sending import gist
 
     table = Table("sent", "task", "model", "answer", "ms")
     for item in items:
@@ -297,7 +297,7 @@ def models_list(
     if starter:
         _starter_list()
         return
-    from altlas.orchestration.service import load_registry
+    from altlas.orchestration.app.service import load_registry
 
     reg = load_registry(_settings(config, registry=registry))
     table = Table("id", "version", "task", "backend", "max batch", "path")
@@ -310,7 +310,7 @@ def models_list(
 
 def _starter_list() -> None:
     """The starter models, whether each can be served here, and their measured figures."""
-    from altlas.orchestration import starter
+    from altlas.orchestration.app import starter
 
     _, left_out = starter.usable()
     figures = starter.measured()
@@ -339,7 +339,7 @@ def models_export_starter(
     """Write the starter registry as an editable YAML beside the model files: your own registry's start."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
-    from altlas.orchestration import starter
+    from altlas.orchestration.app import starter
 
     with Progress(
         "{task.description}", BarColumn(), MofNCompleteColumn(), console=console, transient=True
@@ -362,9 +362,9 @@ def models_fetch_starter() -> None:
 
 
 def _command(action: str, model_ref: str, config: Path | None, bootstrap: str | None, wait: float) -> None:
-    from altlas.orchestration.client import AltlasClient
-    from altlas.orchestration.kafka_clients import client_kwargs
-    from altlas.orchestration.service import build_codec
+    from altlas.orchestration.app.kafka_clients import client_kwargs
+    from altlas.orchestration.app.service import build_codec
+    from altlas.orchestration.clients.client import AltlasClient
     from altlas.schemas.types import ModelAction, ModelCommand
 
     settings = _settings(config, bootstrap)
@@ -447,7 +447,7 @@ def status(
     errors: Annotated[int, typer.Option(help="How many recent dead letters to show.")] = 10,
 ) -> None:
     """Consumer lag per partition, models per instance (with memory), and recent errors."""
-    from altlas.orchestration.inspect import consumer_lag, model_states, recent_errors
+    from altlas.orchestration.clients.lag_report import consumer_lag, model_states, recent_errors
 
     settings = _settings(config, bootstrap_servers)
 
@@ -505,8 +505,8 @@ def replay(
     """Reprocess a range of an old request topic with a chosen model version into a new topic."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from altlas.orchestration.replay import parse_position
-    from altlas.orchestration.replay import replay as run_replay
+    from altlas.orchestration.clients.replay import parse_position
+    from altlas.orchestration.clients.replay import replay as run_replay
 
     settings = _settings(config, bootstrap_servers, registry)
     with Progress(
@@ -550,7 +550,7 @@ def replay(
 @app.command()
 def demo(config: ConfigOpt = None) -> None:
     """Local broker + orchestrator + sample requests, results as a table, clean shutdown."""
-    from altlas.orchestration.demo import run_demo
+    from altlas.orchestration.devtools.demo import run_demo
 
     sys.exit(asyncio.run(run_demo(_settings(config), console=out)))
 
@@ -565,7 +565,7 @@ def acls(
     bootstrap_servers: BootstrapOpt = None,
 ) -> None:
     """Print the kafka-acls.sh commands that grant altlas exactly the ACLs its settings need."""
-    from altlas.orchestration.acls import kafka_acls_commands, reply_prefixes
+    from altlas.orchestration.app.acls import kafka_acls_commands, reply_prefixes
 
     settings = _settings(config, bootstrap_servers)
     for line in kafka_acls_commands(
@@ -581,7 +581,7 @@ def acls(
 @app.command("config")
 def config_reference() -> None:
     """Print every setting with its environment variable, default and description."""
-    from altlas.orchestration.settings_doc import settings_reference
+    from altlas.orchestration.app.settings_doc import settings_reference
 
     out.print(settings_reference())
 
@@ -607,7 +607,7 @@ def docs_asyncapi(
     config: ConfigOpt = None,
 ) -> None:
     """The AsyncAPI 3.0 document of every topic, generated from the Avro schemas and topic settings."""
-    from altlas.orchestration.asyncapi import render_asyncapi
+    from altlas.orchestration.clients.asyncapi import render_asyncapi
 
     text = render_asyncapi(_settings(config))
     if output is None:
@@ -634,11 +634,11 @@ def gateway(
     try:
         import uvicorn
 
-        from altlas.orchestration.gateway import create_app
+        from altlas.orchestration.clients.gateway import create_app
     except ImportError as exc:
         console.print(f"[red]the gateway needs its extra: pip install 'altlas[gateway]' ({exc})[/red]")
         raise typer.Exit(1) from exc
-    from altlas.orchestration.gateway_guard import ExposureError, check_exposure
+    from altlas.orchestration.clients.gateway_guard import ExposureError, check_exposure
 
     settings = _settings(config, bootstrap_servers, registry)
     try:

@@ -56,7 +56,7 @@ class Pipeline(Protocol):
     A pipeline whose ``prepare`` depends only on its arguments and on the
     pipeline's own picklable settings (no loaded model, no tokenizer cache)
     says so with a class attribute ``decodes_anywhere = True``: decoder
-    processes may then run it (orchestration/decoding.py).
+    processes may then run it (orchestration/execution/preparation.py).
     """
 
     task: str

@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 import yaml
 
-from altlas.orchestration.assets import ORIENTATION_CLASSIFIER, ORIENTATION_PARAMS
-from altlas.orchestration.client import AltlasClient
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.kafka_dist import KafkaDistribution
-from altlas.orchestration.localcluster import LocalCluster
-from altlas.orchestration.localkafka import LocalBroker
-from altlas.orchestration.service import Orchestrator, build_codec
-from altlas.orchestration.settings import Modality, Settings, load_settings
-from altlas.orchestration.topics import ensure_topics, topic_plan
+from altlas.orchestration.app.kafka_clients import client_kwargs
+from altlas.orchestration.app.service import Orchestrator, build_codec
+from altlas.orchestration.app.settings import Modality, Settings, load_settings
+from altlas.orchestration.app.topics import ensure_topics, topic_plan
+from altlas.orchestration.clients.client import AltlasClient
+from altlas.orchestration.devtools.assets import ORIENTATION_CLASSIFIER, ORIENTATION_PARAMS
+from altlas.orchestration.devtools.kafka_dist import KafkaDistribution
+from altlas.orchestration.devtools.localcluster import LocalCluster
+from altlas.orchestration.devtools.localkafka import LocalBroker
 from altlas.schemas.types import AnyRequest, Result
 from tests.builders import mean_color_classifier
 from tests.fixtures_audio import *  # noqa: F403 - audio models (tiny.en, Piper, GE2E, Silero) and speech

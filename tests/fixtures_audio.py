@@ -24,7 +24,7 @@ import yaml
 from onnx import TensorProto, helper
 
 from altlas.models.silero_vad import bundled_vad_path
-from altlas.orchestration.assets import GE2E_ENCODER, PIPER_JOE, SILERO_VAD, WHISPER_TINY_EN
+from altlas.orchestration.devtools.assets import GE2E_ENCODER, PIPER_JOE, SILERO_VAD, WHISPER_TINY_EN
 
 #: Two espeak-ng voices a speaker encoder tells apart (a male and a female variant).
 VOICE_A, VOICE_B = "en-us", "en-us+f3"

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from altlas.orchestration.assets import SMOLLM2
+from altlas.orchestration.devtools.assets import SMOLLM2
 
 BOW_LABELS = {
     "animals": ["cat", "dog", "horse", "bird"],

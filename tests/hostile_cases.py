@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from altlas.orchestration.client import make_request
-from altlas.orchestration.settings import Modality, Settings
+from altlas.orchestration.app.settings import Modality, Settings
+from altlas.orchestration.clients.client import make_request
 from altlas.schemas.codec import AvroCodec
 from tests.images import png_bomb, png_declaring, solid
 

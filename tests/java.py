@@ -1,6 +1,6 @@
 """Java libraries from Maven Central for cross-language tests, cached under ``~/.cache/altlas/java``.
 
-The Kafka broker's recipe (``altlas.orchestration.maven`` and ``once``): a
+The Kafka broker's recipe (``altlas.orchestration.devtools.maven`` and ``once``): a
 throwaway POM and ``mvn dependency:copy-dependencies`` give a runnable
 classpath, fetched once even when several pytest processes start together. It
 lives in ``tests/`` because only tests run Java libraries other than Kafka.
@@ -11,9 +11,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from altlas.orchestration.maven import Artifact, copy_dependencies
-from altlas.orchestration.once import build_once, is_complete
-from altlas.orchestration.settings import cache_dir
+from altlas.orchestration.app.settings import cache_dir
+from altlas.orchestration.devtools.maven import Artifact, copy_dependencies
+from altlas.orchestration.devtools.once import build_once, is_complete
 
 AVRO_VERSION = "1.12.2"
 #: The slf4j-api that avro 1.12.2 depends on; the no-op binding keeps stderr free of its warnings.

@@ -13,10 +13,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from altlas.orchestration.client import topic_partitions
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.service import build_codec
-from altlas.orchestration.settings import Settings
+from altlas.orchestration.app.kafka_clients import client_kwargs
+from altlas.orchestration.app.service import build_codec
+from altlas.orchestration.app.settings import Settings
+from altlas.orchestration.clients.client import topic_partitions
 from altlas.schemas.types import VisionResult
 
 

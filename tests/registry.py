@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from altlas.orchestration.localkafka import free_port
-from altlas.orchestration.once import build_once, is_complete
-from altlas.orchestration.settings import cache_dir
+from altlas.orchestration.app.settings import cache_dir
+from altlas.orchestration.devtools.localkafka import free_port
+from altlas.orchestration.devtools.once import build_once, is_complete
 
 APICURIO_VERSION = os.environ.get("ALTLAS_TEST_APICURIO_VERSION", "3.0.9")
 CCOMPAT_PATH = "/apis/ccompat/v7"

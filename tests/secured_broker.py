@@ -19,9 +19,9 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import for_code
 from aiokafka.protocol.admin import CreateAclsRequest
 
-from altlas.orchestration.acls import Acl
-from altlas.orchestration.kafka_dist import KafkaDistribution
-from altlas.orchestration.localkafka import LocalBroker, SaslUsers
+from altlas.orchestration.app.acls import Acl
+from altlas.orchestration.devtools.kafka_dist import KafkaDistribution
+from altlas.orchestration.devtools.localkafka import LocalBroker, SaslUsers
 
 #: Kafka's wire codes (org.apache.kafka.common.resource.ResourceType, PatternType, acl.AclOperation).
 _RESOURCE = {"topic": 2, "group": 3, "transactional-id": 5}

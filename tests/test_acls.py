@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from altlas.orchestration.acls import Acl, kafka_acls_commands, reply_prefixes, required_acls
-from altlas.orchestration.settings import load_settings
+from altlas.orchestration.app.acls import Acl, kafka_acls_commands, reply_prefixes, required_acls
+from altlas.orchestration.app.settings import load_settings
 
 OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from altlas.consumers.records import InboundRecord
 from altlas.models.registry import ModelRegistry
-from altlas.orchestration.answers import Answers, MemberAnswer
-from altlas.orchestration.client import make_request
-from altlas.orchestration.settings import TopicSettings
-from altlas.orchestration.tracing import Tracing
+from altlas.orchestration.app.settings import TopicSettings
+from altlas.orchestration.clients.client import make_request
+from altlas.orchestration.observability.tracing import Tracing
+from altlas.orchestration.serving.answers import Answers, MemberAnswer
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.errors import ErrorCode, InvalidRequestError
 from altlas.schemas.types import Classification, Label, ResultStatus, VisionResult

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from fastavro.schema import to_parsing_canonical_form
 
-from altlas.orchestration.asyncapi import AVRO_SCHEMA_FORMAT, build_asyncapi, render_asyncapi
-from altlas.orchestration.once import build_once
-from altlas.orchestration.settings import Settings, cache_dir, load_settings
-from altlas.orchestration.topics import topic_plan
+from altlas.orchestration.app.settings import Settings, cache_dir, load_settings
+from altlas.orchestration.app.topics import topic_plan
+from altlas.orchestration.clients.asyncapi import AVRO_SCHEMA_FORMAT, build_asyncapi, render_asyncapi
+from altlas.orchestration.devtools.once import build_once
 from altlas.schemas.catalog import SchemaCatalog
 from altlas.schemas.fingerprint import fingerprint_bytes
 from altlas.schemas.types import VisionResult
@@ -203,9 +203,9 @@ def test_settings_shape_the_document(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_result_headers_on_the_wire_are_the_documented_ones(
     running: Running, settings: Settings, committed: dict[str, Any]
 ) -> None:
-    from altlas.orchestration.client import AltlasClient, make_request
-    from altlas.orchestration.kafka_clients import client_kwargs
-    from altlas.orchestration.service import build_codec
+    from altlas.orchestration.app.kafka_clients import client_kwargs
+    from altlas.orchestration.app.service import build_codec
+    from altlas.orchestration.clients.client import AltlasClient, make_request
 
     documented = committed["components"]["schemas"]["ResultHeaders"]
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

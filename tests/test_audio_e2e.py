@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.settings import Settings
+from altlas.orchestration.app.settings import Settings
+from altlas.orchestration.clients.client import AltlasClient, make_request
 from altlas.pipelines.audio import decode_audio
 from altlas.schemas.types import (
     AudioClassification,

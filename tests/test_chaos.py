@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-from altlas.orchestration.client import make_request
-from altlas.orchestration.kafka_dist import KafkaDistribution
-from altlas.orchestration.localkafka import LocalBroker
-from altlas.orchestration.service import Orchestrator
-from altlas.orchestration.settings import Settings
+from altlas.orchestration.app.service import Orchestrator
+from altlas.orchestration.app.settings import Settings
+from altlas.orchestration.clients.client import make_request
+from altlas.orchestration.devtools.kafka_dist import KafkaDistribution
+from altlas.orchestration.devtools.localkafka import LocalBroker
 from tests.builders import mean_color_variant
 from tests.conftest import KAFKA_VERSION, Running, connect, create_topics, isolated_settings, write_config
 from tests.images import solid

@@ -27,10 +27,10 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from altlas.orchestration.client import make_request
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.service import build_codec
-from altlas.orchestration.settings import MODALITIES, Settings
+from altlas.orchestration.app.kafka_clients import client_kwargs
+from altlas.orchestration.app.service import build_codec
+from altlas.orchestration.app.settings import MODALITIES, Settings
+from altlas.orchestration.clients.client import make_request
 from altlas.schemas.types import AudioResult, DeadLetter, ResultStatus, TextResult, VisionResult
 from tests.conftest import create_topics, isolated_settings, registry_doc, write_config
 from tests.fixtures_audio import BAND_PARAMS

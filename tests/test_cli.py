@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from altlas.orchestration.settings import Settings, load_settings
+from altlas.orchestration.app.settings import Settings, load_settings
 from tests.conftest import Running, connect, write_config
 from tests.images import rotated_page
 
@@ -38,7 +38,7 @@ def test_broker_up_prints_bootstrap_and_down_stops_it(tmp_path: Path) -> None:
     bootstrap = line.split("=", 1)[1]
     state = json.loads((tmp_path / "state" / "state.json").read_text())
     try:
-        from altlas.orchestration.localkafka import _alive, wait_until_ready
+        from altlas.orchestration.devtools.localkafka import _alive, wait_until_ready
 
         wait_until_ready(bootstrap, 10)  # it really answers metadata
         again = _altlas("broker", "up", env=env)  # idempotent: reports the running one
@@ -146,7 +146,7 @@ def test_settings_precedence_is_flags_then_env_then_file(
 async def test_status_shows_lag_models_and_recent_errors(
     settings: Settings, running: Running, tmp_path: Path
 ) -> None:
-    from altlas.orchestration.client import make_request
+    from altlas.orchestration.clients.client import make_request
     from tests.images import solid
 
     async with connect(settings) as client:

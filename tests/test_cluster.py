@@ -14,11 +14,11 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from altlas.orchestration.client import make_request
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.localcluster import LocalCluster
-from altlas.orchestration.settings import Settings
-from altlas.orchestration.topics import ensure_topics, topic_plan
+from altlas.orchestration.app.kafka_clients import client_kwargs
+from altlas.orchestration.app.settings import Settings
+from altlas.orchestration.app.topics import ensure_topics, topic_plan
+from altlas.orchestration.clients.client import make_request
+from altlas.orchestration.devtools.localcluster import LocalCluster
 from tests.conftest import connect, isolated_settings, serving
 from tests.images import solid
 from tests.processes import ResultCounter
@@ -135,8 +135,8 @@ async def test_the_leader_broker_sigkilled_mid_run_loses_no_request(
 
 
 def test_broker_up_brokers_3_starts_a_cluster_and_broker_down_stops_it(tmp_path: Path) -> None:
-    from altlas.orchestration.localcluster import _describe
-    from altlas.orchestration.localkafka import _alive
+    from altlas.orchestration.devtools.localcluster import _describe
+    from altlas.orchestration.devtools.localkafka import _alive
 
     env = {**os.environ, "ALTLAS_LOCAL_BROKER__STATE_DIR": str(tmp_path / "state")}
 

@@ -27,12 +27,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from altlas.orchestration.client import make_request, topic_partitions
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.localcluster import LocalCluster
-from altlas.orchestration.service import build_codec
-from altlas.orchestration.settings import Settings
-from altlas.orchestration.topics import ensure_topics, topic_plan
+from altlas.orchestration.app.kafka_clients import client_kwargs
+from altlas.orchestration.app.service import build_codec
+from altlas.orchestration.app.settings import Settings
+from altlas.orchestration.app.topics import ensure_topics, topic_plan
+from altlas.orchestration.clients.client import make_request, topic_partitions
+from altlas.orchestration.devtools.localcluster import LocalCluster
 from altlas.schemas.types import VisionResult
 from tests.conftest import isolated_settings, write_config
 from tests.images import solid

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from altlas.models.registry import ModelSpec
-from altlas.orchestration.client import make_request
-from altlas.orchestration.decoding import Decoder, Todo
+from altlas.orchestration.clients.client import make_request
+from altlas.orchestration.execution.preparation import Decoder, Todo
 from altlas.pipelines.base import Prepared
 from altlas.pipelines.image_classification import ImageClassificationPipeline
 from altlas.schemas.errors import AltlasError, ErrorCode, InvalidRequestError

@@ -7,8 +7,8 @@ import io
 import pytest
 from rich.console import Console
 
-from altlas.orchestration.demo import run_demo
-from altlas.orchestration.settings import load_settings
+from altlas.orchestration.app.settings import load_settings
+from altlas.orchestration.devtools.demo import run_demo
 
 
 async def test_the_demo_answers_every_sample_with_real_models(

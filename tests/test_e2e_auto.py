@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from altlas.orchestration.client import make_request
-from altlas.orchestration.service import Orchestrator
+from altlas.orchestration.app.service import Orchestrator
+from altlas.orchestration.clients.client import make_request
 from altlas.schemas.types import Detection, Ocr, ResultStatus, TextGeneration, Transcription
 from tests.conftest import Running, connect, isolated_settings
 from tests.fixtures_audio import espeak, wav_bytes, word_recall

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 
-from altlas.orchestration.client import AltlasClient, make_request
+from altlas.orchestration.clients.client import AltlasClient, make_request
 from altlas.schemas.types import ResultStatus
 from tests.conftest import Running
 from tests.images import solid

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from altlas.orchestration.client import AltlasClient, TopicReader
-from altlas.orchestration.service import Orchestrator
+from altlas.orchestration.app.service import Orchestrator
+from altlas.orchestration.clients.client import AltlasClient, TopicReader
 from altlas.schemas.types import ModelAction, ModelCommand, ModelState, ModelStatus
 from tests.conftest import Running, connect, isolated_settings
 
@@ -45,7 +45,7 @@ async def _command_for(client: AltlasClient, action: str, model: str, version: s
 async def test_load_unload_and_eviction_commands_produce_matching_status_events(
     kafka_bootstrap: str, tmp_path: Path, models_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="altlas.orchestration.commands")
+    caplog.set_level(logging.WARNING, logger="altlas.orchestration.control.commands")
     # Two models of 40 MiB each (declared) under a 60 MiB budget: loading one evicts the other.
     registry = tmp_path / "models.yaml"
     entry = {"task": "vision.classify", "backend": "onnx", "path": str(models_dir / "mean_color.onnx")}

@@ -6,10 +6,10 @@ import asyncio
 import time
 from pathlib import Path
 
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.service import Orchestrator, build_codec
-from altlas.orchestration.settings import Settings
+from altlas.orchestration.app.kafka_clients import client_kwargs
+from altlas.orchestration.app.service import Orchestrator, build_codec
+from altlas.orchestration.app.settings import Settings
+from altlas.orchestration.clients.client import AltlasClient, make_request
 from altlas.schemas.types import ResultStatus, VisionResult
 from tests.conftest import Running, connect, isolated_settings
 from tests.images import solid
@@ -18,7 +18,7 @@ from tests.images import solid
 async def _read_committed(settings: Settings, want: int, timeout_s: float = 60) -> list[VisionResult]:
     from aiokafka import AIOKafkaConsumer
 
-    from altlas.orchestration.client import topic_partitions
+    from altlas.orchestration.clients.client import topic_partitions
 
     codec = build_codec(settings)
     consumer = AIOKafkaConsumer(

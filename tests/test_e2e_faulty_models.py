@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from altlas.models.runtime import BACKENDS
-from altlas.orchestration.client import make_request
-from altlas.orchestration.service import Orchestrator
+from altlas.orchestration.app.service import Orchestrator
+from altlas.orchestration.clients.client import make_request
 from altlas.schemas.types import ModelState, ResultStatus
 from tests.builders import white_intolerant_classifier
 from tests.conftest import Running, connect, isolated_settings

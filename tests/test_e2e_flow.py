@@ -8,10 +8,10 @@ import uuid
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from altlas.orchestration.client import make_request
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.service import Orchestrator
-from altlas.orchestration.settings import Settings
+from altlas.orchestration.app.kafka_clients import client_kwargs
+from altlas.orchestration.app.service import Orchestrator
+from altlas.orchestration.app.settings import Settings
+from altlas.orchestration.clients.client import make_request
 from altlas.schemas.types import ResultStatus, VisionResult
 from tests.conftest import Running, connect, exchange, isolated_settings
 from tests.images import rotated_page, solid

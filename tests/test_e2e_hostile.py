@@ -18,9 +18,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from altlas.orchestration.client import make_request
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.settings import Settings
+from altlas.orchestration.app.kafka_clients import client_kwargs
+from altlas.orchestration.app.settings import Settings
+from altlas.orchestration.clients.client import make_request
 from altlas.schemas.types import ResultStatus, VisionResult
 from tests.conftest import connect, create_topics, isolated_settings, serving
 from tests.images import png_bomb, solid

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from altlas.models.runtime import BACKENDS
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.service import Orchestrator
+from altlas.orchestration.app.service import Orchestrator
+from altlas.orchestration.clients.client import AltlasClient, make_request
 from altlas.schemas.types import Classification, ModelState, ResultStatus
 from tests.builders import MEAN_COLOR_LABELS, expected_mean_color, mean_color_variant
 from tests.conftest import Running, connect, isolated_settings
@@ -301,7 +301,7 @@ def test_an_ensemble_decodes_its_payload_once_for_every_member(models_dir: Path)
     from unittest import mock
 
     from altlas.models.registry import ModelSpec
-    from altlas.orchestration.execution import prepare_members
+    from altlas.orchestration.execution.multi_model import prepare_members
     from altlas.pipelines import image
     from altlas.pipelines.image_classification import ImageClassificationPipeline
     from tests.images import solid

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from altlas.orchestration.client import make_request
-from altlas.orchestration.service import Orchestrator
+from altlas.orchestration.app.service import Orchestrator
+from altlas.orchestration.clients.client import make_request
 from tests.conftest import Running, connect, isolated_settings
 from tests.images import solid
 

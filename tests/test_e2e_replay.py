@@ -12,11 +12,11 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.replay import Position, parse_position
-from altlas.orchestration.service import build_codec
-from altlas.orchestration.settings import Settings
+from altlas.orchestration.app.kafka_clients import client_kwargs
+from altlas.orchestration.app.service import build_codec
+from altlas.orchestration.app.settings import Settings
+from altlas.orchestration.clients.client import AltlasClient, make_request
+from altlas.orchestration.clients.replay import Position, parse_position
 from altlas.schemas.types import ResultStatus, VisionResult
 from tests.conftest import write_config
 from tests.images import solid

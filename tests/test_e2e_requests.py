@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from altlas.orchestration.client import AltlasClient, make_request
+from altlas.orchestration.clients.client import AltlasClient, make_request
 from altlas.schemas.types import Classification, ResultStatus
 from tests.builders import MEAN_COLOR_LABELS, expected_mean_color
 from tests.conftest import Running

@@ -7,8 +7,8 @@ import signal
 import time
 from pathlib import Path
 
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.settings import Settings
+from altlas.orchestration.app.settings import Settings
+from altlas.orchestration.clients.client import AltlasClient, make_request
 from altlas.schemas.types import ResultStatus
 from tests.conftest import create_topics, write_config
 from tests.images import rotated_page
@@ -60,7 +60,7 @@ async def test_sigterm_mid_stream_then_restart_loses_nothing(
     assert ids - set(seen) == set(), f"lost {len(ids - set(seen))} requests"
     assert stopped_at < len(ids)
     assert "altlas stopped" in log.read_text()
-    # Both runs drained the backlog under the garbage-collector tuning of orchestration/gc_tuning.py.
+    # Both runs drained the backlog under the garbage-collector tuning of orchestration/app/gc_tuning.py.
     assert log.read_text().count("objects frozen") == 2
 
 

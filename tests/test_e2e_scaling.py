@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.service import build_codec
-from altlas.orchestration.settings import Settings
+from altlas.orchestration.app.kafka_clients import client_kwargs
+from altlas.orchestration.app.service import build_codec
+from altlas.orchestration.app.settings import Settings
+from altlas.orchestration.clients.client import AltlasClient, make_request
 from tests.conftest import create_topics, isolated_settings, write_config
 from tests.images import solid
 from tests.processes import start_altlas, stop_altlas, wait_started

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from altlas.orchestration.client import make_request
-from altlas.orchestration.kafka_dist import KafkaDistribution
-from altlas.orchestration.localkafka import LocalBroker, SaslUsers
-from altlas.orchestration.logs import secrets_of, setup_logging
-from altlas.orchestration.service import Orchestrator
+from altlas.orchestration.app.service import Orchestrator
+from altlas.orchestration.clients.client import make_request
+from altlas.orchestration.devtools.kafka_dist import KafkaDistribution
+from altlas.orchestration.devtools.localkafka import LocalBroker, SaslUsers
+from altlas.orchestration.observability.logs import secrets_of, setup_logging
 from altlas.schemas.types import ResultStatus
 from tests.conftest import KAFKA_VERSION, Running, connect, isolated_settings
 from tests.images import solid

@@ -9,9 +9,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.service import Orchestrator
-from altlas.orchestration.settings import Settings
+from altlas.orchestration.app.service import Orchestrator
+from altlas.orchestration.app.settings import Settings
+from altlas.orchestration.clients.client import AltlasClient, make_request
 from altlas.schemas.types import VisionResult
 from tests.conftest import Running
 from tests.images import solid

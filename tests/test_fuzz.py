@@ -21,9 +21,9 @@ import pytest
 import soundfile as sf
 import yaml
 
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.service import Orchestrator, build_codec
+from altlas.orchestration.app.kafka_clients import client_kwargs
+from altlas.orchestration.app.service import Orchestrator, build_codec
+from altlas.orchestration.clients.client import AltlasClient, make_request
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.types import AudioResult, DeadLetter, VisionResult
 from tests.conftest import Running, isolated_settings

@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 import yaml
 
-from altlas.orchestration.localkafka import free_port
-from altlas.orchestration.service import Orchestrator
-from altlas.orchestration.settings import GatewaySettings, Settings
+from altlas.orchestration.app.service import Orchestrator
+from altlas.orchestration.app.settings import GatewaySettings, Settings
+from altlas.orchestration.devtools.localkafka import free_port
 from altlas.schemas.types import VisionRequest
 from tests.builders import MEAN_COLOR_LABELS, expected_mean_color
 from tests.conftest import Running, isolated_settings, write_config
@@ -36,7 +36,7 @@ from tests.images import rotated_page, solid
 
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
-gateway_module = pytest.importorskip("altlas.orchestration.gateway")
+gateway_module = pytest.importorskip("altlas.orchestration.clients.gateway")
 
 
 @dataclass

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from altlas.orchestration.settings import GatewaySettings, load_settings
+from altlas.orchestration.app.settings import GatewaySettings, load_settings
 
 pytest.importorskip("fastapi")  # the gateway's extra
-from altlas.orchestration.gateway_guard import (
+from altlas.orchestration.clients.gateway_guard import (
     ExposureError,
     check_exposure,
     is_loopback,

@@ -6,8 +6,8 @@ import asyncio
 import gc
 import weakref
 
-from altlas.orchestration.gc_tuning import GcTuning
-from altlas.orchestration.settings import ProcessSettings
+from altlas.orchestration.app.gc_tuning import GcTuning
+from altlas.orchestration.app.settings import ProcessSettings
 
 
 class _Payload:

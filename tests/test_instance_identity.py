@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 from aiokafka.errors import InvalidReplicationFactorError
 
-from altlas.orchestration.endpoints import HttpEndpoints, json_response
-from altlas.orchestration.identity import (
+from altlas.orchestration.app.identity import (
     UnstableTransactionalIdError,
     hostname_ordinal,
     transactional_id,
     transactional_prefix,
 )
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.service import Orchestrator
-from altlas.orchestration.settings import Settings, load_settings
-from altlas.orchestration.topics import ensure_topics
+from altlas.orchestration.app.kafka_clients import client_kwargs
+from altlas.orchestration.app.service import Orchestrator
+from altlas.orchestration.app.settings import Settings, load_settings
+from altlas.orchestration.app.topics import ensure_topics
+from altlas.orchestration.observability.probes import HttpEndpoints, json_response
 from tests.conftest import isolated_settings, serving
 
 

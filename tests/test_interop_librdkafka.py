@@ -20,8 +20,8 @@ import pytest
 from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, Producer
 
-from altlas.orchestration.client import make_request
-from altlas.orchestration.settings import Settings
+from altlas.orchestration.app.settings import Settings
+from altlas.orchestration.clients.client import make_request
 from altlas.schemas.catalog import SchemaCatalog
 from altlas.schemas.codec import AvroCodec
 from tests.builders import MEAN_COLOR_LABELS, expected_mean_color

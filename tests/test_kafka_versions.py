@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from altlas.orchestration.client import make_request
-from altlas.orchestration.kafka_dist import KafkaDistribution
-from altlas.orchestration.localkafka import LocalBroker
-from altlas.orchestration.service import Orchestrator
+from altlas.orchestration.app.service import Orchestrator
+from altlas.orchestration.clients.client import make_request
+from altlas.orchestration.devtools.kafka_dist import KafkaDistribution
+from altlas.orchestration.devtools.localkafka import LocalBroker
 from altlas.schemas.types import Classification, ResultStatus
 from tests.conftest import KAFKA_VERSION, Running, connect, isolated_settings
 from tests.images import rotated_page

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from altlas.orchestration.liveness import Progress
+from altlas.orchestration.observability.liveness import Progress
 
 
 class Clock:
@@ -41,7 +41,7 @@ def test_a_batch_that_never_finishes_stalls_the_modality_while_others_keep_finis
 
 
 def test_loop_lag_keeps_the_worst_of_a_sliding_window_and_of_the_run() -> None:
-    from altlas.orchestration.loop_lag import LoopLag
+    from altlas.orchestration.observability.loop_lag import LoopLag
 
     lag = LoopLag(window_s=5.0)
     for t, late in [(0.0, 0.01), (1.0, 0.3), (2.0, 0.02), (6.5, 0.05), (7.0, 0.04)]:
@@ -56,7 +56,7 @@ async def test_loop_lag_measures_a_blocking_call() -> None:
     import asyncio
     import time
 
-    from altlas.orchestration.loop_lag import LoopLag
+    from altlas.orchestration.observability.loop_lag import LoopLag
 
     lag = LoopLag(interval_s=0.01)
     stop = asyncio.Event()

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from altlas.orchestration.logs import mask_url, secrets_of, setup_logging
-from altlas.orchestration.settings import load_settings
+from altlas.orchestration.app.settings import load_settings
+from altlas.orchestration.observability.logs import mask_url, secrets_of, setup_logging
 
 SASL = "sasl-pw-7f3a"
 REDIS = "redis-pw-91c2"

@@ -11,7 +11,7 @@ from PIL import Image
 
 from altlas.models.onnx import OnnxRuntime
 from altlas.models.registry import ModelRegistry
-from altlas.orchestration.assets import ORIENTATION_PARAMS
+from altlas.orchestration.devtools.assets import ORIENTATION_PARAMS
 from altlas.pipelines.base import PipelineLimits
 from altlas.pipelines.image import decode_image
 from altlas.pipelines.image_classification import ImageClassificationPipeline, Recipe, preprocess

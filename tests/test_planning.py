@@ -7,9 +7,9 @@ from pathlib import Path
 
 from altlas.models.manager import ModelManager
 from altlas.models.registry import ModelRegistry
-from altlas.orchestration.client import make_request
-from altlas.orchestration.health import ModelHealth
-from altlas.orchestration.planning import Planner
+from altlas.orchestration.clients.client import make_request
+from altlas.orchestration.routing.health import ModelHealth
+from altlas.orchestration.routing.planning import Planner
 from altlas.pipelines.image_classification import ImageClassificationPipeline
 from tests.images import solid
 

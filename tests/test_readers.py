@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from altlas.orchestration.client import make_request
+from altlas.orchestration.clients.client import make_request
 from altlas.schemas.catalog import EVENT_NAMES, SchemaCatalog
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.errors import DecodeError

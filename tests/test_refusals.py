@@ -20,8 +20,8 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
 )
 
-from altlas.orchestration.replies import ReplyPolicy
-from altlas.orchestration.settings import TopicSettings
+from altlas.orchestration.app.settings import TopicSettings
+from altlas.orchestration.serving.replies import ReplyPolicy
 from altlas.producers.refusals import Fate, Refusals, verdict
 from altlas.schemas.errors import ErrorCode
 

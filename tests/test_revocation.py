@@ -23,10 +23,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from altlas.consumers.stable_offsets import stable_committed
 from altlas.models.runtime import BACKENDS
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.kafka_clients import client_kwargs
-from altlas.orchestration.service import Orchestrator
-from altlas.orchestration.stream import StreamWorker
+from altlas.orchestration.app.kafka_clients import client_kwargs
+from altlas.orchestration.app.service import Orchestrator
+from altlas.orchestration.clients.client import AltlasClient, make_request
+from altlas.orchestration.serving.loop import StreamWorker
 from tests import hanging_model
 from tests.conftest import Running, connect, isolated_settings
 from tests.images import solid
@@ -80,7 +80,7 @@ async def test_a_batch_in_flight_across_a_revocation_commits_nothing_for_the_rev
         kafka={"session_timeout_ms": 6000},
         batching={"fetch_max_records": 8, "max_batch": 8},
     )
-    caplog.set_level(logging.INFO, logger="altlas.orchestration.stream")
+    caplog.set_level(logging.INFO, logger="altlas.orchestration.serving.loop")
     requests = [
         make_request("vision", "classify", solid((i, 5, 5)), model="slow", request_id=f"rv{i}")
         for i in range(96)

@@ -120,7 +120,7 @@ def test_every_event_round_trips_through_its_pydantic_mirror(name: str, data: st
 
 
 def _request() -> VisionRequest:
-    from altlas.orchestration.client import make_request
+    from altlas.orchestration.clients.client import make_request
 
     request = make_request(
         "vision", "classify", b"\x89PNG", model="m", params={"top_k": 3, "t": 0.5, "x": ["a"]}
@@ -171,7 +171,7 @@ def test_truncated_and_padded_records_are_decode_errors() -> None:
 
 def test_a_record_of_another_type_is_a_schema_mismatch() -> None:
     codec = AvroCodec(CATALOG)
-    from altlas.orchestration.client import make_request
+    from altlas.orchestration.clients.client import make_request
 
     text = codec.encode_record(make_request("text", "generate", "hi"))
     with pytest.raises(SchemaMismatchError):
@@ -207,7 +207,7 @@ def test_records_from_an_older_writer_schema_decode_with_defaults() -> None:
 
 
 def test_current_records_decode_with_an_older_reader_schema() -> None:
-    from altlas.orchestration.client import make_request
+    from altlas.orchestration.clients.client import make_request
 
     data = AvroCodec(CATALOG).encode_record(make_request("text", "chat", "[]", metadata={"tenant": "t1"}))
     old_reader = fastavro.parse_schema(_older_text_request())

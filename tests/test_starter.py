@@ -24,9 +24,9 @@ import yaml
 
 from altlas.models.registry import ModelRegistry
 from altlas.models.runtime import create_runtime
-from altlas.orchestration import starter
-from altlas.orchestration.settings import Settings, cache_dir
-from altlas.orchestration.sniff import sniff
+from altlas.orchestration.app import starter
+from altlas.orchestration.app.settings import Settings, cache_dir
+from altlas.orchestration.execution.sniff import sniff
 from altlas.pipelines import PipelineLimits, load_pipelines
 from tests.conftest import isolated_settings, serving, write_config
 from tests.fixtures_audio import espeak, wav_bytes, word_recall

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from altlas.consumers.records import InboundRecord
-from altlas.orchestration.answers import Answers, Outcome
-from altlas.orchestration.client import make_request
-from altlas.orchestration.settings import TopicSettings
-from altlas.orchestration.stream import StreamWorker
-from altlas.orchestration.tracing import Tracing
+from altlas.orchestration.app.settings import TopicSettings
+from altlas.orchestration.clients.client import make_request
+from altlas.orchestration.observability.tracing import Tracing
+from altlas.orchestration.serving.answers import Answers, Outcome
+from altlas.orchestration.serving.loop import StreamWorker
 from altlas.producers.publisher import OutboundMessage, PermanentSendError, ProducerConfig
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.errors import ErrorCode

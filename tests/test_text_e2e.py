@@ -13,7 +13,7 @@ import yaml
 
 pytest.importorskip("llama_cpp")
 
-from altlas.orchestration.client import AltlasClient, TopicReader, make_request
+from altlas.orchestration.clients.client import AltlasClient, TopicReader, make_request
 from altlas.schemas.types import (
     Classification,
     Embedding,

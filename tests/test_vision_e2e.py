@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from altlas.orchestration.client import AltlasClient, make_request
-from altlas.orchestration.settings import Settings
+from altlas.orchestration.app.settings import Settings
+from altlas.orchestration.clients.client import AltlasClient, make_request
 from altlas.pipelines.detection import DetectionPipeline
 from altlas.pipelines.masks import decode_rle
 from altlas.schemas.types import Classification, Detection, Ocr, ResultStatus, Segmentation

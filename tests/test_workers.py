@@ -8,8 +8,8 @@ from pathlib import Path
 from altlas.models.manager import ModelManager
 from altlas.models.registry import ModelSpec
 from altlas.models.runtime import ModelRuntime
-from altlas.orchestration.tracing import Tracing
-from altlas.orchestration.workers import ModelWorkers
+from altlas.orchestration.execution.lanes import ModelWorkers
+from altlas.orchestration.observability.tracing import Tracing
 from altlas.pipelines.base import Output, Prepared
 from altlas.pipelines.image_classification import ImageClassificationPipeline
 from altlas.schemas.types import Classification

@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from altlas.models.yolo import import_ultralytics
-from altlas.orchestration.assets import (  # noqa: F401 - the trained models and their recipes, re-exported
+from altlas.orchestration.devtools.assets import (  # noqa: F401 - the trained models and their recipes, re-exported
     DBNET_PARAMS,
     DBNET_TEXT,
     LAYOUT_CDLA,

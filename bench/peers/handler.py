@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-#: Orientation classifier recipe (altlas.orchestration.assets.ORIENTATION_PARAMS), as code.
+#: Orientation classifier recipe (altlas.orchestration.devtools.assets.ORIENTATION_PARAMS), as code.
 _MEAN = np.asarray([0.485, 0.456, 0.406], dtype=np.float32)
 _STD = np.asarray([0.229, 0.224, 0.225], dtype=np.float32)
 _GAIN = (np.float32(1.0 / 255.0) / _STD).reshape(3, 1, 1)

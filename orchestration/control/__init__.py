@@ -1,0 +1,3 @@
+"""Model commands read from Kafka (load, unload, status) and the model-status events published to the
+compacted status topic.
+"""

@@ -1,0 +1,317 @@
+"""Per-model lanes that batch whatever is queued when the model is free.
+
+Each (model, task) pair has a queue and a fixed number of runners (the model's
+concurrency). A runner takes the first waiting job and everything else already
+queued, up to the model's max batch, and runs them as one call on a thread of
+its own. So batches grow by themselves while a model is busy (the dynamic
+batching Triton users know) and different models never wait for each other.
+A batch that raises is retried item by item, so one bad input fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+from opentelemetry.trace import SpanContext
+
+from altlas.models.manager import ModelManager
+from altlas.models.registry import ModelSpec
+from altlas.models.runtime import ModelRuntime
+from altlas.orchestration.observability.tracing import Tracing
+from altlas.orchestration.routing.health import ModelHealth
+from altlas.pipelines.base import Output, Pipeline, Prepared
+from altlas.schemas.types import Record
+
+log = logging.getLogger(__name__)
+
+
+class JobResult(NamedTuple):
+    """What one request got from its batch (one per request: a NamedTuple is the cheapest to build)."""
+
+    output: Output
+    started_at: float  # epoch seconds when its batch started
+    inference_ms: float
+    batch_size: int
+    attributes: dict[str, str] | None = None  # per-request figures the pipeline reports (e.g. TTFT)
+
+
+ChunkSink = Callable[[Record], None]
+
+
+class _Ticket:
+    """Requests queued together and answered together: one future for all of them.
+
+    A micro-batch puts hundreds of requests on a lane at once; one future per
+    ticket rather than per request saves the event loop a future, a callback
+    and a wake-up for each of them.
+    """
+
+    __slots__ = ("future", "items", "left", "on_chunk", "results", "spans")
+
+    def __init__(
+        self,
+        items: Sequence[Prepared],
+        spans: Sequence[SpanContext | None],
+        future: asyncio.Future[list[JobResult]],
+        on_chunk: ChunkSink | None,
+    ) -> None:
+        self.items = items
+        self.spans = spans
+        self.future = future
+        self.on_chunk = on_chunk  # set for a streamed request (a ticket of one)
+        self.results: list[JobResult | None] = [None] * len(items)
+        self.left = len(items)
+
+    def answer(self, index: int, result: JobResult) -> None:
+        """Set one result (of a ticket whose future is not done); the last one resolves the future."""
+        self.results[index] = result
+        self.left -= 1
+        if not self.left:
+            self.future.set_result(self.results)  # type: ignore[arg-type]  # all set by now
+
+
+#: One queued request: its ticket and its place in it.
+_Job = tuple[_Ticket, int]
+
+
+class _Lane:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        pipeline: Pipeline,
+        manager: ModelManager,
+        tracing: Tracing,
+        max_batch: int,
+        concurrency: int,
+        health: ModelHealth | None = None,
+        on_batch: Callable[[str, int, float], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.health = health
+        self.on_batch = on_batch
+        self.pipeline = pipeline
+        self.manager = manager
+        self.tracing = tracing
+        self.max_batch = max_batch
+        self.queue: deque[_Job] = deque()
+        self.queued = asyncio.Event()
+        self.executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"infer-{spec.id}")
+        # A pipeline with ``submit`` batches continuously in its runtime (llama.cpp): every
+        # request is handed over as it arrives, to join the running decode loop.
+        self.continuous = callable(getattr(pipeline, "submit", None))
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.runners = [asyncio.create_task(self._runner()) for _ in range(concurrency)]
+
+    def put(self, ticket: _Ticket) -> None:
+        self.queue.extend((ticket, i) for i in range(len(ticket.items)))
+        self.queued.set()
+
+    async def _runner(self) -> None:
+        queue = self.queue
+        while True:
+            while not queue:
+                self.queued.clear()
+                await self.queued.wait()
+            if self.continuous:
+                while queue:
+                    job = queue.popleft()
+                    if not job[0].future.done():
+                        task = asyncio.create_task(self._run_one(job))
+                        self.in_flight.add(task)
+                        task.add_done_callback(self.in_flight.discard)
+                continue
+            batch = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
+            batch = [job for job in batch if not job[0].future.done()]  # cancelled meanwhile
+            # A streamed request runs alone: its chunks must leave as they are made.
+            for job in [j for j in batch if j[0].on_chunk is not None]:
+                await self._run([job])
+            batch = [j for j in batch if j[0].on_chunk is None]
+            if batch:
+                await self._run(batch)
+
+    async def _run(self, batch: list[_Job]) -> None:
+        started = time.time()
+        items = [ticket.items[i] for ticket, i in batch]
+        links = [link for ticket, i in batch if (link := ticket.spans[i]) is not None]
+        try:
+            with self.tracing.batch_span(self.spec.key, links, len(batch)) as span:
+                async with self.manager.use(self.spec) as runtime:
+                    t0 = time.perf_counter()
+                    with self.tracing.inference_span(span, self.spec.key):
+                        loop = asyncio.get_running_loop()
+                        on_chunk = batch[0][0].on_chunk
+                        if on_chunk is not None:
+                            outputs = await loop.run_in_executor(
+                                self.executor, self._stream, runtime, items[0], on_chunk, loop
+                            )
+                        else:
+                            outputs = await loop.run_in_executor(self.executor, self._infer, runtime, items)
+                    inference_ms = (time.perf_counter() - t0) * 1000
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # load failure, budget: every job of the batch gets it
+            outputs, inference_ms = [exc] * len(batch), 0.0
+        if self.health is not None:
+            # Jobs whose callers gave up (timed out) were already counted as failures;
+            # their late answers must not count as successes and close an open circuit.
+            live = [out for job, out in zip(batch, outputs, strict=True) if not job[0].future.done()]
+            if live:
+                # A model's first batch after loading pays its warm-up (allocations, kernel
+                # selection): timing it would rank the model by a cost it never pays again.
+                timed = self.manager.batches_since_load(self.spec) > 1
+                self.health.observe(self.spec, live, inference_ms * len(live) / len(batch) if timed else 0.0)
+        if self.on_batch is not None and inference_ms > 0:
+            self.on_batch(self.spec.key, len(batch), inference_ms)
+        for (ticket, i), out in zip(batch, outputs, strict=True):
+            if not ticket.future.done():
+                ticket.answer(i, JobResult(out, started, inference_ms, len(batch)))
+
+    async def _run_one(self, job: _Job) -> None:
+        """One request on a continuously batching runtime: handed over now, answered when it ends."""
+        ticket, i = job
+        started = time.time()
+        together = len(self.in_flight)  # requests on the model's decode loops with it: its "batch"
+        loop = asyncio.get_running_loop()
+        on_chunk = ticket.on_chunk
+        sink = None if on_chunk is None else (lambda chunk: loop.call_soon_threadsafe(on_chunk, chunk))
+        link = ticket.spans[i]
+        try:
+            with self.tracing.batch_span(self.spec.key, [link] if link is not None else [], 1) as span:
+                async with self.manager.use(self.spec) as runtime:
+                    t0 = time.perf_counter()
+                    with self.tracing.inference_span(span, self.spec.key):
+                        submit = self.pipeline.submit  # type: ignore[attr-defined]
+                        pending = await loop.run_in_executor(
+                            self.executor, submit, runtime, ticket.items[i], sink
+                        )
+                        waiter = asyncio.wrap_future(pending)
+                        # The caller gave up (timeout, shutdown): stop generating, free the slot.
+                        ticket.future.add_done_callback(lambda _: waiter.cancel())
+                        attributes: dict[str, str] | None = None
+                        try:
+                            output, attributes = await waiter
+                        except asyncio.CancelledError:
+                            if not ticket.future.done():
+                                raise
+                            return
+                        except Exception as exc:  # the request's own error is its answer
+                            output = exc
+                    inference_ms = (time.perf_counter() - t0) * 1000
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # load failure, budget
+            output, inference_ms, attributes = exc, 0.0, None
+        if self.health is not None and not ticket.future.done():
+            timed = self.manager.batches_since_load(self.spec) > 1
+            self.health.observe(self.spec, [output], inference_ms if timed else 0.0)
+        if self.on_batch is not None and inference_ms > 0:
+            self.on_batch(self.spec.key, 1, inference_ms)
+        if not ticket.future.done():
+            ticket.answer(i, JobResult(output, started, inference_ms, together, attributes))
+
+    def _infer(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
+        try:
+            outputs = self.pipeline.run(runtime, items)
+            if len(outputs) != len(items):
+                raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(items)} inputs")
+            return outputs
+        except Exception as exc:
+            if len(items) == 1:
+                return [exc]
+            log.warning("batch of %d on %s failed (%s); isolating items", len(items), self.spec.key, exc)
+            return [self._infer(runtime, [item])[0] for item in items]
+
+    def _stream(
+        self, runtime: ModelRuntime, item: Prepared, on_chunk: ChunkSink, loop: asyncio.AbstractEventLoop
+    ) -> list[Output]:
+        """Run one streamed request; chunks hop to the event loop as the model makes them."""
+        run_stream = getattr(self.pipeline, "run_stream", None)
+        if run_stream is None:
+            return self._infer(runtime, [item])
+        try:
+            output: Output = run_stream(
+                runtime, item, lambda chunk: loop.call_soon_threadsafe(on_chunk, chunk)
+            )
+            return [output]
+        except Exception as exc:
+            return [exc]
+
+    async def close(self) -> None:
+        for task in [*self.runners, *self.in_flight]:
+            task.cancel()
+        await asyncio.gather(*self.runners, *self.in_flight, return_exceptions=True)
+        while self.queue:
+            self.queue.popleft()[0].future.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class ModelWorkers:
+    """All lanes of one process."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        tracing: Tracing,
+        *,
+        max_batch: int,
+        concurrency: int,
+        health: ModelHealth | None = None,
+        on_batch: Callable[[str, int, float], None] | None = None,
+    ) -> None:
+        self.manager = manager
+        self.on_batch = on_batch
+        self.tracing = tracing
+        self.max_batch = max_batch
+        self.concurrency = concurrency
+        self.health = health
+        self._lanes: dict[tuple[str, str], _Lane] = {}
+        # Requests consumed and routed to a model but not answered yet: the manager
+        # never evicts a model with demand (its requests are waiting in our buffers).
+        self.demand: Counter[str] = Counter()
+
+    def submit(
+        self,
+        spec: ModelSpec,
+        pipeline: Pipeline,
+        items: Sequence[Prepared],
+        spans: Sequence[SpanContext | None],
+        on_chunk: ChunkSink | None = None,
+    ) -> asyncio.Future[list[JobResult]]:
+        """Queue prepared requests on their model's lane; the future gives their results in order.
+
+        ``on_chunk`` streams the partial outputs of a single request. Cancelling
+        the future drops whatever of it has not run yet.
+        """
+        key = (spec.key, pipeline.task)
+        lane = self._lanes.get(key)
+        if lane is None:
+            max_batch = max(1, min(self.max_batch, spec.metadata.max_batch))
+            concurrency = spec.metadata.concurrency or self.concurrency
+            lane = self._lanes[key] = _Lane(
+                spec, pipeline, self.manager, self.tracing, max_batch, concurrency, self.health, self.on_batch
+            )
+        future: asyncio.Future[list[JobResult]] = asyncio.get_running_loop().create_future()
+        if on_chunk is not None and len(items) != 1:
+            raise ValueError("a streamed request is submitted alone")
+        lane.put(_Ticket(items, spans, future, on_chunk))
+        return future
+
+    def health_failure(self, spec: ModelSpec, error: BaseException) -> None:
+        """Count a failure the lanes did not see (a request that timed out waiting)."""
+        if self.health is not None:
+            self.health.observe(spec, [error], 0.0)
+
+    def pending(self, model_key: str) -> int:
+        """Requests routed to a model and not answered yet (queued, running or still decoding)."""
+        return self.demand[model_key]
+
+    async def close(self) -> None:
+        """Stop all runners; queued jobs are cancelled."""
+        await asyncio.gather(*(lane.close() for lane in self._lanes.values()))
+        self._lanes.clear()

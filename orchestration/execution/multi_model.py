@@ -1,0 +1,192 @@
+"""Answering one request with several models: fallback chains and ensembles.
+
+Single-model requests take the batched fast path in the processor; these
+plans run per request, but every member still goes through its model's lane,
+so they batch with everything else aimed at the same model. A deadline
+(``params.timeout_ms``, the request's deadline, or the attempt timeout
+setting) bounds each fallback attempt and the whole ensemble; stragglers are
+cancelled and the answer says what was missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from opentelemetry.trace import SpanContext
+
+from altlas.models.errors import ModelError
+from altlas.models.registry import ModelSpec
+from altlas.orchestration.execution.ensembles import aggregate
+from altlas.orchestration.execution.lanes import JobResult, ModelWorkers
+from altlas.orchestration.execution.preparation import Decoder
+from altlas.orchestration.routing.health import error_code
+from altlas.orchestration.routing.planning import Plan
+from altlas.pipelines.base import Pipeline, Prepared
+from altlas.pipelines.decode_once import decoded_once
+from altlas.schemas.errors import AltlasError, ErrorCode
+from altlas.schemas.types import AnyRequest, ParamValue, Record
+
+#: Errors after which the next model of a fallback chain is tried (input errors are not).
+RETRY_NEXT = frozenset({"MODEL_FAILED", "MODEL_UNAVAILABLE", "DEADLINE_EXCEEDED"})
+
+
+@dataclass
+class Member:
+    """One model's part in answering a request."""
+
+    spec: ModelSpec
+    output: Record | BaseException
+    job: JobResult | None
+
+
+@dataclass
+class Execution:
+    """The outcome of a multi-model plan."""
+
+    output: Record | BaseException
+    answered_by: ModelSpec | None
+    job: JobResult | None
+    members: list[Member] = field(default_factory=list)
+    partial: bool = False
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+class DeadlineExceeded(AltlasError):
+    """A model did not answer in time."""
+
+    code = ErrorCode.DEADLINE_EXCEEDED
+    retriable = True
+
+
+class MultiModelExecutor:
+    """Runs fallback and ensemble plans."""
+
+    def __init__(self, workers: ModelWorkers, decoder: Decoder, attempt_timeout_s: float) -> None:
+        self.workers = workers
+        self.decoder = decoder
+        self.attempt_timeout_s = attempt_timeout_s
+
+    async def run(self, request: AnyRequest, plan: Plan, span: SpanContext | None) -> Execution:
+        """Execute a fallback or ensemble plan."""
+        if plan.kind == "ensemble":
+            return await self._ensemble(request, plan, span)
+        return await self._fallback(request, plan, span)
+
+    def budget(self, request: AnyRequest, spec: ModelSpec | None = None) -> float:
+        """Seconds this request may still spend (a model's ``metadata.timeout_s`` overrides the setting)."""
+        budget = self.attempt_timeout_s
+        if spec is not None and spec.metadata.timeout_s is not None:
+            budget = spec.metadata.timeout_s
+        if not request.params and request.deadline is None:  # most requests: nothing to narrow it
+            return max(0.0, budget)
+        timeout_ms = request.params.get("timeout_ms")
+        if isinstance(timeout_ms, int | float) and not isinstance(timeout_ms, bool) and timeout_ms > 0:
+            budget = min(budget, timeout_ms / 1000)
+        if request.deadline is not None:
+            budget = min(budget, (request.deadline - datetime.now(UTC)).total_seconds())
+        return max(0.0, budget)
+
+    async def _attempt(
+        self,
+        request: AnyRequest,
+        plan: Plan,
+        spec: ModelSpec,
+        span: SpanContext | None,
+        timeout_s: float,
+        prepared: Prepared | BaseException | None = None,
+    ) -> Member:
+        if prepared is None:
+            try:
+                prepared = await self.decoder.prepare((plan.pipeline, request.payload, request.params, spec))
+            except Exception as exc:
+                prepared = exc
+        if isinstance(prepared, BaseException):
+            return Member(spec, prepared, None)
+        future = self.workers.submit(spec, plan.pipeline, [prepared], [span])
+        try:
+            (job,) = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            future.cancel()  # still queued: the lane skips it; already running: its answer is dropped
+            error = DeadlineExceeded(f"{spec.key} gave no answer within {timeout_s:.2f}s")
+            self.workers.health_failure(spec, error)
+            return Member(spec, error, None)
+        return Member(spec, job.output, job)
+
+    async def _fallback(self, request: AnyRequest, plan: Plan, span: SpanContext | None) -> Execution:
+        tried: list[Member] = []
+        deadline = time.monotonic() + self.budget(request)
+        health = self.workers.health
+        for spec in plan.specs:
+            deadline = min(deadline, time.monotonic() + self.budget(request, spec))
+            if health is not None and health.is_open(spec):
+                tried.append(
+                    Member(
+                        spec, AltlasError(f"{spec.key}: circuit open", code=ErrorCode.MODEL_UNAVAILABLE), None
+                    )
+                )
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            member = await self._attempt(request, plan, spec, span, remaining)
+            tried.append(member)
+            if not isinstance(member.output, BaseException):
+                break
+            if error_code(member.output) not in RETRY_NEXT:
+                break  # bad input fails on every model: do not try the rest
+        failed = [m for m in tried if isinstance(m.output, BaseException)]
+        attributes = {"fallback_tried": ",".join(m.spec.key for m in tried)}
+        if failed:
+            attributes["fallback_failed"] = "; ".join(f"{m.spec.key}: {error_code(m.output)}" for m in failed)  # type: ignore[arg-type]
+        last = tried[-1] if tried else None
+        if last is None or isinstance(last.output, BaseException):
+            error = last.output if last is not None else DeadlineExceeded("no time left for any model")
+            if not isinstance(error, AltlasError | ModelError):
+                error = AltlasError(str(error), code=ErrorCode.MODEL_FAILED)
+            chain = " -> ".join(f"{m.spec.key} ({error_code(m.output)})" for m in failed)  # type: ignore[arg-type]
+            if chain and isinstance(error, AltlasError):
+                error = AltlasError(f"every model of the fallback chain failed: {chain}", code=error.code)
+            return Execution(error, None, None, tried, False, attributes)
+        return Execution(last.output, last.spec, last.job, tried, False, attributes)
+
+    async def _ensemble(self, request: AnyRequest, plan: Plan, span: SpanContext | None) -> Execution:
+        # Every member's input from one decode of the payload (each model still preprocesses its own).
+        prepared = await asyncio.to_thread(
+            prepare_members, plan.pipeline, request.payload, request.params, plan.specs
+        )
+        tasks = [
+            asyncio.create_task(self._attempt(request, plan, spec, span, self.budget(request, spec), item))
+            for spec, item in zip(plan.specs, prepared, strict=True)
+        ]
+        members = list(await asyncio.gather(*tasks))
+        good = [m for m in members if not isinstance(m.output, BaseException)]
+        missed = [m for m in members if isinstance(m.output, DeadlineExceeded)]
+        attributes = {"ensemble_size": str(len(members)), "ensemble_answered": str(len(good))}
+        if not good:
+            first_error = members[0].output
+            assert isinstance(first_error, BaseException)
+            return Execution(first_error, None, None, members, False, attributes)
+        try:
+            combined = aggregate([m.output for m in good], request.params)  # type: ignore[misc]
+        except Exception as exc:
+            return Execution(exc, None, None, members, False, attributes)
+        lead = good[0]
+        return Execution(combined, lead.spec, lead.job, members, bool(missed), attributes)
+
+
+def prepare_members(
+    pipeline: Pipeline, payload: bytes | str, params: Mapping[str, ParamValue], specs: Sequence[ModelSpec]
+) -> list[Prepared | BaseException]:
+    """Each model's input, the payload decoded once for all of them (pipelines/decode_once.py)."""
+    out: list[Prepared | BaseException] = []
+    with decoded_once():
+        for spec in specs:
+            try:
+                out.append(pipeline.prepare(payload, params, spec))
+            except Exception as exc:
+                out.append(exc)
+    return out

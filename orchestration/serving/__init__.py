@@ -1,0 +1,10 @@
+"""The request path, in the order a record takes it (each step hands on to the next):
+
+1. ``loop``: the stream loop of one modality pulls a micro-batch (consumers/stream.py);
+2. ``processor``: intake (bytes to a request or an error), admission and the cache gate, then
+   execution (execution/);
+3. ``answers``: the outcome of each record becomes messages (results, error results, dead letters),
+   with the reply policy (``replies``) and lineage headers;
+4. ``loop``: the messages are published in order and the offsets committed by the delivery mode (at-
+   least-once, or exactly-once in one transaction).
+"""
