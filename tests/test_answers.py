@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from altlas.consumers.records import InboundRecord
-from altlas.models.registry import ModelRegistry
+from altlas.models.registry import ModelRegistry, ModelSpec
 from altlas.orchestration.app.settings import TopicSettings
 from altlas.orchestration.clients.client import make_request
+from altlas.orchestration.execution.multi_model import Member
 from altlas.orchestration.observability.tracing import Tracing
-from altlas.orchestration.serving.answers import Answers, MemberAnswer
+from altlas.orchestration.serving.answers import Answers, ReplayOutput
+from altlas.orchestration.serving.salvage import Salvage
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.errors import ErrorCode, InvalidRequestError
 from altlas.schemas.types import Classification, Label, ResultStatus, VisionResult
 
 
-def test_result_datums_round_trip_through_the_pydantic_mirror_unchanged() -> None:
-    codec = AvroCodec()
-    answers = Answers(
+def _answers(codec: AvroCodec, replay: ReplayOutput | None = None) -> Answers:
+    return Answers(
         "vision",
         codec=codec,
         topics=TopicSettings(),
@@ -23,18 +24,29 @@ def test_result_datums_round_trip_through_the_pydantic_mirror_unchanged() -> Non
         instance_id="i",
         group_id="g",
         max_message_bytes=2**20,
+        replay=replay,
     )
-    spec = ModelRegistry.from_dict(
+
+
+def _spec() -> ModelSpec:
+    registry = ModelRegistry.from_dict(
         {"models": [{"id": "m", "task": "vision.classify", "backend": "onnx"}]}
-    ).get("m")
+    )
+    return registry.get("m")
+
+
+def test_result_datums_round_trip_through_the_pydantic_mirror_unchanged() -> None:
+    codec = AvroCodec()
+    answers = _answers(codec)
+    spec = _spec()
     request = make_request("vision", "classify", b"x", model="m", metadata={"tenant": "t"})
     rec = InboundRecord("ai.requests.vision", 2, 41, b"k", b"v", (), 0)
     output = Classification(
         labels=[Label(index=1, label="cat", score=0.75), Label(index=0, label="dog", score=0.25)]
     )
     members = [
-        MemberAnswer(spec, output, None),
-        MemberAnswer(spec, InvalidRequestError("bad", code=ErrorCode.INVALID_PARAMS), None),
+        Member(spec, output, None),
+        Member(spec, InvalidRequestError("bad", code=ErrorCode.INVALID_PARAMS), None),
     ]
     outcome = answers.result(
         rec,
@@ -60,3 +72,50 @@ def test_result_datums_round_trip_through_the_pydantic_mirror_unchanged() -> Non
     assert outcome.result is not None and outcome.result.status is ResultStatus.PARTIAL
     headers = dict(outcome.messages[0].headers)
     assert headers["altlas.source.partition"] == b"2" and headers["altlas.source.offset"] == b"41"
+    assert (
+        headers["altlas.model.id"] == b"m" and headers["altlas.model.config"] == spec.config_hash().encode()
+    )
+    assert "altlas.replay" not in headers
+
+
+def test_a_failed_request_gets_an_error_result_on_its_reply_topic_and_a_dead_letter() -> None:
+    codec = AvroCodec()
+    answers = _answers(codec)
+    request = make_request("vision", "classify", b"x", request_id="r-1")
+    rec = InboundRecord("ai.requests.vision", 0, 7, b"k", b"v", (), 0)
+    outcome = answers.failure(rec, InvalidRequestError("bad", code=ErrorCode.INVALID_PARAMS), request)
+    result, letter = outcome.messages
+    assert result.topic == TopicSettings().results("vision") and result.key == b"r-1"
+    assert letter.topic == TopicSettings().dead_letter and outcome.dead_letter
+    assert outcome.error is not None and outcome.error.code == "INVALID_PARAMS"
+
+
+def test_replay_answers_go_to_its_topic_marked_and_without_dead_letters() -> None:
+    codec = AvroCodec()
+    answers = _answers(codec, ReplayOutput(topic="replayed", replay_id="rp-9"))
+    request = make_request("vision", "classify", b"x", reply_topic="ai.results.vision.mine")
+    rec = InboundRecord("ai.requests.vision", 0, 3, b"k", b"v", (), 0)
+    outcome = answers.failure(rec, InvalidRequestError("bad", code=ErrorCode.INVALID_PARAMS), request)
+    assert [m.topic for m in outcome.messages] == ["replayed"]
+    assert dict(outcome.messages[0].headers)["altlas.replay"] == b"rp-9"
+    assert not outcome.dead_letter
+    assert answers.forced_topic == "replayed" and answers.reply_topic(None) == "replayed"
+
+
+def test_salvage_reads_the_request_id_and_reply_topic_of_a_record_that_failed_intake() -> None:
+    codec = AvroCodec()
+    request = make_request(
+        "vision",
+        "classify",
+        b"x",
+        request_id="r-2",
+        reply_topic="ai.results.vision.mine",
+        metadata={"a": "b"},
+    )
+    value = codec.encode_record(request)
+    rec = InboundRecord("ai.requests.vision", 0, 1, b"k", value, (), 0)
+    salvage = Salvage.of_record(rec, codec, max_bytes=2**20)
+    assert salvage == Salvage("r-2", "classify", "ai.results.vision.mine", {"a": "b"})
+    assert Salvage.of_record(rec, codec, max_bytes=len(value) - 1) is None  # refused for its size
+    junk = InboundRecord("ai.requests.vision", 0, 2, b"k", b"junk", (), 0)
+    assert Salvage.of_record(junk, codec, max_bytes=2**20) is None

@@ -7,7 +7,7 @@ import random
 
 from altlas.consumers.records import InboundRecord
 from altlas.orchestration.observability.metrics import Metrics
-from altlas.orchestration.serving.answers import Outcome, ResultSummary
+from altlas.orchestration.serving.outcomes import Outcome, ResultSummary
 from altlas.schemas.types import ErrorInfo, ResultStatus
 
 BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)

@@ -16,8 +16,9 @@ from altlas.consumers.records import InboundRecord
 from altlas.orchestration.app.settings import TopicSettings
 from altlas.orchestration.clients.client import make_request
 from altlas.orchestration.observability.tracing import Tracing
-from altlas.orchestration.serving.answers import Answers, Outcome
+from altlas.orchestration.serving.answers import Answers
 from altlas.orchestration.serving.loop import StreamWorker
+from altlas.orchestration.serving.outcomes import Outcome
 from altlas.producers.publisher import OutboundMessage, PermanentSendError, ProducerConfig
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.errors import ErrorCode

@@ -28,6 +28,7 @@ from altlas.orchestration.app.service import Orchestrator
 from altlas.orchestration.app.settings import MODALITIES, Modality, Settings
 from altlas.orchestration.app.topics import ensure_topics
 from altlas.orchestration.clients.client import topic_partitions
+from altlas.orchestration.serving.answers import ReplayOutput
 from altlas.orchestration.serving.processor import Overrides, RequestProcessor
 from altlas.schemas.modalities import MODALITY_OF_RECORD
 
@@ -111,10 +112,10 @@ async def replay(
     orchestrator.status.start()
     processors: dict[str, RequestProcessor] = {}
     for kind in MODALITIES:
-        proc = RequestProcessor(kind, orchestrator.context, Overrides(model=model, ignore_deadlines=True))
-        proc.answers.forced_topic = output_topic
-        proc.answers.dead_letters = False
-        proc.answers.extra_headers = (("altlas.replay", replay_id.encode()),)
+        output = ReplayOutput(topic=output_topic, replay_id=replay_id)
+        proc = RequestProcessor(
+            kind, orchestrator.context, Overrides(model=model, ignore_deadlines=True, output=output)
+        )
         processors[kind] = proc
     consumer = AIOKafkaConsumer(
         group_id=None, enable_auto_commit=False, isolation_level="read_committed", **kwargs

@@ -36,7 +36,7 @@ RETRY_NEXT = frozenset({"MODEL_FAILED", "MODEL_UNAVAILABLE", "DEADLINE_EXCEEDED"
 
 @dataclass
 class Member:
-    """One model's part in answering a request."""
+    """One model's part in answering a request; an ensemble's result lists each one's (serving/answers.py)."""
 
     spec: ModelSpec
     output: Record | BaseException

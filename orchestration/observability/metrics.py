@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from altlas.models.manager import ModelEvent
-from altlas.orchestration.serving.answers import Outcome
+from altlas.orchestration.serving.outcomes import Outcome
 from altlas.schemas.types import ResourceSnapshot
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)

@@ -30,12 +30,13 @@ from altlas.orchestration.app.settings import Modality, TopicSettings
 from altlas.orchestration.execution.cache import ResultCache, cache_key
 from altlas.orchestration.execution.chunks import ChunkStream
 from altlas.orchestration.execution.lanes import JobResult, ModelWorkers
-from altlas.orchestration.execution.multi_model import DeadlineExceeded, Execution, MultiModelExecutor
+from altlas.orchestration.execution.multi_model import DeadlineExceeded, Execution, Member, MultiModelExecutor
 from altlas.orchestration.execution.preparation import Decoder
 from altlas.orchestration.observability.tracing import Tracing
 from altlas.orchestration.routing.planning import Plan, Planner
 from altlas.orchestration.routing.task_detection import detect_task
-from altlas.orchestration.serving.answers import Answers, MemberAnswer, Outcome, error_info
+from altlas.orchestration.serving.answers import Answers, ReplayOutput
+from altlas.orchestration.serving.outcomes import Outcome, error_info
 from altlas.orchestration.serving.replies import ReplyPolicy, ReplyTopicRefused
 from altlas.pipelines.base import Prepared, held_bytes
 from altlas.producers.publisher import OutboundMessage
@@ -99,6 +100,7 @@ class Overrides:
 
     model: str | None = None
     ignore_deadlines: bool = False
+    output: ReplayOutput | None = None
 
 
 @dataclass
@@ -161,6 +163,7 @@ class RequestProcessor:
             group_id=self.group_id,
             max_message_bytes=ctx.max_message_bytes,
             policy=ReplyPolicy(modality, ctx.topics, ctx.topics.reply_topics, ctx.refusals),
+            replay=self.overrides.output,
         )
 
     # Kept for the stream worker's last-resort paths.
@@ -527,11 +530,7 @@ class RequestProcessor:
     ) -> Outcome:
         execution = await task
         attributes = {**work.attributes, **execution.attributes}
-        members = (
-            [MemberAnswer(m.spec, m.output, m.job) for m in execution.members]
-            if work.plan.kind == "ensemble"
-            else []
-        )
+        members = execution.members if work.plan.kind == "ensemble" else []
         if isinstance(execution.output, BaseException):
             return self._failure(
                 rec, work, execution.output, spec=None, attributes=attributes, members=members,
@@ -553,7 +552,7 @@ class RequestProcessor:
         job: JobResult | None = None,
         default: ErrorCode = ErrorCode.INTERNAL,
         attributes: dict[str, str] | None = None,
-        members: Sequence[MemberAnswer] = (),
+        members: Sequence[Member] = (),
     ) -> Outcome:
         return self.answers.failure(
             rec, exc, work.request, span=work.span, spec=spec, job=job, default=default,
