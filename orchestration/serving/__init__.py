@@ -3,8 +3,9 @@
 1. ``loop``: the stream loop of one modality pulls a micro-batch (consumers/stream.py);
 2. ``processor``: intake (bytes to a request or an error), admission and the cache gate, then
    execution (execution/);
-3. ``answers``: the outcome of each record becomes messages (results, error results, dead letters),
-   with the reply policy (``replies``) and lineage headers;
+3. ``answers``: the outcome of each record (``outcomes``) becomes messages (results, error results,
+   dead letters), with the reply policy (``replies``), lineage headers and timings (``lineage``), and
+   for a record that failed, what ``salvage`` can still read of it (request id, reply topic);
 4. ``loop``: the messages are published in order and the offsets committed by the delivery mode (at-
    least-once, or exactly-once in one transaction).
 """
