@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from opentelemetry.sdk.trace import TracerProvider
 
 from altlas.orchestration.app.kafka_clients import client_kwargs
 from altlas.orchestration.app.service import Orchestrator, build_codec
@@ -190,7 +191,7 @@ def settings(kafka_bootstrap: str, registry_file: Path) -> Settings:
 
 
 class Running:
-    """An orchestrator running in this event loop."""
+    """An orchestrator running in this event loop; tests get one from ``serving``, which always stops it."""
 
     def __init__(self, orchestrator: Orchestrator) -> None:
         self.orchestrator = orchestrator
@@ -201,20 +202,31 @@ class Running:
         started = asyncio.create_task(self.orchestrator.started.wait())
         done, _ = await asyncio.wait([self.task, started], timeout=60, return_when=asyncio.FIRST_COMPLETED)
         if self.task in done:
+            started.cancel()  # it never will be: start-up failed, and the next line says why
             self.task.result()
         assert started in done, "orchestrator did not start"
         return self
 
     async def stop(self) -> None:
-        self.orchestrator.stop()
-        if self.task is not None:
-            await asyncio.wait_for(self.task, 60)
+        """Ask it to stop and wait; one that already stopped by itself (say, fenced) is only awaited."""
+        if self.task is None:
+            return
+        if not self.task.done():
+            self.orchestrator.stop()
+        await asyncio.wait_for(self.task, 60)
 
 
 @asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Running]:
-    """An orchestrator on ``settings`` for the length of the block, stopped however the block ends."""
-    run = await Running(Orchestrator(settings)).start()
+async def serving(
+    settings: Settings, *, tracer_provider: TracerProvider | None = None
+) -> AsyncIterator[Running]:
+    """An orchestrator on ``settings`` for the length of the block, stopped however the block ends.
+
+    The one way tests start an in-process orchestrator, so that none is left running (holding
+    its group membership and ports) when a test fails half-way.
+    """
+    orchestrator = Orchestrator(settings, tracer_provider=tracer_provider)
+    run = await Running(orchestrator).start()
     try:
         yield run
     finally:

@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from altlas.orchestration.app.service import Orchestrator
 from altlas.orchestration.app.settings import Settings
 from altlas.orchestration.clients.client import make_request
 from altlas.orchestration.devtools.kafka_dist import KafkaDistribution
 from altlas.orchestration.devtools.localkafka import LocalBroker
 from tests.builders import mean_color_variant
-from tests.conftest import KAFKA_VERSION, Running, connect, create_topics, isolated_settings, write_config
+from tests.conftest import KAFKA_VERSION, connect, create_topics, isolated_settings, serving, write_config
 from tests.images import solid
 from tests.processes import ResultCounter, start_altlas, stop_altlas, wait_started
 
@@ -116,8 +115,7 @@ async def test_a_broker_stopped_for_10_seconds_is_rejoined_and_the_work_finished
     broker.start()
     try:
         settings = _settings(broker.bootstrap, chaos_registry, "at_least_once")
-        run = await Running(Orchestrator(settings)).start()
-        try:
+        async with serving(settings):
             first = await _send(settings, 300, "before-")
             await asyncio.sleep(1.0)
             await asyncio.to_thread(broker.stop, remove_data=False)
@@ -126,8 +124,6 @@ async def test_a_broker_stopped_for_10_seconds_is_rejoined_and_the_work_finished
             second = await _send(settings, 300, "after-")
             async with ResultCounter(settings, read_committed=False) as counter:
                 missing = await counter.wait_for(first | second, 120)
-        finally:
-            await run.stop()
     finally:
         broker.stop()
     assert missing == set(), f"lost {len(missing)} requests across the broker restart"

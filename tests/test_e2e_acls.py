@@ -28,7 +28,7 @@ from altlas.orchestration.clients.client import AltlasClient, make_request
 from altlas.orchestration.devtools.kafka_dist import KafkaDistribution
 from altlas.orchestration.devtools.localkafka import LocalBroker
 from altlas.schemas.types import ModelAction, ModelCommand, ResultStatus
-from tests.conftest import KAFKA_VERSION, Running, isolated_settings
+from tests.conftest import KAFKA_VERSION, isolated_settings, serving
 from tests.images import solid
 from tests.secured_broker import grant, scram_kwargs, secured_broker
 
@@ -97,8 +97,7 @@ async def secured(
 @pytest.mark.parametrize("secured", ["at_least_once", "exactly_once"], indirect=True)
 async def test_altlas_serves_on_exactly_the_required_acls(secured: Secured) -> None:
     settings, t = secured.settings, secured.settings.topics
-    run = await Running(_orchestrator(settings)).start()
-    try:
+    async with serving(settings):
         async with (
             secured.admin.reader(t.model_status) as status,
             secured.admin.reader(t.dead_letter) as dead_letters,
@@ -116,8 +115,6 @@ async def test_altlas_serves_on_exactly_the_required_acls(secured: Secured) -> N
             # A record that is no request goes to the dead letters.
             await secured.team.send_raw(t.requests("vision"), b"not avro", key=b"junk")
             assert await _until(dead_letters, lambda r: r.key == b"junk")
-    finally:
-        await run.stop()
 
 
 async def test_no_other_principal_can_produce_commands(acl_broker: LocalBroker, secured: Secured) -> None:
@@ -134,12 +131,6 @@ async def test_no_other_principal_can_produce_commands(acl_broker: LocalBroker, 
             await producer.stop()
     # The grant the team does have works: the refusal is the ACL, not a broken client.
     await secured.team.send_raw(t.requests("vision"), b"x", key=b"k")
-
-
-def _orchestrator(settings: Settings) -> Any:
-    from altlas.orchestration.app.service import Orchestrator
-
-    return Orchestrator(settings)
 
 
 async def _until(reader: Any, match: Any, timeout_s: float = 30) -> bool:

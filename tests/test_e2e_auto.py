@@ -7,10 +7,9 @@ from typing import Any
 
 import yaml
 
-from altlas.orchestration.app.service import Orchestrator
 from altlas.orchestration.clients.client import make_request
 from altlas.schemas.types import Detection, Ocr, ResultStatus, TextGeneration, Transcription
-from tests.conftest import Running, connect, isolated_settings
+from tests.conftest import connect, isolated_settings, serving
 from tests.fixtures_audio import espeak, wav_bytes, word_recall
 from tests.images import rotated_page
 
@@ -66,12 +65,9 @@ async def test_auto_picks_ocr_detection_transcription_and_generation_by_payload(
             "text", "auto", "The capital of France is", params={"max_tokens": 4, "temperature": 0}
         ),
     }
-    run = await Running(Orchestrator(settings)).start()
-    try:
+    async with serving(settings):
         async with connect(settings) as client:
             results = {name: await client.request(req, timeout_s=120) for name, req in asks.items()}
-    finally:
-        await run.stop()
     for name, result in results.items():
         assert result is not None and result.status is ResultStatus.OK, (name, result)
         assert result.attributes["detected_task"] == result.task and result.attributes["detected_reason"]

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from altlas.orchestration.app.service import Orchestrator
 from altlas.orchestration.clients.client import AltlasClient, TopicReader
 from altlas.schemas.types import ModelAction, ModelCommand, ModelState, ModelStatus
-from tests.conftest import Running, connect, isolated_settings
+from tests.conftest import connect, isolated_settings, serving
 
 
 async def _statuses(
@@ -60,9 +59,7 @@ async def test_load_unload_and_eviction_commands_produce_matching_status_events(
         )
     )
     settings = isolated_settings(kafka_bootstrap, registry, models={"memory_budget_mb": 60})
-    run = await Running(Orchestrator(settings)).start()
-
-    try:
+    async with serving(settings) as run:
         async with (
             connect(settings) as client,
             client.reader(settings.topics.model_status) as reader,
@@ -104,6 +101,4 @@ async def test_load_unload_and_eviction_commands_produce_matching_status_events(
                 and getattr(r, "model_id", None) == "../../etc/passwd"
                 for r in caplog.records
             )
-    finally:
-        await run.stop()
     assert run.orchestrator.manager.loaded() == []

@@ -33,7 +33,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from altlas.orchestration.app.kafka_clients import client_kwargs
-from altlas.orchestration.app.service import Orchestrator, build_codec
+from altlas.orchestration.app.service import build_codec
 from altlas.orchestration.app.settings import Settings
 from altlas.orchestration.clients.client import AltlasClient, make_request
 from altlas.schemas.catalog import SchemaCatalog
@@ -316,27 +316,26 @@ async def test_a_registry_outage_delays_answers_instead_of_failing_them(
     await admin.start()
     await admin.create_topics([NewTopic(reply, num_partitions=1, replication_factor=1)])
     await admin.close()
-    run = await Running(Orchestrator(settings)).start()
     try:
-        async with (
-            AltlasClient(client_kwargs(settings.kafka), AvroCodec(), settings.topics) as client,
-            client.reader(reply) as answers,
-            client.reader(settings.topics.dead_letter) as dlq,
-        ):
-            await proxy.down()
-            req = make_request(
-                "vision", "classify", solid(COLORS[0]), model="mean-color@1", reply_topic=reply
-            )
-            await client.send(req)
-            assert await answers.read(3.0) == [], "answered while the registry was down"
-            await proxy.up()
-            records: list[Any] = []
-            deadline = time.monotonic() + 60
-            while not records and time.monotonic() < deadline:
-                records = await answers.read(0.5)
-            letters = await dlq.read(1.0)
+        async with serving(settings):
+            async with (
+                AltlasClient(client_kwargs(settings.kafka), AvroCodec(), settings.topics) as client,
+                client.reader(reply) as answers,
+                client.reader(settings.topics.dead_letter) as dlq,
+            ):
+                await proxy.down()
+                req = make_request(
+                    "vision", "classify", solid(COLORS[0]), model="mean-color@1", reply_topic=reply
+                )
+                await client.send(req)
+                assert await answers.read(3.0) == [], "answered while the registry was down"
+                await proxy.up()
+                records: list[Any] = []
+                deadline = time.monotonic() + 60
+                while not records and time.monotonic() < deadline:
+                    records = await answers.read(0.5)
+                letters = await dlq.read(1.0)
     finally:
-        await run.stop()
         await proxy.down()
     assert len(records) == 1 and letters == []
     direct = confluent_settings(kafka_bootstrap, registry_file, schema_registry_url)

@@ -13,11 +13,10 @@ import pytest
 import yaml
 
 from altlas.models.runtime import BACKENDS
-from altlas.orchestration.app.service import Orchestrator
 from altlas.orchestration.clients.client import make_request
 from altlas.schemas.types import ModelState, ResultStatus
 from tests.builders import white_intolerant_classifier
-from tests.conftest import Running, connect, isolated_settings
+from tests.conftest import connect, isolated_settings, serving
 from tests.images import solid
 
 PARAMS = {"preprocess": {"resize": 4}, "labels_metadata_key": "labels"}
@@ -48,8 +47,7 @@ async def test_a_model_raising_on_some_inputs_fails_only_those(
     settings = isolated_settings(
         kafka_bootstrap, _registry(tmp_path, models_dir), modalities=["vision"], cache={"enabled": False}
     )
-    run = await Running(Orchestrator(settings)).start()
-    try:
+    async with serving(settings):
         async with connect(settings) as client:
             requests = [
                 make_request(
@@ -71,8 +69,6 @@ async def test_a_model_raising_on_some_inputs_fails_only_those(
                 deadline = time.monotonic() + 30
                 while len(letters) < 3 and time.monotonic() < deadline:
                     letters += [client.decode_dead_letter(r.value) for r in await dlq.read(0.5)]
-    finally:
-        await run.stop()
     failed = {rid for rid, r in answers.items() if r.status is ResultStatus.ERROR}
     assert failed == {"p3", "p13", "p23"}
     assert all(
@@ -100,9 +96,8 @@ async def test_a_hanging_model_times_out_opens_its_circuit_and_others_keep_answe
         kafka_bootstrap, tmp_path, models_dir, monkeypatch,
         routing={"attempt_timeout_s": 0.3, "circuit_failures": 2, "circuit_cooldown_s": 60},
     )  # fmt: skip
-    run = await Running(Orchestrator(settings)).start()
-    await run.orchestrator.manager.load("stuck")  # loading is not what we are timing
-    try:
+    async with serving(settings) as run:
+        await run.orchestrator.manager.load("stuck")  # loading is not what we are timing
         async with connect(settings) as client:
             async with client.reader(settings.topics.model_status) as statuses:
                 stuck = [
@@ -116,8 +111,6 @@ async def test_a_hanging_model_times_out_opens_its_circuit_and_others_keep_answe
                 deadline = time.monotonic() + 10
                 while ModelState.CIRCUIT_OPEN not in states and time.monotonic() < deadline:
                     states += [client.decode_status(r.value).state for r in await statuses.read(0.5)]
-    finally:
-        await run.stop()
     assert [r.error.code for r in stuck[:2]] == ["DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED"]
     assert stuck[2].error.code == "MODEL_UNAVAILABLE" and "circuit is open" in stuck[2].error.message
     assert fine is not None and fine.status is ResultStatus.OK
@@ -146,12 +139,11 @@ async def test_a_leaking_model_is_restarted_and_memory_stays_bounded(
         )
     )
     settings = isolated_settings(kafka_bootstrap, registry, modalities=["vision"], cache={"enabled": False})
-    run = await Running(Orchestrator(settings)).start()
-    await run.orchestrator.manager.load("leaky")
-    process = psutil.Process()
-    rss_before = process.memory_info().rss
-    batches = 24  # unchecked, 24 x 16 MiB = 384 MiB would stay resident
-    try:
+    async with serving(settings) as run:
+        await run.orchestrator.manager.load("leaky")
+        process = psutil.Process()
+        rss_before = process.memory_info().rss
+        batches = 24  # unchecked, 24 x 16 MiB = 384 MiB would stay resident
         async with connect(settings) as client:
             async with client.reader(settings.topics.model_status) as statuses:
                 answers = [
@@ -163,8 +155,6 @@ async def test_a_leaking_model_is_restarted_and_memory_stays_bounded(
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline and sum(e.state is ModelState.FAILED for e in events) < 4:
                     events += [client.decode_status(r.value) for r in await statuses.read(0.5)]
-    finally:
-        await run.stop()
     assert all(a is not None and a.status is ResultStatus.OK for a in answers)  # the leak fails nothing
     failed = [e for e in events if e.model_id == "leaky" and e.state is ModelState.FAILED]
     # 40 MiB allowed at 16 MiB a batch: restarted every third batch.
@@ -194,9 +184,8 @@ async def test_readyz_fails_while_waiting_records_see_nothing_answered_and_stuck
         process={"stall_s": 0.5},
         metrics={"port": 0, "monitor_interval_s": 0.2},
     )  # fmt: skip
-    run = await Running(Orchestrator(settings)).start()
-    await run.orchestrator.manager.load("stuck")
-    try:
+    async with serving(settings) as run:
+        await run.orchestrator.manager.load("stuck")
         endpoints = run.orchestrator.endpoints
         assert endpoints is not None
         deadline = time.monotonic() + 30
@@ -224,5 +213,3 @@ async def test_readyz_fails_while_waiting_records_see_nothing_answered_and_stuck
         assert stuck_gauge >= 1
         status, body = await _readyz(endpoints.port)
         assert status == 200 and body["stalled_s"] == {"vision": 0.0}
-    finally:
-        await run.stop()

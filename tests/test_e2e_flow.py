@@ -9,11 +9,10 @@ import uuid
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from altlas.orchestration.app.kafka_clients import client_kwargs
-from altlas.orchestration.app.service import Orchestrator
 from altlas.orchestration.app.settings import Settings
 from altlas.orchestration.clients.client import make_request
 from altlas.schemas.types import ResultStatus, VisionResult
-from tests.conftest import Running, connect, exchange, isolated_settings
+from tests.conftest import Running, connect, exchange, isolated_settings, serving
 from tests.images import rotated_page, solid
 
 
@@ -26,24 +25,23 @@ async def test_backpressure_pauses_partitions_and_bounds_in_flight_records(
         batching={"max_inflight": 16, "fetch_max_records": 8, "max_batch": 4},
         cache={"enabled": False},  # every request must really run, or nothing ever piles up
     )
-    run = await Running(Orchestrator(settings)).start()
-    worker = run.orchestrator.streams["vision"]
-    inflight, paused = [], []
+    async with serving(settings) as run:
+        worker = run.orchestrator.streams["vision"]
+        inflight, paused = [], []
 
-    async def sample() -> None:
-        while True:
-            inflight.append(worker.consumer.inflight)
-            paused.append(bool(worker.consumer.client.paused()))
-            await asyncio.sleep(0.002)
+        async def sample() -> None:
+            while True:
+                inflight.append(worker.consumer.inflight)
+                paused.append(bool(worker.consumer.client.paused()))
+                await asyncio.sleep(0.002)
 
-    sampler = asyncio.create_task(sample())
-    try:
-        page = rotated_page(0, fmt="JPEG")
-        requests = [make_request("vision", "classify", page, request_id=f"bp-{i}") for i in range(300)]
-        results = await exchange(settings, "vision", requests)
-    finally:
-        sampler.cancel()
-        await run.stop()
+        sampler = asyncio.create_task(sample())
+        try:
+            page = rotated_page(0, fmt="JPEG")
+            requests = [make_request("vision", "classify", page, request_id=f"bp-{i}") for i in range(300)]
+            results = await exchange(settings, "vision", requests)
+        finally:
+            sampler.cancel()
     assert len(results) == 300 and all(r.status is ResultStatus.OK for r in results.values())
     assert any(paused), "partitions were never paused"
     # The bound is checked before each fetch, so it can be exceeded by at most one fetch.
@@ -61,35 +59,34 @@ async def test_batches_and_in_flight_bytes_are_bounded_for_large_payloads(
         batching={"max_batch_bytes": 3 * size, "max_inflight_bytes": 8 * size, "max_inflight": 4096},
         cache={"enabled": False},
     )
-    run = await Running(Orchestrator(settings)).start()
-    worker = run.orchestrator.streams["vision"]
-    consumer = worker.consumer
-    batch_bytes: list[int] = []
-    fetch = consumer.next_batch
+    async with serving(settings) as run:
+        worker = run.orchestrator.streams["vision"]
+        consumer = worker.consumer
+        batch_bytes: list[int] = []
+        fetch = consumer.next_batch
 
-    async def recording_fetch() -> list:  # type: ignore[type-arg]
-        records = await fetch()
-        if records:
-            batch_bytes.append(sum(len(r.value or b"") for r in records))
-        return records
+        async def recording_fetch() -> list:  # type: ignore[type-arg]
+            records = await fetch()
+            if records:
+                batch_bytes.append(sum(len(r.value or b"") for r in records))
+            return records
 
-    consumer.next_batch = recording_fetch  # type: ignore[method-assign]
-    inflight, paused, held = [], [], []
+        consumer.next_batch = recording_fetch  # type: ignore[method-assign]
+        inflight, paused, held = [], [], []
 
-    async def sample() -> None:
-        while True:
-            inflight.append(consumer.inflight_bytes)
-            held.append(consumer.held_bytes)
-            paused.append(bool(consumer.client.paused()))
-            await asyncio.sleep(0.002)
+        async def sample() -> None:
+            while True:
+                inflight.append(consumer.inflight_bytes)
+                held.append(consumer.held_bytes)
+                paused.append(bool(consumer.client.paused()))
+                await asyncio.sleep(0.002)
 
-    sampler = asyncio.create_task(sample())
-    try:
-        requests = [make_request("vision", "classify", page, request_id=f"bb-{i}") for i in range(60)]
-        results = await exchange(settings, "vision", requests)
-    finally:
-        sampler.cancel()
-        await run.stop()
+        sampler = asyncio.create_task(sample())
+        try:
+            requests = [make_request("vision", "classify", page, request_id=f"bb-{i}") for i in range(60)]
+            results = await exchange(settings, "vision", requests)
+        finally:
+            sampler.cancel()
     assert len(results) == 60 and all(r.status is ResultStatus.OK for r in results.values())
     assert batch_bytes and max(batch_bytes) <= 3 * size
     assert any(paused), "partitions were never paused for bytes"
@@ -135,8 +132,7 @@ async def test_oversized_request_is_dead_lettered_and_the_stream_continues(
     kafka_bootstrap: str, registry_file
 ) -> None:  # type: ignore[no-untyped-def]
     settings = isolated_settings(kafka_bootstrap, registry_file, limits={"max_message_bytes": 20_000})
-    run = await Running(Orchestrator(settings)).start()
-    try:
+    async with serving(settings):
         async with connect(settings) as client:
             async with client.reader(settings.topics.dead_letter) as dlq:
                 big = make_request("vision", "classify", b"\x89PNG" + b"\x00" * 50_000, model="mean-color")
@@ -147,8 +143,6 @@ async def test_oversized_request_is_dead_lettered_and_the_stream_continues(
                     make_request("vision", "classify", solid((9, 9, 9)), model="mean-color")
                 )
                 letters = [client.decode_dead_letter(r.value) for r in await dlq.read(5)]
-    finally:
-        await run.stop()
     assert after is not None and after.status is ResultStatus.OK
     assert [(d.error_code, d.offset, len(d.value or b"")) for d in letters] == [
         ("PAYLOAD_TOO_LARGE", meta.offset, len(client.codec.encode_record(big)))
@@ -159,8 +153,7 @@ async def test_a_result_too_large_to_publish_becomes_an_error_and_a_dead_letter(
     kafka_bootstrap: str, registry_file
 ) -> None:  # type: ignore[no-untyped-def]
     settings = isolated_settings(kafka_bootstrap, registry_file, limits={"max_result_bytes": 2_000})
-    run = await Running(Orchestrator(settings)).start()
-    try:
+    async with serving(settings):
         async with connect(settings) as client:
             async with client.reader(settings.topics.dead_letter) as dlq:
                 # The metadata is echoed into the result, making it larger than the producer may send.
@@ -172,8 +165,6 @@ async def test_a_result_too_large_to_publish_becomes_an_error_and_a_dead_letter(
                     make_request("vision", "classify", solid((9, 9, 9)), model="mean-color")
                 )
                 letters = [client.decode_dead_letter(r.value) for r in await dlq.read(5)]
-    finally:
-        await run.stop()
     assert after is not None and after.status is ResultStatus.OK
     assert [d.error_code for d in letters] == ["RESULT_TOO_LARGE"]
     assert letters[0].request_id is None or letters[0].request_id == fat.request_id

@@ -14,11 +14,10 @@ import pytest
 import yaml
 
 from altlas.models.runtime import BACKENDS
-from altlas.orchestration.app.service import Orchestrator
 from altlas.orchestration.clients.client import AltlasClient, make_request
 from altlas.schemas.types import Classification, ModelState, ResultStatus
 from tests.builders import MEAN_COLOR_LABELS, expected_mean_color, mean_color_variant
-from tests.conftest import Running, connect, isolated_settings
+from tests.conftest import connect, isolated_settings, serving
 from tests.images import solid
 
 RED = (230, 30, 30)
@@ -89,14 +88,13 @@ async def strategies(
         },
     }
     settings = isolated_settings(kafka_bootstrap, _registry(tmp_path, doc), modalities=["vision"])
-    run = await Running(Orchestrator(settings)).start()
-    client = connect(settings)
-    await client.start()
-    try:
-        yield run, client
-    finally:
-        await client.stop()
-        await run.stop()
+    async with serving(settings) as run:
+        client = connect(settings)
+        await client.start()
+        try:
+            yield run, client
+        finally:
+            await client.stop()
 
 
 async def test_performance_accuracy_and_cost_strategies_pick_by_what_they_promise(strategies: Any) -> None:
@@ -205,9 +203,8 @@ async def test_cache_hits_on_repeats_and_misses_after_a_version_change(
     kafka_bootstrap: str, registry_file: Path
 ) -> None:
     settings = isolated_settings(kafka_bootstrap, registry_file, modalities=["vision"])
-    run = await Running(Orchestrator(settings)).start()
-    image = solid((12, 200, 40))
-    try:
+    async with serving(settings) as run:
+        image = solid((12, 200, 40))
         async with connect(settings) as client:
             first = await client.request(make_request("vision", "classify", image, model="mean-color@1"))
             again = await client.request(make_request("vision", "classify", image, model="mean-color@1"))
@@ -218,8 +215,6 @@ async def test_cache_hits_on_repeats_and_misses_after_a_version_change(
             other_params = await client.request(
                 make_request("vision", "classify", image, model="mean-color@1", params={"top_k": 2})
             )
-    finally:
-        await run.stop()
     assert "cache" not in first.attributes and again.attributes["cache"] == "hit"
     assert again.output == first.output and again.timings.batch_size == 0
     assert "cache" not in newer.attributes and newer.model_version == "2"
@@ -236,8 +231,7 @@ async def test_a_circuit_opens_after_failures_and_closes_when_the_model_recovers
         kafka_bootstrap, _registry(tmp_path, {"models": [_entry("flaky", flaky)]}), modalities=["vision"],
         routing={"circuit_failures": 2, "circuit_cooldown_s": 1.0}, cache={"enabled": False},
     )  # fmt: skip
-    run = await Running(Orchestrator(settings)).start()
-    try:
+    async with serving(settings):
         async with connect(settings) as client:
             async with client.reader(settings.topics.model_status) as statuses:
                 failures = [
@@ -252,8 +246,6 @@ async def test_a_circuit_opens_after_failures_and_closes_when_the_model_recovers
                 states: list[ModelState] = []
                 while ModelState.CIRCUIT_CLOSED not in states and time.monotonic() < deadline:
                     states += [client.decode_status(r.value).state for r in await statuses.read(0.5)]
-    finally:
-        await run.stop()
     assert [f.error.code for f in failures] == ["MODEL_UNAVAILABLE", "MODEL_UNAVAILABLE"]
     assert skipped.error.code == "MODEL_UNAVAILABLE" and "circuit is open" in skipped.error.message
     assert healed.status is ResultStatus.OK
@@ -273,9 +265,8 @@ async def test_under_memory_pressure_a_model_with_pending_requests_is_kept(
         kafka_bootstrap, _registry(tmp_path, doc), modalities=["vision"], models={"memory_budget_mb": 100},
         cache={"enabled": False},
     )  # fmt: skip
-    run = await Running(Orchestrator(settings)).start()
-    manager = run.orchestrator.manager
-    try:
+    async with serving(settings) as run:
+        manager = run.orchestrator.manager
         await manager.load("a")
         await manager.load("b")
         async with connect(settings) as client:
@@ -288,8 +279,6 @@ async def test_under_memory_pressure_a_model_with_pending_requests_is_kept(
                     )
                 await client._producer.flush()
                 results = await client.collect(reader, "vision", [r.request_id for r in requests], 60)
-    finally:
-        await run.stop()
     assert all(r.status is ResultStatus.OK for r in results.values()) and len(results) == 21
     states = {key: manager.status(key).state for key in ("a@1", "b@1", "c@1")}
     assert states["b@1"] == "evicted", states

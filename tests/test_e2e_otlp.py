@@ -8,9 +8,8 @@ from pathlib import Path
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from altlas.orchestration.app.service import Orchestrator
 from altlas.orchestration.clients.client import make_request
-from tests.conftest import Running, connect, isolated_settings
+from tests.conftest import connect, isolated_settings, serving
 from tests.images import solid
 
 
@@ -39,14 +38,13 @@ async def test_otlp_exporter_sends_the_request_spans(kafka_bootstrap: str, regis
         registry_file,
         tracing={"exporter": "otlp", "otlp_endpoint": endpoint, "service_name": "altlas-t"},
     )
-    run = await Running(Orchestrator(settings)).start()
     try:
-        async with connect(settings) as client:
+        # Leaving the block shuts the orchestrator down, which flushes the batch span processor synchronously.
+        async with serving(settings), connect(settings) as client:
             result = await client.request(
                 make_request("vision", "classify", solid((1, 2, 3)), model="mean-color")
             )
     finally:
-        await run.stop()  # shutting down flushes the batch span processor synchronously
         server.shutdown()
     assert result is not None
     spans = [

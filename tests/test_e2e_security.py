@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from altlas.orchestration.app.service import Orchestrator
 from altlas.orchestration.clients.client import make_request
 from altlas.orchestration.devtools.kafka_dist import KafkaDistribution
 from altlas.orchestration.devtools.localkafka import LocalBroker, SaslUsers
 from altlas.orchestration.observability.logs import secrets_of, setup_logging
 from altlas.schemas.types import ResultStatus
-from tests.conftest import KAFKA_VERSION, Running, connect, isolated_settings
+from tests.conftest import KAFKA_VERSION, connect, isolated_settings, serving
 from tests.images import solid
 
 USERS = SaslUsers(plain={"alice": "alice-secret-1"}, scram_sha_256={"bob": "bob-secret-2"})
@@ -52,13 +51,10 @@ async def test_every_client_authenticates_with_sasl(
     setup_logging("DEBUG", "json", secrets_of(settings))  # what `altlas run` does, at the chattiest level
     logging.getLogger("aiokafka").setLevel(logging.DEBUG)  # even with aiokafka's own debug output on
     try:
-        run = await Running(Orchestrator(settings)).start()  # admin, producer, consumers, command consumer
-        try:
+        async with serving(settings):  # admin, producer, consumers, command consumer
             async with connect(settings) as client:
                 request = make_request("vision", "classify", solid((1, 250, 1)), model="mean-color")
                 result = await client.request(request)
-        finally:
-            await run.stop()
     finally:
         root.handlers[:], root.level = saved[0], saved[1]
         logging.getLogger("aiokafka").setLevel(saved[2])
@@ -78,4 +74,5 @@ async def test_a_wrong_password_fails_start_up_clearly(sasl_broker: str, registr
     }
     settings = isolated_settings(sasl_broker, registry_file, modalities=["vision"], kafka=kafka)
     with pytest.raises(ConnectionError, match="credentials"):
-        await Orchestrator(settings).start()
+        async with serving(settings):
+            pass

@@ -9,11 +9,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from altlas.orchestration.app.service import Orchestrator
 from altlas.orchestration.app.settings import Settings
 from altlas.orchestration.clients.client import AltlasClient, make_request
 from altlas.schemas.types import VisionResult
-from tests.conftest import Running
+from tests.conftest import serving
 from tests.images import solid
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -26,8 +25,7 @@ async def test_spans_form_consume_batch_inference_produce_tree(
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    run = await Running(Orchestrator(settings, tracer_provider=provider)).start()
-    try:
+    async with serving(settings, tracer_provider=provider):
         requests = [
             make_request("vision", "classify", solid((9, 9, 9 * i)), model="mean-color") for i in range(3)
         ]
@@ -39,8 +37,6 @@ async def test_spans_form_consume_batch_inference_produce_tree(
             records = []
             while len(records) < 3 and time.monotonic() < deadline:
                 records += await reader.read(0.5)
-    finally:
-        await run.stop()
 
     assert len(records) == 3
     spans = exporter.get_finished_spans()

@@ -22,11 +22,11 @@ import soundfile as sf
 import yaml
 
 from altlas.orchestration.app.kafka_clients import client_kwargs
-from altlas.orchestration.app.service import Orchestrator, build_codec
+from altlas.orchestration.app.service import build_codec
 from altlas.orchestration.clients.client import AltlasClient, make_request
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.types import AudioResult, DeadLetter, VisionResult
-from tests.conftest import Running, isolated_settings
+from tests.conftest import isolated_settings, serving
 from tests.fixtures_audio import BAND_PARAMS
 from tests.images import png_declaring, solid
 
@@ -163,11 +163,10 @@ async def _fuzz(
     )
     result_type = RESULT_TYPES[modality]
     process = psutil.Process()
-    run = await Running(Orchestrator(settings_)).start()
-    rss_before = process.memory_info().rss
-    positions: set[tuple[int, int]] = set()
-    outcomes: Counter[str] = Counter()
-    try:
+    async with serving(settings_) as run:
+        rss_before = process.memory_info().rss
+        positions: set[tuple[int, int]] = set()
+        outcomes: Counter[str] = Counter()
         codec = build_codec(settings_)
         async with AltlasClient(client_kwargs(settings_.kafka), codec, settings_.topics) as client:
             producer = client._producer
@@ -196,8 +195,6 @@ async def _fuzz(
                         outcomes[f"dead letter:{letter.error_code}"] += 1
         assert not run.task.done(), "the orchestrator stopped"
         rss_growth = process.memory_info().rss - rss_before
-    finally:
-        await run.stop()
     missing = positions - accounted
     assert not missing, f"{len(missing)} of {len(positions)} messages neither answered nor dead-lettered"
     assert rss_growth < 400 * 2**20, f"memory grew by {rss_growth >> 20} MiB"

@@ -26,12 +26,11 @@ import numpy as np
 import pytest
 import yaml
 
-from altlas.orchestration.app.service import Orchestrator
 from altlas.orchestration.app.settings import GatewaySettings, Settings
 from altlas.orchestration.devtools.localkafka import free_port
 from altlas.schemas.types import VisionRequest
 from tests.builders import MEAN_COLOR_LABELS, expected_mean_color
-from tests.conftest import Running, isolated_settings, write_config
+from tests.conftest import isolated_settings, serving, write_config
 from tests.images import rotated_page, solid
 
 httpx = pytest.importorskip("httpx")
@@ -52,12 +51,9 @@ class Stack:
 async def vision_stack(kafka_bootstrap: str, registry_file: Path) -> AsyncIterator[Stack]:
     """altlas serving the test registry (orientation, mean-color), and the gateway on a free port."""
     settings = isolated_settings(kafka_bootstrap, registry_file, modalities=["vision"])
-    run = await Running(Orchestrator(settings)).start()
-    try:
+    async with serving(settings):
         async with serve_gateway(settings) as stack:
             yield stack
-    finally:
-        await run.stop()
 
 
 class serve_gateway:
@@ -313,12 +309,9 @@ async def audio_text_stack(
     registry = tmp_path_factory.mktemp("gateway-registry") / "models.yaml"
     registry.write_text(yaml.safe_dump(doc))
     settings = isolated_settings(kafka_bootstrap, registry, modalities=["text", "audio"])
-    run = await Running(Orchestrator(settings)).start()
-    try:
+    async with serving(settings):
         async with serve_gateway(settings, timeout_s=120) as stack:
             yield stack
-    finally:
-        await run.stop()
 
 
 async def test_audio_transcribe_upload_returns_the_spoken_words(audio_text_stack: Stack) -> None:

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from altlas.orchestration.app.service import Orchestrator
 from altlas.orchestration.clients.client import make_request
 from altlas.orchestration.devtools.kafka_dist import KafkaDistribution
 from altlas.orchestration.devtools.localkafka import LocalBroker
 from altlas.schemas.types import Classification, ResultStatus
-from tests.conftest import KAFKA_VERSION, Running, connect, isolated_settings
+from tests.conftest import KAFKA_VERSION, connect, isolated_settings, serving
 from tests.images import rotated_page
 
 OTHER_VERSIONS = sorted({"3.9.2", "4.1.2"} - {KAFKA_VERSION})
@@ -25,14 +24,11 @@ async def test_round_trip_on_another_kafka_version(version: str, registry_file: 
     broker.start()
     try:
         settings = isolated_settings(broker.bootstrap, registry_file, modalities=["vision"])
-        run = await Running(Orchestrator(settings)).start()
-        try:
+        async with serving(settings):
             async with connect(settings) as client:
                 result = await client.request(
                     make_request("vision", "classify", rotated_page(270)), timeout_s=60
                 )
-        finally:
-            await run.stop()
     finally:
         broker.stop()
     assert result is not None and result.status is ResultStatus.OK

@@ -24,11 +24,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from altlas.consumers.stable_offsets import stable_committed
 from altlas.models.runtime import BACKENDS
 from altlas.orchestration.app.kafka_clients import client_kwargs
-from altlas.orchestration.app.service import Orchestrator
 from altlas.orchestration.clients.client import AltlasClient, make_request
 from altlas.orchestration.serving.loop import StreamWorker
 from tests import hanging_model
-from tests.conftest import Running, connect, isolated_settings
+from tests.conftest import connect, isolated_settings, serving
 from tests.images import solid
 
 PARAMS = {"preprocess": {"resize": 4}, "labels_metadata_key": "labels"}
@@ -80,48 +79,49 @@ async def test_a_batch_in_flight_across_a_revocation_commits_nothing_for_the_rev
         kafka={"session_timeout_ms": 6000},
         batching={"fetch_max_records": 8, "max_batch": 8},
     )
-    caplog.set_level(logging.INFO, logger="altlas.orchestration.serving.loop")
+    caplog.set_level(logging.INFO, logger="altlas.orchestration.serving")
     requests = [
         make_request("vision", "classify", solid((i, 5, 5)), model="slow", request_id=f"rv{i}")
         for i in range(96)
     ]
-    run = await Running(Orchestrator(settings)).start()
-    worker = run.orchestrator.streams["vision"]
-    # Revocation waits for batches in the model at most this long: they finish after it, stale.
-    worker.consumer.config = dataclasses.replace(worker.consumer.config, revoke_timeout_s=0.5)
-    topic = settings.topics.requests("vision")
-    taker, consumer = _Taker(), None
-    admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka, client_suffix="admin"))
-    await admin.start()
-    try:
-        async with connect(settings) as client:
-            await client.send_many(requests)
-            deadline = time.monotonic() + 60
-            while not (worker.transactions and worker.transactions.commits >= 1 and worker.consumer.inflight):
-                assert time.monotonic() < deadline, "no batch in flight after a first commit"
-                await asyncio.sleep(0.05)
-            at_revocation = asyncio.create_task(_offsets_once_revoked(worker, admin))
-            consumer = AIOKafkaConsumer(
-                group_id=worker.consumer.group_id,
-                enable_auto_commit=False,
-                isolation_level="read_committed",
-                **client_kwargs(settings.kafka, client_suffix="taker"),
-            )
-            await consumer.start()
-            consumer.subscribe([topic], listener=taker)
-            while not taker.given:  # it joins; the first member's partitions are revoked mid-batch
-                await consumer.getmany(timeout_ms=200)
-            revoked_at = await asyncio.wait_for(at_revocation, 30)
-            await asyncio.sleep(8)  # the stale batches leave the model and reach the committer
-            requests_by_id = await _where(client, settings.topics.requests("vision"))
-            kept = {rid for rid, (p, _) in requests_by_id.items() if p not in taker.given}
-            counts = await _answers(client, settings.topics.results("vision"), kept, 90)
-            end = {p: await consumer.committed(TopicPartition(topic, p)) or 0 for p in taker.given}
-    finally:
-        if consumer is not None:
-            await consumer.stop()
-        await admin.close()
-        await run.stop()
+    async with serving(settings) as run:
+        worker = run.orchestrator.streams["vision"]
+        # Revocation waits for batches in the model at most this long: they finish after it, stale.
+        worker.consumer.config = dataclasses.replace(worker.consumer.config, revoke_timeout_s=0.5)
+        topic = settings.topics.requests("vision")
+        taker, consumer = _Taker(), None
+        admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka, client_suffix="admin"))
+        await admin.start()
+        try:
+            async with connect(settings) as client:
+                await client.send_many(requests)
+                deadline = time.monotonic() + 60
+                while not (
+                    worker.transactions and worker.transactions.commits >= 1 and worker.consumer.inflight
+                ):
+                    assert time.monotonic() < deadline, "no batch in flight after a first commit"
+                    await asyncio.sleep(0.05)
+                at_revocation = asyncio.create_task(_offsets_once_revoked(worker, admin))
+                consumer = AIOKafkaConsumer(
+                    group_id=worker.consumer.group_id,
+                    enable_auto_commit=False,
+                    isolation_level="read_committed",
+                    **client_kwargs(settings.kafka, client_suffix="taker"),
+                )
+                await consumer.start()
+                consumer.subscribe([topic], listener=taker)
+                while not taker.given:  # it joins; the first member's partitions are revoked mid-batch
+                    await consumer.getmany(timeout_ms=200)
+                revoked_at = await asyncio.wait_for(at_revocation, 30)
+                await asyncio.sleep(8)  # the stale batches leave the model and reach the committer
+                requests_by_id = await _where(client, settings.topics.requests("vision"))
+                kept = {rid for rid, (p, _) in requests_by_id.items() if p not in taker.given}
+                counts = await _answers(client, settings.topics.results("vision"), kept, 90)
+                end = {p: await consumer.committed(TopicPartition(topic, p)) or 0 for p in taker.given}
+        finally:
+            if consumer is not None:
+                await consumer.stop()
+            await admin.close()
     given = {p: revoked_at.get(p, 0) for p in taker.given}
     assert end == given, "the old member committed offsets of a partition it no longer owned"
     taken = {rid for rid, (p, off) in requests_by_id.items() if p in given and off >= given[p]}
