@@ -172,6 +172,7 @@ def send(
     target: Annotated[
         str, typer.Argument(help="A file (image, audio, text), a folder of such files, or literal text.")
     ],
+    *,
     task: Annotated[
         str, typer.Option("--task", "-t", help="Task, e.g. classify, detect, generate, auto.")
     ] = "auto",
@@ -489,6 +490,7 @@ def status(
 # ---------------------------------------------------------------- replay
 @app.command()
 def replay(
+    *,
     topic: Annotated[str, typer.Option("--topic", help="Request topic to reprocess.")],
     start: Annotated[
         str, typer.Option("--from", help="Offset, earliest, an ISO time, or epoch millis + 'ms'.")

@@ -87,6 +87,7 @@ class _Lane:
         pipeline: Pipeline,
         manager: ModelManager,
         tracing: Tracing,
+        *,
         max_batch: int,
         concurrency: int,
         health: ModelHealth | None = None,
@@ -294,7 +295,14 @@ class ModelWorkers:
             max_batch = max(1, min(self.max_batch, spec.metadata.max_batch))
             concurrency = spec.metadata.concurrency or self.concurrency
             lane = self._lanes[key] = _Lane(
-                spec, pipeline, self.manager, self.tracing, max_batch, concurrency, self.health, self.on_batch
+                spec,
+                pipeline,
+                self.manager,
+                self.tracing,
+                max_batch=max_batch,
+                concurrency=concurrency,
+                health=self.health,
+                on_batch=self.on_batch,
             )
         future: asyncio.Future[list[JobResult]] = asyncio.get_running_loop().create_future()
         if on_chunk is not None and len(items) != 1:
