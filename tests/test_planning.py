@@ -25,11 +25,14 @@ def _planner(tmp_path: Path) -> tuple[Planner, ModelHealth, Counter[str]]:
         }
     )
     health = ModelHealth()
-    planner = Planner(
-        registry, {"vision.classify": ImageClassificationPipeline()}, health, ModelManager(registry)
-    )
     waiting: Counter[str] = Counter()
-    planner.manager_demand = lambda key: waiting[key]
+    planner = Planner(
+        registry,
+        {"vision.classify": ImageClassificationPipeline()},
+        health,
+        ModelManager(registry),
+        demand=lambda key: waiting[key],
+    )
     planner._preload = lambda spec: None  # type: ignore[method-assign]  # choosing, not loading
     return planner, health, waiting
 

@@ -23,13 +23,14 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from altlas.consumers.records import InboundRecord
+from altlas.orchestration.app.components import build_components
 from altlas.orchestration.app.kafka_clients import client_kwargs
-from altlas.orchestration.app.service import Orchestrator
 from altlas.orchestration.app.settings import MODALITIES, Modality, Settings
 from altlas.orchestration.app.topics import ensure_topics
 from altlas.orchestration.clients.client import topic_partitions
 from altlas.orchestration.serving.answers import ReplayOutput
 from altlas.orchestration.serving.processor import Overrides, RequestProcessor
+from altlas.schemas.codec import AvroCodec
 from altlas.schemas.modalities import MODALITY_OF_RECORD
 
 
@@ -106,15 +107,17 @@ async def replay(
         partitions=settings.topics.partitions,
         replication_factor=settings.topics.replication_factor,
     )
-    orchestrator = Orchestrator(settings)
-    orchestrator.registry.get(model)  # fail before reading anything when the model is unknown
-    await orchestrator.publisher.start()
-    orchestrator.status.start()
+    # The parts that answer requests, without the consumer groups, probes and commands of a service.
+    parts = build_components(settings)
+    parts.registry.get(model)  # fail before reading anything when the model is unknown
+    publisher = parts.publisher
+    await publisher.start()
+    parts.status.start()
     processors: dict[str, RequestProcessor] = {}
     for kind in MODALITIES:
         output = ReplayOutput(topic=output_topic, replay_id=replay_id)
         proc = RequestProcessor(
-            kind, orchestrator.context, Overrides(model=model, ignore_deadlines=True, output=output)
+            kind, parts.context, Overrides(model=model, ignore_deadlines=True, output=output)
         )
         processors[kind] = proc
     consumer = AIOKafkaConsumer(
@@ -143,7 +146,7 @@ async def replay(
                         continue
                     summary.records += 1
                     inbound = InboundRecord.from_consumer_record(rec)
-                    found = _modality(orchestrator, inbound)
+                    found = _modality(parts.codec, inbound)
                     if found is None:
                         summary.skipped += 1
                         continue
@@ -161,7 +164,6 @@ async def replay(
                         ] += 1
                     else:
                         summary.skipped += 1
-                publisher = orchestrator.publisher
                 acks = [(msg, await publisher.enqueue(msg)) for msg in messages]
                 for msg, ack in acks:
                     await publisher.deliver(msg, ack)
@@ -170,19 +172,19 @@ async def replay(
     finally:
         summary.elapsed_s = time.monotonic() - started
         await consumer.stop()
-        await orchestrator.workers.close()
-        await orchestrator.manager.close()
-        await orchestrator.status.close()
-        await orchestrator.publisher.stop()
+        await parts.workers.close()
+        await parts.manager.close()
+        await parts.status.close()
+        await publisher.stop()
     return summary
 
 
-def _modality(orchestrator: Orchestrator, rec: InboundRecord) -> Modality | None:
+def _modality(codec: AvroCodec, rec: InboundRecord) -> Modality | None:
     """The modality of a request record, from its writer schema (replays may read any topic)."""
     if rec.value is None:
         return None
     try:
-        name = orchestrator.codec.writer_of(rec.value).name
+        name = codec.writer_of(rec.value).name
     except Exception:
         return None
     return MODALITY_OF_RECORD.get(name)

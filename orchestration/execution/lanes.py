@@ -252,6 +252,24 @@ class _Lane:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+class Demand(Counter[str]):
+    """Requests consumed and routed to a model but not answered yet, per model key.
+
+    The processor counts a request in when it routes it and out when it is answered.
+    The manager never evicts a model with demand (its requests are waiting in our
+    buffers) and the planner weighs a model's backlog by it. It is made before the
+    manager, which the lanes need, so the same counter is handed to all of them.
+    """
+
+    def pending(self, model_key: str) -> int:
+        """Requests routed to ``model_key`` and not answered yet."""
+        return self[model_key]
+
+    def pinned(self, model_key: str) -> bool:
+        """Whether requests still wait for ``model_key`` (so it must not be evicted)."""
+        return self[model_key] > 0
+
+
 class ModelWorkers:
     """All lanes of one process."""
 
@@ -264,6 +282,7 @@ class ModelWorkers:
         concurrency: int,
         health: ModelHealth | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
+        demand: Demand | None = None,
     ) -> None:
         self.manager = manager
         self.on_batch = on_batch
@@ -272,9 +291,7 @@ class ModelWorkers:
         self.concurrency = concurrency
         self.health = health
         self._lanes: dict[tuple[str, str], _Lane] = {}
-        # Requests consumed and routed to a model but not answered yet: the manager
-        # never evicts a model with demand (its requests are waiting in our buffers).
-        self.demand: Counter[str] = Counter()
+        self.demand = demand if demand is not None else Demand()
 
     def submit(
         self,
@@ -317,7 +334,7 @@ class ModelWorkers:
 
     def pending(self, model_key: str) -> int:
         """Requests routed to a model and not answered yet (queued, running or still decoding)."""
-        return self.demand[model_key]
+        return self.demand.pending(model_key)
 
     async def close(self) -> None:
         """Stop all runners; queued jobs are cancelled."""

@@ -63,6 +63,7 @@ class Planner:
         default_strategies: dict[str, str] | None = None,
         load_penalty_ms: float = 200.0,
         max_models: int = 8,
+        demand: Callable[[str], int] | None = None,
     ) -> None:
         self.registry = registry
         self.pipelines = pipelines
@@ -72,7 +73,7 @@ class Planner:
         self.load_penalty_ms = load_penalty_ms
         self.max_models = max_models
         self._preloading: set[str] = set()
-        self.manager_demand: Callable[[str], int] = lambda key: 0  # set by the wiring: requests in flight
+        self.demand: Callable[[str], int] = demand or (lambda key: 0)  # the lanes' Demand.pending: backlog
 
     def available_tasks(self) -> set[str]:
         """Tasks with a pipeline and at least one model here."""
@@ -194,7 +195,7 @@ class Planner:
         if strategy == "default":
             return [usable[0]]
         if strategy == "performance":
-            backlog = sum(self.manager_demand(s.key) for s in candidates)
+            backlog = sum(self.demand(s.key) for s in candidates)
             return [min(usable, key=lambda s: self._expected_ms(s, backlog))]
         if strategy == "accuracy":
             return [
@@ -221,7 +222,7 @@ class Planner:
         otherwise keep a faster model from ever being measured); until it is
         timed, its declaration stands.
         """
-        waiting = self.manager_demand(spec.key)
+        waiting = self.demand(spec.key)
         latency = self.health.latency_ms(spec)
         if waiting == 0 and not self.health.measured(spec):
             latency = 0.0
