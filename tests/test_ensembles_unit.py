@@ -155,6 +155,20 @@ async def test_a_fallback_skips_a_model_whose_circuit_is_open_without_asking_it(
     assert lanes.asked == ["b@1"] and done.attributes["fallback_failed"] == "a@1: MODEL_UNAVAILABLE"
 
 
+async def test_a_model_that_times_out_leaves_the_rest_of_the_time_to_the_next_one() -> None:
+    lanes = FakeLanes({"slow": None, "a": scores(cat=0.7)})  # slow never answers within its 0.05 s
+    done = await execute(lanes, "fallback", ["slow", "a"])
+    assert labels_of(done.output) == [("cat", 0.7)]
+    assert done.attributes == {"fallback_tried": "slow@1,a@1", "fallback_failed": "slow@1: DEADLINE_EXCEEDED"}
+
+
+async def test_the_requests_own_time_limit_bounds_the_whole_fallback_chain() -> None:
+    lanes = FakeLanes({"slow": None, "a": scores(cat=0.7)})
+    done = await execute(lanes, "fallback", ["slow", "a"], params={"timeout_ms": 40})
+    assert isinstance(done.output, BaseException)
+    assert done.attributes["fallback_tried"] == "slow@1"
+
+
 async def test_a_fallback_whose_every_model_fails_gives_one_error_naming_each() -> None:
     unavailable = AltlasError("b is out", code=ErrorCode.MODEL_UNAVAILABLE)
     lanes = FakeLanes({"a": RuntimeError("kernel crashed"), "b": unavailable})

@@ -81,14 +81,8 @@ class MultiModelExecutor:
         budget = self.attempt_timeout_s
         if spec is not None and spec.metadata.timeout_s is not None:
             budget = spec.metadata.timeout_s
-        if not request.params and request.deadline is None:  # most requests: nothing to narrow it
-            return max(0.0, budget)
-        timeout_ms = request.params.get("timeout_ms")
-        if isinstance(timeout_ms, int | float) and not isinstance(timeout_ms, bool) and timeout_ms > 0:
-            budget = min(budget, timeout_ms / 1000)
-        if request.deadline is not None:
-            budget = min(budget, (request.deadline - datetime.now(UTC)).total_seconds())
-        return max(0.0, budget)
+        own = _request_budget(request)
+        return max(0.0, budget if own is None else min(budget, own))
 
     async def _attempt(
         self,
@@ -118,10 +112,12 @@ class MultiModelExecutor:
 
     async def _fallback(self, request: AnyRequest, plan: Plan, span: SpanContext | None) -> Execution:
         tried: list[Member] = []
-        deadline = time.monotonic() + self.budget(request)
+        # The request's own limits bound the whole chain; a model's timeout bounds only its attempt,
+        # so a model that times out leaves the rest of the request's time to the next one.
+        own = _request_budget(request)
+        deadline = None if own is None else time.monotonic() + own
         health = self.workers.health
         for spec in plan.specs:
-            deadline = min(deadline, time.monotonic() + self.budget(request, spec))
             if health is not None and health.is_open(spec):
                 tried.append(
                     Member(
@@ -129,7 +125,9 @@ class MultiModelExecutor:
                     )
                 )
                 continue
-            remaining = deadline - time.monotonic()
+            remaining = self.budget(request, spec)
+            if deadline is not None:
+                remaining = min(remaining, deadline - time.monotonic())
             if remaining <= 0:
                 break
             member = await self._attempt(request, plan, spec, span, remaining)
@@ -190,3 +188,17 @@ def prepare_members(
             except Exception as exc:
                 out.append(exc)
     return out
+
+
+def _request_budget(request: AnyRequest) -> float | None:
+    """Seconds left by the request's own limits (``params.timeout_ms``, its deadline); None: it sets none."""
+    if not request.params and request.deadline is None:  # most requests: nothing to narrow it
+        return None
+    own: float | None = None
+    timeout_ms = request.params.get("timeout_ms")
+    if isinstance(timeout_ms, int | float) and not isinstance(timeout_ms, bool) and timeout_ms > 0:
+        own = timeout_ms / 1000
+    if request.deadline is not None:
+        left = (request.deadline - datetime.now(UTC)).total_seconds()
+        own = left if own is None else min(own, left)
+    return own
