@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import OutOfOrderSequenceNumber, ProducerFenced, UnknownProducerId
 
 from altlas.producers.partitioner import KeyPartitioner
 from altlas.producers.publisher import OutboundMessage
@@ -41,6 +41,8 @@ from altlas.producers.refusals import TOPIC_TIMED_OUT, Fate, Refusals, verdict
 from altlas.producers.swap import retrieve_error
 
 log = logging.getLogger(__name__)
+
+_BROKEN_SEQUENCE = (OutOfOrderSequenceNumber, UnknownProducerId)
 
 
 class Fenced(Exception):
@@ -156,14 +158,20 @@ class TransactionalPublisher:
                 await self._abort_or_replace()
                 raise
             except Exception as exc:
+                errors: list[BaseException] = [exc]
                 for msg, future in sent:
                     if future.done() and not future.cancelled() and future.exception() is not None:
+                        errors.append(future.exception())  # type: ignore[arg-type]
                         self._note(msg, future.exception())  # type: ignore[arg-type]
                 self.aborts += 1
                 log.warning(
                     "transaction aborted (%s: %s); the batch will be retried", type(exc).__name__, exc
                 )
-                await self._abort_or_replace()
+                # A broken sequence (a refused batch leaves one) fails every later transaction of
+                # this producer too, however cleanly this one aborts: start a new one at once. Not
+                # on an epoch error: a newer epoch is another process with this id, to be fenced by.
+                broken = any(isinstance(e, _BROKEN_SEQUENCE) for e in errors)
+                await self._abort_or_replace(replace=broken)
                 raise TransactionAborted(str(exc)) from exc
 
     def _note(self, msg: OutboundMessage, exc: BaseException) -> None:
@@ -172,10 +180,12 @@ class TransactionalPublisher:
         if judged.fate is Fate.REFUSED:
             self.refusals.refuse(msg.topic, msg.key, judged, f"{type(exc).__name__}: {exc}")
 
-    async def _abort_or_replace(self) -> None:
+    async def _abort_or_replace(self, *, replace: bool = False) -> None:
         try:
             await asyncio.wait_for(self._producer.abort_transaction(), 30)
-            return
+            if not replace:
+                return
+            log.warning("the transactional producer's sequence is broken; replacing it")
         except Exception as exc:
             log.warning("abort failed (%s); replacing the transactional producer", exc)
         try:
