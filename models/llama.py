@@ -25,7 +25,6 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 import llama_cpp
@@ -34,7 +33,7 @@ from llama_cpp.llama_grammar import LlamaGrammar
 
 from altlas.models.errors import GenerationCancelled, ModelLoadError
 from altlas.models.gguf_header import GgufFormatError, context_length, read_metadata
-from altlas.models.llama_scheduler import Job, Scheduler
+from altlas.models.llama_scheduler import Generation, Job, Scheduler
 from altlas.models.llama_text import (
     ChatTemplateError,
     ContextOverflowError,
@@ -229,14 +228,13 @@ class LlamaRuntime:
         return self._chat is not None
 
     # ------------------------------------------------------------ inference
-    def submit(
-        self, request: GenerationRequest, on_text: Callable[[str], None] | None = None
-    ) -> Future[GenerationResult]:
+    def submit(self, request: GenerationRequest, on_text: Callable[[str], None] | None = None) -> Generation:
         """Queue one request on the least busy context; returns at once.
 
         Tokenizing and grammar checks run here, on the caller's thread; a
         request they reject gets a future that already holds the error.
-        ``cancel()`` on the future stops the request within one decode step.
+        ``cancel()`` or ``stop(reason)`` on the future ends the request within
+        one decode step (``stop`` still answers it, with its text so far).
         """
         if not self._schedulers:
             raise RuntimeError(f"{self.spec.key} is not loaded")
@@ -246,7 +244,7 @@ class LlamaRuntime:
             s = request.sampling
             grammar = self._grammar(llm, s.grammar) if s.grammar else None
         except _REQUEST_ERRORS as exc:
-            failed: Future[GenerationResult] = Future()
+            failed = Generation()
             failed.set_exception(exc)
             return failed
         job = Job(

@@ -6,10 +6,11 @@ weights once per step, which is where decoding spends its time. A static batch
 wastes that: it runs until its longest sequence ends and newcomers wait for
 all of it. Here one thread per context owns the slots and, at every step:
 
-1. stops sequences whose deadline passed or that were cancelled (their slot is
-   free for the next step);
-2. lets waiting requests into free slots, reusing the KV cells of the longest
-   matching prompt prefix held by any slot (see ``_place``);
+1. stops sequences whose deadline passed or that were cancelled or stopped
+   (their slot is free for the next step);
+2. lets waiting requests into free slots, first come first served, reusing
+   the KV cells of the longest matching prompt prefix held by any slot (see
+   ``_admissible`` and ``_place``);
 3. decodes one token of every generating sequence (one ``llama_decode``),
    then a chunk of every joining prompt, up to ``n_batch`` tokens in all,
    shared equally (see ``_prompt_shares``), so a long prompt never freezes
@@ -23,6 +24,13 @@ cells in the same order, and a reused prefix is bit-for-bit the KV its own
 evaluation would have written. Cross-slot reuse is llama.cpp's full-stream
 ``seq_cp`` (a buffer copy, cheaper than evaluating even a few dozen tokens),
 then ``seq_rm`` of the tail.
+
+Admission is by KV cells: a request needs a cell for every prompt token and
+every token it may generate, all in its slot's stream (a reused prefix is
+already there, the rest is written there). A free slot's whole stream is the
+request's (its cached prefix is kept or dropped), so a request that fits one
+stream takes the first free slot, and one that fits none is refused, never
+left waiting. The head of the queue is never overtaken.
 
 Slots beyond ``n_slots`` (``cached``) never generate: they keep finished
 sequences' cells for reuse, least recently used first out.
@@ -44,7 +52,7 @@ import llama_cpp
 from llama_cpp.llama_grammar import LlamaGrammar
 
 from altlas.models.errors import GenerationCancelled, InferenceError
-from altlas.models.llama_text import GenerationResult, Sampling, TextAssembler
+from altlas.models.llama_text import ContextOverflowError, GenerationResult, Sampling, TextAssembler
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +61,27 @@ MIN_COPY_TOKENS = 32
 
 
 class Generation(Future[GenerationResult]):
-    """The future of one request; ``cancel`` also stops it while it generates."""
+    """The future of one request; ``cancel`` and ``stop`` also end it while it generates."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stop_requested = False
+        self.stop_reason = "it was cancelled"
 
     def cancel(self) -> bool:
-        """Cancel a waiting request, or stop a running one within one decode step."""
+        """Cancel a waiting request, or stop a running one within a decode step (nobody wants the answer)."""
         self.stop_requested = True
         return super().cancel()
+
+    def stop(self, reason: str) -> None:
+        """End the request, waiting or running, within one decode step, and still answer it.
+
+        Unlike ``cancel``, the future then fails with ``GenerationCancelled`` carrying
+        ``reason`` and the text generated so far: someone (an operator's command)
+        still wants to know what the request had produced.
+        """
+        self.stop_reason = reason
+        self.stop_requested = True
 
 
 @dataclass(eq=False)
@@ -95,6 +114,11 @@ class _Slot:
     cached: list[int] = field(default_factory=list)  # tokens whose KV is in this stream, by position
     job: Job | None = None
     last_used: int = 0
+
+
+def cells_needed(job: Job) -> int:
+    """KV cells a request fills in its slot's stream: its whole prompt (reused or not) and its answer."""
+    return len(job.tokens) + job.max_tokens
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -131,6 +155,8 @@ class Scheduler:
         self.ctx = llama_cpp.llama_init_from_model(llm.model, params)
         if not self.ctx:
             raise InferenceError("llama.cpp could not create a batched-decoding context")
+        #: KV cells of one slot's stream, as llama.cpp made it: what admission checks against.
+        self.cells_per_slot = int(llama_cpp.llama_n_ctx_seq(self.ctx))
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
@@ -180,7 +206,7 @@ class Scheduler:
                 if self._closed:
                     return
                 self._drop_expired()
-                arrivals = [self.waiting.popleft() for _ in range(min(len(self.waiting), self._free()))]
+                arrivals = self._admissible()
             try:
                 for job in arrivals:
                     self._admit(job)
@@ -198,10 +224,30 @@ class Scheduler:
         now = time.monotonic()
         for job in [j for j in self.waiting if j.future.stop_requested or (j.deadline or now + 1) <= now]:
             self.waiting.remove(job)
-            _fail(job, GenerationCancelled("the request's time budget ran out before it started"))
+            why = job.future.stop_reason if job.future.stop_requested else "the request's time budget ran out"
+            _fail(job, GenerationCancelled(f"{why}, before it started"))
 
-    def _free(self) -> int:
-        return self.n_slots - len(self.running)
+    def _admissible(self) -> list[Job]:
+        """The waiting requests that take a slot this step: from the head, while a slot is free.
+
+        Each slot is a stream of its own ``cells_per_slot`` cells, all of them free
+        for the request that takes it, so "enough cells free" is "a slot free and
+        the request fits a stream". Taking only from the head keeps arrival order:
+        a big request first in line is never overtaken by smaller ones behind it.
+        """
+        arrivals: list[Job] = []
+        while self.waiting and len(arrivals) < self.n_slots - len(self.running):
+            job = self.waiting.popleft()
+            if (need := cells_needed(job)) > self.cells_per_slot:  # would wait for ever: say why now
+                _fail(
+                    job,
+                    ContextOverflowError(
+                        f"the request needs {need} KV cells; a slot has {self.cells_per_slot}"
+                    ),
+                )
+                continue
+            arrivals.append(job)
+        return arrivals
 
     def _admit(self, job: Job) -> None:
         if not job.future.set_running_or_notify_cancel():
@@ -252,7 +298,9 @@ class Scheduler:
         now = time.monotonic()
         for job in list(self.running):
             if job.future.stop_requested or (job.deadline is not None and now >= job.deadline):
-                why = "it was cancelled" if job.future.stop_requested else "past the request's time budget"
+                why = (
+                    job.future.stop_reason if job.future.stop_requested else "past the request's time budget"
+                )
                 self._leave(job, GenerationCancelled(f"stopped after {job.produced} tokens, {why}"))
         # One decode call for a token of every generating sequence, one per prompt chunk:
         # llama.cpp splits a multi-stream batch into "equal" micro-batches, and a prompt

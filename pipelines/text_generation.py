@@ -15,6 +15,7 @@ from concurrent.futures import Future, InvalidStateError
 
 from altlas.models.errors import GenerationCancelled
 from altlas.models.llama import LlamaRuntime
+from altlas.models.llama_scheduler import Generation
 from altlas.models.llama_text import GenerationRequest, GenerationResult
 from altlas.models.registry import ModelSpec
 from altlas.models.runtime import ModelRuntime
@@ -107,7 +108,7 @@ class TextGenerationPipeline:
         """
         on_text = None if emit is None else _numbered(emit)
         generation = llama_runtime(runtime).submit(_with_deadline(item), on_text)
-        output: Future[Answer] = Future()
+        output = Answering(generation)
 
         def done(f: Future[GenerationResult]) -> None:
             if output.done():  # cancelled by the caller, who no longer waits
@@ -145,6 +146,18 @@ class TextGenerationPipeline:
     def run_stream(self, runtime: ModelRuntime, item: Prepared, emit: Callable[[Record], None]) -> Output:
         """Generate one request, emitting numbered chunks as the text grows."""
         return to_record(llama_runtime(runtime).generate(_with_deadline(item), _numbered(emit)))
+
+
+class Answering(Future[Answer]):
+    """A submitted generation's answer; ``stop`` ends the generation early and still answers it."""
+
+    def __init__(self, generation: Generation) -> None:
+        super().__init__()
+        self._generation = generation
+
+    def stop(self, reason: str) -> None:
+        """End it within one decode step; the answer is its error with the text so far (a model command)."""
+        self._generation.stop(reason)
 
 
 def generation_attributes(result: GenerationResult) -> dict[str, str]:

@@ -89,11 +89,12 @@ class ModelState(StrEnum):
 
 
 class ModelAction(StrEnum):
-    """What a model command asks for."""
+    """What a model command asks for (append only: readers of an older schema read a new symbol as status)."""
 
     LOAD = "load"
     UNLOAD = "unload"
     STATUS = "status"
+    CANCEL = "cancel"  # params.request_id: end that request, queued or generating, with its partial output
 
 
 # ---------------------------------------------------------------- shared parts

@@ -1,4 +1,4 @@
-"""Model commands (load, unload, status) acted on by the command handler, specified with in-process fakes.
+"""Model commands (load, unload, status, cancel) acted on by the command handler, with in-process fakes.
 
 No broker and no model files: the manager is the real one, building fake runtimes that load at
 once (or fail the way a corrupt file or a driver error would), and status events land in a list
@@ -8,20 +8,27 @@ instead of on the status topic. test_e2e_commands.py keeps the same claims over 
 from __future__ import annotations
 
 import asyncio
+import copy
+import io
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import fastavro
 import pytest
 
 from altlas.models.manager import ModelEvent, ModelManager
 from altlas.models.registry import ModelRegistry, ModelSpec
 from altlas.orchestration.control.commands import CommandHandler
+from altlas.orchestration.execution.in_flight import InFlight
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.types import ModelAction, ModelCommand
 
 CODEC = AvroCodec()
+SCHEMA = Path(__file__).parent.parent / "schemas" / "altlas.events.ModelCommand.avsc"
 REGISTRY = ModelRegistry.from_dict(
     {
         "models": [
@@ -60,6 +67,7 @@ class StatusLog:
 
     def __init__(self) -> None:
         self.events: list[ModelEvent] = []
+        self.attributes: list[dict[str, str]] = []  # per event
         self.changed = asyncio.Event()
 
     def on_event(self, event: ModelEvent) -> None:
@@ -67,6 +75,7 @@ class StatusLog:
 
     def report(self, event: ModelEvent, attributes: Any = None, resources: Any = None) -> None:
         self.events.append(event)
+        self.attributes.append(attributes or {})
         self.changed.set()
 
     async def until(self, check: Callable[[], bool], timeout_s: float = 5) -> bool:
@@ -116,12 +125,15 @@ async def parts() -> AsyncIterator[Parts]:
     await manager.close()
 
 
-def command(action: str, model: str, version: str = "", cid: str | None = None) -> ModelCommand:
+def command(
+    action: str, model: str, version: str = "", cid: str | None = None, params: dict[str, str] | None = None
+) -> ModelCommand:
     return ModelCommand(
         command_id=cid or f"{action}-{model}",
         action=ModelAction(action),
         model_id=model,
         model_version=version,
+        params=params or {},
     )
 
 
@@ -228,3 +240,61 @@ async def test_no_command_stops_the_loop_and_a_later_one_is_still_answered(parts
         await asyncio.wait_for(loop, 5)
         parts.handler._consumer = real
     assert parts.status.answers("status-a") == [("a", "unloaded")]
+
+
+def _hold(in_flight: InFlight, model: str, request_id: str, stopped: list[tuple[str, str]]) -> None:
+    """A request held by a lane of ``model``, whose stop records (request id, reason)."""
+    in_flight.hold(REGISTRY.get(model), request_id, lambda reason: stopped.append((request_id, reason)))
+
+
+async def test_cancel_ends_the_named_request_on_that_model_and_says_so(parts: Parts) -> None:
+    stopped: list[tuple[str, str]] = []
+    in_flight = parts.handler.in_flight
+    _hold(in_flight, "a", "r1", stopped)
+    _hold(in_flight, "a", "r2", stopped)
+    _hold(in_flight, "sticky", "r1", stopped)  # the same id on another model is not named
+    await parts.handler.handle(command("cancel", "a", params={"request_id": "r1"}))
+    assert stopped == [("r1", "cancelled by model command cancel-a")]
+    (event,) = parts.status.events
+    assert (event.model_id, event.state, event.command_id) == ("a", "unloaded", "cancel-a")
+    assert event.message == "cancelled request r1"
+    assert parts.status.attributes == [{"request_id": "r1", "cancelled": "1"}]
+    assert parts.runtimes == []  # a cancel never loads the model
+
+
+async def test_a_cancel_for_a_request_not_held_here_is_answered_and_ends_nothing(parts: Parts) -> None:
+    stopped: list[tuple[str, str]] = []
+    _hold(parts.handler.in_flight, "a", "r2", stopped)
+    await parts.handler.handle(command("cancel", "a", params={"request_id": "no-such-request"}))
+    await parts.handler.handle(command("cancel", "a", cid="no-id"))  # names no request at all
+    assert stopped == [] and len(parts.handler.in_flight) == 1
+    assert [e.message for e in parts.status.events] == [
+        "request no-such-request is not running here",
+        "a cancel names its request in params.request_id",
+    ]
+    assert parts.status.attributes[0] == {"request_id": "no-such-request", "cancelled": "0"}
+
+
+async def test_a_request_cancelled_on_its_way_to_the_runtime_is_stopped_when_it_gets_there() -> None:
+    stopped: list[str] = []
+    in_flight = InFlight()
+    held = in_flight.hold(REGISTRY.get("a"), "r1", None)  # left the queue, not in a decode loop yet
+    assert in_flight.cancel("a", "r1", "cancelled by model command c1") == 1
+    held.handed_over(stopped.append)
+    assert stopped == ["cancelled by model command c1"]
+    held.release()
+    assert len(in_flight) == 0 and in_flight.cancel("a", "r1", "again") == 0
+
+
+def test_an_older_reader_reads_a_cancel_command_as_status() -> None:
+    """``cancel`` is appended to ModelAction: a reader of the earlier schema falls back to the default."""
+    new = json.loads(SCHEMA.read_text())
+    old = copy.deepcopy(new)
+    old["fields"][1]["type"]["symbols"].remove("cancel")
+    record = command("cancel", "a", params={"request_id": "r1"}).model_dump(mode="json")
+    record["requested_at"] = 0
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(new), record)
+    out.seek(0)
+    read = fastavro.schemaless_reader(out, fastavro.parse_schema(new), fastavro.parse_schema(old))
+    assert read["action"] == "status" and read["params"] == {"request_id": "r1"}

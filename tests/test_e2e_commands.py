@@ -1,4 +1,4 @@
-"""Model commands over Kafka: load, unload, status, and LRU eviction under a memory budget."""
+"""Model commands over Kafka: load, unload, status, LRU eviction under a memory budget, and cancel."""
 
 from __future__ import annotations
 
@@ -10,8 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from altlas.orchestration.clients.client import AltlasClient, TopicReader
-from altlas.schemas.types import ModelAction, ModelCommand, ModelState, ModelStatus
+from altlas.orchestration.clients.client import AltlasClient, TopicReader, make_request
+from altlas.schemas.types import (
+    ModelAction,
+    ModelCommand,
+    ModelState,
+    ModelStatus,
+    ResultStatus,
+    TextChunk,
+    TextGeneration,
+    TextResult,
+)
 from tests.conftest import connect, isolated_settings, serving
 
 
@@ -102,3 +111,60 @@ async def test_load_unload_and_eviction_commands_produce_matching_status_events(
                 for r in caplog.records
             )
     assert run.orchestrator.manager.loaded() == []
+
+
+async def test_a_cancel_command_stops_a_long_generation_and_its_error_result_carries_its_text(
+    kafka_bootstrap: str, tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    pytest.importorskip("llama_cpp")
+    registry = tmp_path / "models.yaml"
+    smollm2 = {"id": "smollm2", "tasks": ["text.generate"], "backend": "llama.cpp", "path": str(smollm2_gguf)}
+    registry.write_text(yaml.safe_dump({"models": [{**smollm2, "params": {"n_ctx": 2048}}]}))
+    settings = isolated_settings(kafka_bootstrap, registry, modalities=["text"])
+    params = {"max_tokens": 1800, "temperature": 0, "stream": True, "timeout_ms": 300_000}
+    request = make_request("text", "generate", "Once upon a time", params=params, model="smollm2")
+    async with (
+        serving(settings),
+        connect(settings) as client,
+        client.reader(client.topics.results("text")) as results,
+        client.reader(settings.topics.model_status) as statuses,
+    ):
+        await client.send(request)
+        seen: list[TextResult] = []
+        deadline = time.monotonic() + 120
+        while len(seen) < 3 and time.monotonic() < deadline:  # it is generating: chunks arrive
+            seen += [client.codec.decode_record(r.value, TextResult) for r in await results.read(0.3)]
+        assert len(seen) >= 3 and all(r.status is ResultStatus.PARTIAL for r in seen)
+        cancelled_at = time.monotonic()
+        cid = uuid.uuid4().hex
+        unknown = uuid.uuid4().hex
+        for command_id, request_id in ((cid, request.request_id), (unknown, "no-such-request")):
+            await client.publish(
+                ModelCommand(
+                    command_id=command_id,
+                    action=ModelAction.CANCEL,
+                    model_id="smollm2",
+                    params={"request_id": request_id},
+                ),
+                client.topics.model_commands,
+                key="smollm2",
+            )
+        while (not seen or seen[-1].status is ResultStatus.PARTIAL) and time.monotonic() < deadline:
+            seen += [client.codec.decode_record(r.value, TextResult) for r in await results.read(0.3)]
+        answered_in = time.monotonic() - cancelled_at
+        answers = await _statuses(client, statuses, {cid, unknown})
+    final = seen[-1]
+    assert final.request_id == request.request_id and final.status is ResultStatus.ERROR
+    assert final.error is not None and final.error.code == "DEADLINE_EXCEEDED"
+    assert f"cancelled by model command {cid}" in final.error.message
+    produced = int(final.attributes["completion_tokens"])
+    assert 1 <= produced < 1800 and answered_in < 30  # far from its 1800 tokens: it stopped
+    chunks = sorted(
+        (r.output for r in seen[:-1] if isinstance(r.output, TextChunk)), key=lambda c: c.sequence
+    )
+    assert final.attributes["partial_text"].startswith("".join(c.text for c in chunks)[:100])
+    assert not isinstance(final.output, TextGeneration)
+    by_cmd = {s.command_id: s for s in answers}
+    assert by_cmd[cid].attributes == {"request_id": request.request_id, "cancelled": "1"}
+    assert by_cmd[unknown].attributes == {"request_id": "no-such-request", "cancelled": "0"}
+    assert by_cmd[unknown].message == "request no-such-request is not running here"

@@ -89,7 +89,13 @@ class FakeLanes:
         self.timed_out: list[str] = []
 
     def submit(
-        self, spec: ModelSpec, pipeline: Any, items: Sequence[Prepared], spans: Any
+        self,
+        spec: ModelSpec,
+        pipeline: Any,
+        items: Sequence[Prepared],
+        spans: Any,
+        *,
+        request_ids: Any = None,
     ) -> asyncio.Future[list[JobResult]]:
         self.asked.append(spec.key)
         future: asyncio.Future[list[JobResult]] = asyncio.get_running_loop().create_future()

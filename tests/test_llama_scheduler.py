@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,8 @@ pytest.importorskip("llama_cpp")
 
 from altlas.models.errors import GenerationCancelled
 from altlas.models.llama import LlamaRuntime
-from altlas.models.llama_scheduler import MIN_COPY_TOKENS, common_prefix
-from altlas.models.llama_text import GenerationRequest, GenerationResult, Sampling
+from altlas.models.llama_scheduler import MIN_COPY_TOKENS, Job, cells_needed, common_prefix
+from altlas.models.llama_text import ContextOverflowError, GenerationRequest, GenerationResult, Sampling
 from altlas.models.registry import ModelRegistry
 
 
@@ -191,6 +191,102 @@ def test_a_cancelled_generation_frees_its_slot_within_a_step_and_keeps_its_text(
         runtime.unload()
     assert at_cancel <= caught.value.completion_tokens <= at_cancel + 2
     assert caught.value.partial_text.startswith("".join(pieces[:at_cancel]))
+
+
+def test_a_stopped_generation_frees_its_slot_within_a_step_and_is_answered_with_its_text(
+    smollm2_gguf: Path,
+) -> None:
+    """``stop`` (a model command's cancel) ends it like a deadline does: an error with the text so far."""
+    runtime = _runtime(smollm2_gguf, n_ctx=1024, batch_sequences=1, cached_prefixes=0)
+    try:
+        pieces: list[str] = []
+        enough = threading.Event()
+
+        def on_text(piece: str) -> None:
+            pieces.append(piece)
+            if len(pieces) >= 5:
+                enough.set()
+
+        long = runtime.submit(
+            GenerationRequest(prompt="Once upon a time", sampling=Sampling(max_tokens=900, temperature=0.0)),
+            on_text,
+        )
+        queued = runtime.submit(GenerationRequest(prompt="The sky is", sampling=Sampling(max_tokens=4)))
+        never_started = runtime.submit(GenerationRequest(prompt="Hello", sampling=Sampling(max_tokens=4)))
+        assert enough.wait(30)
+        never_started.stop("cancelled by model command c0")
+        at_stop = len(pieces)
+        long.stop("cancelled by model command c1")
+        assert queued.result(timeout=30).completion_tokens == 4  # it got the freed slot
+        with pytest.raises(GenerationCancelled) as caught:
+            long.result(timeout=5)
+        with pytest.raises(GenerationCancelled) as before:
+            never_started.result(timeout=5)
+    finally:
+        runtime.unload()
+    assert not long.cancelled()  # answered, unlike cancel(): the text so far is the answer
+    assert "cancelled by model command c1" in str(caught.value)
+    assert at_stop <= caught.value.completion_tokens <= at_stop + 2  # within one decode step
+    assert caught.value.partial_text.startswith("".join(pieces[:at_stop])) and caught.value.partial_text
+    assert str(before.value) == "cancelled by model command c0, before it started"
+    assert before.value.completion_tokens == 0 and before.value.partial_text == ""
+
+
+def test_waiting_requests_take_slots_in_arrival_order_and_a_full_stream_is_not_overtaken(
+    tiny_gguf: Path, alone_tiny: LlamaRuntime
+) -> None:
+    """A slot has n_ctx cells of its own: a request needing all of them waits for a slot, first in line."""
+    runtime = _runtime(tiny_gguf, batch_sequences=1, cached_prefixes=0)
+    scheduler = runtime._schedulers[0]
+    prompt = "the big red house on the hill"
+    room = scheduler.cells_per_slot - len(runtime.prompt_tokens(GenerationRequest(prompt=prompt)))
+    big = GenerationRequest(prompt=prompt, sampling=Sampling(max_tokens=room, temperature=0.0))
+    a, b = (GenerationRequest(prompt=p, sampling=Sampling(max_tokens=3, temperature=0.0)) for p in ("a", "b"))
+    want = [256, *(len(runtime.prompt_tokens(r)) + 3 for r in (a, b))]
+    started: list[str] = []
+
+    def first_text(name: str) -> Callable[[str], None]:
+        return lambda _: None if name in started else started.append(name)
+
+    in_slot, looked = threading.Event(), threading.Event()
+
+    def hold_the_loop(_: str) -> None:  # the scheduler's thread waits here: nothing is admitted meanwhile
+        if not in_slot.is_set():
+            in_slot.set()
+            looked.wait(30)
+
+    try:
+        assert scheduler.cells_per_slot == runtime.n_ctx == 256
+        head = runtime.submit(
+            GenerationRequest(prompt="one two", sampling=Sampling(max_tokens=20)), hold_the_loop
+        )
+        assert in_slot.wait(30)
+        futures = [runtime.submit(r, first_text(n)) for n, r in (("big", big), ("a", a), ("b", b))]
+        # The slot's cells are all the running request's: everyone waits, in arrival order.
+        needs = [cells_needed(job) for job in scheduler.waiting]
+        looked.set()
+        head.result(timeout=60)
+        got = [f.result(timeout=60) for f in futures]
+    finally:
+        runtime.unload()
+    assert needs == want
+    assert started == ["big", "a", "b"]  # the small ones never overtook the big one
+    assert got[0].completion_tokens == room and got[0].finish_reason == "length"  # it used every cell
+    assert [_key(g) for g in got] == [_key(alone_tiny.generate(r)) for r in (big, a, b)]
+
+
+def test_a_request_needing_more_kv_cells_than_a_slot_has_is_refused_not_left_waiting(tiny_gguf: Path) -> None:
+    runtime = _runtime(tiny_gguf, batch_sequences=1, cached_prefixes=0)
+    scheduler = runtime._schedulers[0]
+    try:
+        tokens = runtime.prompt_tokens(GenerationRequest(prompt="the old cat"))
+        too_big = Job(tokens, Sampling(max_tokens=300), None, scheduler.cells_per_slot - len(tokens) + 1)
+        with pytest.raises(ContextOverflowError, match="needs 257 KV cells; a slot has 256"):
+            scheduler.submit(too_big).result(timeout=30)
+        after = runtime.submit(GenerationRequest(prompt="the old cat", sampling=Sampling(max_tokens=5)))
+        assert after.result(timeout=30).completion_tokens == 5  # the queue goes on behind it
+    finally:
+        runtime.unload()
 
 
 def test_a_short_prompt_is_not_held_behind_a_long_one(tiny_gguf: Path, alone_tiny: LlamaRuntime) -> None:

@@ -66,7 +66,14 @@ class FakeLanes:
         self.tickets: list[int] = []  # items per submitted ticket: one model run each
 
     def submit(
-        self, spec: ModelSpec, pipeline: Any, items: Sequence[Prepared], spans: Any, on_chunk: Any = None
+        self,
+        spec: ModelSpec,
+        pipeline: Any,
+        items: Sequence[Prepared],
+        spans: Any,
+        on_chunk: Any = None,
+        *,
+        request_ids: Any = None,
     ) -> asyncio.Future[list[JobResult]]:
         self.tickets.append(len(items))
         future: asyncio.Future[list[JobResult]] = asyncio.get_running_loop().create_future()

@@ -163,7 +163,12 @@ def build_components(
         refusals=refusals,
     )
     commands = CommandHandler(
-        client_kwargs(settings.kafka, client_suffix="commands"), topics.model_commands, codec, manager, status
+        client_kwargs(settings.kafka, client_suffix="commands"),
+        topics.model_commands,
+        codec,
+        manager,
+        status,
+        in_flight=workers.in_flight,
     )
     return Components(
         settings=settings,

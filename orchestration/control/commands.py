@@ -1,4 +1,4 @@
-"""Model commands from Kafka: load, unload and status requests for named models.
+"""Model commands from Kafka: load, unload and status requests for named models, and cancels.
 
 Every instance must see every command (each has its own models), so the
 command consumer joins no group and starts at the end of the topic. Commands
@@ -8,6 +8,12 @@ either: the status topic is compacted by model id, so an answer keyed by a made-
 id would stay in it for ever, and anyone able to produce commands could fill it.
 A registry id with an unknown version is answered ``failed`` under its own key.
 The topic itself should be writable only by operators (docs/operations.md, ACLs).
+
+``cancel`` ends the request ``params.request_id`` on the model wherever this
+instance holds it (``InFlight``: queued in a lane, or generating in a decode
+loop); the request gets its error result with what it had generated, and the
+command a status event saying how many it reached (0 here is harmless: another
+instance may hold it, or it already ended).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from aiokafka import AIOKafkaConsumer
 from altlas.models.errors import UnknownModelError
 from altlas.models.manager import ModelEvent, ModelManager
 from altlas.orchestration.control.status_events import StatusReporter
+from altlas.orchestration.execution.in_flight import InFlight
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.errors import AltlasError
 from altlas.schemas.types import ModelAction, ModelCommand
@@ -38,8 +45,11 @@ class CommandHandler:
         codec: AvroCodec,
         manager: ModelManager,
         status: StatusReporter,
+        *,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.topic = topic
+        self.in_flight = in_flight if in_flight is not None else InFlight()
         self.codec = codec
         self.manager = manager
         self.status = status
@@ -109,10 +119,31 @@ class CommandHandler:
                 await self.manager.unload(spec.key, command_id=cid)
             else:
                 self._report_current(spec.key, cid)
+        elif command.action is ModelAction.CANCEL:
+            self._cancel(command, spec.key)
         else:
             self._report_current(spec.key, cid)
 
-    def _report_current(self, key: str, command_id: str) -> None:
+    def _cancel(self, command: ModelCommand, key: str) -> None:
+        """End the named request here, and answer with the model's status and what was reached."""
+        request_id = command.params.get("request_id", "")
+        if not request_id:
+            self._report_current(key, command.command_id, "a cancel names its request in params.request_id")
+            return
+        reached = self.in_flight.cancel(
+            command.model_id,
+            request_id,
+            f"cancelled by model command {command.command_id[:200]}",
+            version=command.model_version or None,
+        )
+        shown = request_id[:200]
+        message = f"cancelled request {shown}" if reached else f"request {shown} is not running here"
+        attributes = {"request_id": shown, "cancelled": str(reached)}
+        self._report_current(key, command.command_id, message, attributes)
+
+    def _report_current(
+        self, key: str, command_id: str, message: str | None = None, attributes: dict[str, str] | None = None
+    ) -> None:
         current = self.manager.status(key)
         self.status.report(
             ModelEvent(
@@ -121,7 +152,8 @@ class CommandHandler:
                 current.state,
                 memory_bytes=current.memory_bytes,
                 load_ms=current.load_ms,
-                message=current.message,
+                message=current.message if message is None else message,
                 command_id=command_id,
-            )
+            ),
+            attributes,
         )

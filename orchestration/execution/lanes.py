@@ -6,6 +6,8 @@ queued, up to the model's max batch, and runs them as one call on a thread of
 its own. So batches grow by themselves while a model is busy (the dynamic
 batching Triton users know) and different models never wait for each other.
 A batch that raises is retried item by item, so one bad input fails alone.
+Requests submitted with their ids are held in ``in_flight`` until answered, so
+a model command can end one (see in_flight.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from opentelemetry.trace import SpanContext
 from altlas.models.manager import ModelManager
 from altlas.models.registry import ModelSpec
 from altlas.models.runtime import ModelRuntime
+from altlas.orchestration.execution.in_flight import Held, InFlight, RequestCancelled
 from altlas.orchestration.observability.tracing import Tracing
 from altlas.orchestration.routing.health import ModelHealth
 from altlas.pipelines.base import Output, Pipeline, Prepared
@@ -52,7 +55,7 @@ class _Ticket:
     and a wake-up for each of them.
     """
 
-    __slots__ = ("future", "items", "left", "on_chunk", "results", "spans")
+    __slots__ = ("future", "held", "items", "left", "on_chunk", "results", "spans")
 
     def __init__(
         self,
@@ -67,11 +70,23 @@ class _Ticket:
         self.on_chunk = on_chunk  # set for a streamed request (a ticket of one)
         self.results: list[JobResult | None] = [None] * len(items)
         self.left = len(items)
+        self.held: list[Held] | None = None  # per item, when submitted with request ids
+
+    def open(self, index: int) -> bool:
+        """Whether item ``index`` still waits for its answer (its caller still waits, too)."""
+        return not self.future.done() and self.results[index] is None
+
+    def release(self, _: object = None) -> None:
+        """The caller has its answers, or gave up: a model command finds none of these requests any more."""
+        for held in self.held or ():
+            held.release()
 
     def answer(self, index: int, result: JobResult) -> None:
         """Set one result (of a ticket whose future is not done); the last one resolves the future."""
         self.results[index] = result
         self.left -= 1
+        if self.held is not None:
+            self.held[index].release()
         if not self.left:
             self.future.set_result(self.results)  # type: ignore[arg-type]  # all set by now
 
@@ -92,8 +107,10 @@ class _Lane:
         concurrency: int,
         health: ModelHealth | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.spec = spec
+        self.in_flight = in_flight if in_flight is not None else InFlight()
         self.health = health
         self.on_batch = on_batch
         self.pipeline = pipeline
@@ -106,12 +123,29 @@ class _Lane:
         # A pipeline with ``submit`` batches continuously in its runtime (llama.cpp): every
         # request is handed over as it arrives, to join the running decode loop.
         self.continuous = callable(getattr(pipeline, "submit", None))
-        self.in_flight: set[asyncio.Task[None]] = set()
+        self.running: set[asyncio.Task[None]] = set()
         self.runners = [asyncio.create_task(self._runner()) for _ in range(concurrency)]
 
-    def put(self, ticket: _Ticket) -> None:
+    def put(self, ticket: _Ticket, request_ids: Sequence[str] | None = None) -> None:
+        if request_ids is not None:
+            held = [
+                self.in_flight.hold(self.spec, rid, self._dequeuer(ticket, i))
+                for i, rid in enumerate(request_ids)
+            ]
+            ticket.held = held
+            ticket.future.add_done_callback(ticket.release)
         self.queue.extend((ticket, i) for i in range(len(ticket.items)))
         self.queued.set()
+
+    def _dequeuer(self, ticket: _Ticket, i: int) -> Callable[[str], None]:
+        """Ends item ``i`` while it is queued: answered at once, the runner then skips it."""
+
+        def stop(reason: str) -> None:
+            if ticket.open(i):
+                error = RequestCancelled(f"{reason}, before it ran")
+                ticket.answer(i, JobResult(error, time.time(), 0.0, 0, {"completion_tokens": "0"}))
+
+        return stop
 
     async def _runner(self) -> None:
         queue = self.queue
@@ -122,13 +156,16 @@ class _Lane:
             if self.continuous:
                 while queue:
                     job = queue.popleft()
-                    if not job[0].future.done():
+                    if job[0].open(job[1]):
                         task = asyncio.create_task(self._run_one(job))
-                        self.in_flight.add(task)
-                        task.add_done_callback(self.in_flight.discard)
+                        self.running.add(task)
+                        task.add_done_callback(self.running.discard)
                 continue
             batch = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
-            batch = [job for job in batch if not job[0].future.done()]  # cancelled meanwhile
+            batch = [job for job in batch if job[0].open(job[1])]  # cancelled meanwhile
+            for ticket, i in batch:
+                if ticket.held is not None:
+                    ticket.held[i].handed_over(None)  # a running batch cannot be interrupted
             # A streamed request runs alone: its chunks must leave as they are made.
             for job in [j for j in batch if j[0].on_chunk is not None]:
                 await self._run([job])
@@ -176,8 +213,11 @@ class _Lane:
     async def _run_one(self, job: _Job) -> None:
         """One request on a continuously batching runtime: handed over now, answered when it ends."""
         ticket, i = job
+        held = ticket.held[i] if ticket.held is not None else None
+        if held is not None:
+            held.handed_over(None)  # until the runtime has it, a cancel waits for it (below)
         started = time.time()
-        together = len(self.in_flight)  # requests on the model's decode loops with it: its "batch"
+        together = len(self.running)  # requests on the model's decode loops with it: its "batch"
         loop = asyncio.get_running_loop()
         on_chunk = ticket.on_chunk
         sink = None if on_chunk is None else (lambda chunk: loop.call_soon_threadsafe(on_chunk, chunk))
@@ -191,6 +231,8 @@ class _Lane:
                         pending = await loop.run_in_executor(
                             self.executor, submit, runtime, ticket.items[i], sink
                         )
+                        if held is not None:  # from now on a cancel stops its generation
+                            held.handed_over(getattr(pending, "stop", None))
                         waiter = asyncio.wrap_future(pending)
                         # The caller gave up (timeout, shutdown): stop generating, free the slot.
                         ticket.future.add_done_callback(lambda _: waiter.cancel())
@@ -244,9 +286,9 @@ class _Lane:
             return [exc]
 
     async def close(self) -> None:
-        for task in [*self.runners, *self.in_flight]:
+        for task in [*self.runners, *self.running]:
             task.cancel()
-        await asyncio.gather(*self.runners, *self.in_flight, return_exceptions=True)
+        await asyncio.gather(*self.runners, *self.running, return_exceptions=True)
         while self.queue:
             self.queue.popleft()[0].future.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -284,6 +326,7 @@ class ModelWorkers:
         on_batch: Callable[[str, int, float], None] | None = None,
         demand: Demand | None = None,
     ) -> None:
+        self.in_flight = InFlight()  # requests submitted with their ids, for model commands
         self.manager = manager
         self.on_batch = on_batch
         self.tracing = tracing
@@ -300,11 +343,14 @@ class ModelWorkers:
         items: Sequence[Prepared],
         spans: Sequence[SpanContext | None],
         on_chunk: ChunkSink | None = None,
+        *,
+        request_ids: Sequence[str] | None = None,
     ) -> asyncio.Future[list[JobResult]]:
         """Queue prepared requests on their model's lane; the future gives their results in order.
 
         ``on_chunk`` streams the partial outputs of a single request. Cancelling
-        the future drops whatever of it has not run yet.
+        the future drops whatever of it has not run yet. With ``request_ids``
+        (one per item) a model command can end them (``in_flight``).
         """
         key = (spec.key, pipeline.task)
         lane = self._lanes.get(key)
@@ -320,11 +366,12 @@ class ModelWorkers:
                 concurrency=concurrency,
                 health=self.health,
                 on_batch=self.on_batch,
+                in_flight=self.in_flight,
             )
         future: asyncio.Future[list[JobResult]] = asyncio.get_running_loop().create_future()
         if on_chunk is not None and len(items) != 1:
             raise ValueError("a streamed request is submitted alone")
-        lane.put(_Ticket(items, spans, future, on_chunk))
+        lane.put(_Ticket(items, spans, future, on_chunk), request_ids)
         return future
 
     def health_failure(self, spec: ModelSpec, error: BaseException) -> None:

@@ -100,7 +100,9 @@ class MultiModelExecutor:
                 prepared = exc
         if isinstance(prepared, BaseException):
             return Member(spec, prepared, None)
-        future = self.workers.submit(spec, plan.pipeline, [prepared], [span])
+        future = self.workers.submit(
+            spec, plan.pipeline, [prepared], [span], request_ids=[request.request_id]
+        )
         try:
             (job,) = await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:

@@ -121,6 +121,7 @@ class SingleModelExecutor:
                 g.items,
                 g.spans,
                 g.stream.push if g.stream is not None else None,
+                request_ids=[w.request.request_id for w in g.works],
             )
             for g in groups
         ]
