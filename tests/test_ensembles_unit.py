@@ -18,6 +18,7 @@ import pytest
 from altlas.models.registry import ModelRegistry, ModelSpec
 from altlas.orchestration.clients.client import make_request
 from altlas.orchestration.execution.ensembles import aggregate, fuse_boxes
+from altlas.orchestration.execution.in_flight import InFlight, RequestCancelled
 from altlas.orchestration.execution.lanes import JobResult
 from altlas.orchestration.execution.multi_model import DeadlineExceeded, Execution, MultiModelExecutor
 from altlas.orchestration.routing.health import ModelHealth
@@ -87,6 +88,8 @@ class FakeLanes:
         self.health = health
         self.asked: list[str] = []  # model keys, in the order they were asked
         self.timed_out: list[str] = []
+        self.in_flight = InFlight()
+        self.cancel_on: str | None = None  # a model whose attempt a model command cancels
 
     def submit(
         self,
@@ -99,6 +102,14 @@ class FakeLanes:
     ) -> asyncio.Future[list[JobResult]]:
         self.asked.append(spec.key)
         future: asyncio.Future[list[JobResult]] = asyncio.get_running_loop().create_future()
+        if spec.id == self.cancel_on:
+            held = self.in_flight.hold(spec, request_ids[0], None)
+            self.in_flight.cancel(spec.id, request_ids[0], "cancelled by model command c1")
+            held.release()
+            future.set_result(
+                [JobResult(RequestCancelled("cancelled by model command c1"), time.time(), 1.0, 1)]
+            )
+            return future
         output = self.answers[spec.id]
         if output is not None:
             future.set_result([JobResult(output, time.time(), 1.0, len(items))])
@@ -166,6 +177,14 @@ async def test_a_model_that_times_out_leaves_the_rest_of_the_time_to_the_next_on
     done = await execute(lanes, "fallback", ["slow", "a"])
     assert labels_of(done.output) == [("cat", 0.7)]
     assert done.attributes == {"fallback_tried": "slow@1,a@1", "fallback_failed": "slow@1: DEADLINE_EXCEEDED"}
+
+
+async def test_a_request_a_model_command_cancelled_is_not_handed_to_the_next_model() -> None:
+    lanes = FakeLanes({"a": scores(cat=0.9), "b": scores(cat=0.7)})
+    lanes.cancel_on = "a"
+    done = await execute(lanes, "fallback", ["a", "b"])
+    assert isinstance(done.output, AltlasError) and done.output.code is ErrorCode.DEADLINE_EXCEEDED
+    assert lanes.asked == ["a@1"]
 
 
 async def test_the_requests_own_time_limit_bounds_the_whole_fallback_chain() -> None:

@@ -12,10 +12,14 @@ the lanes register how to stop each request, the command handler asks.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 from altlas.models.registry import ModelSpec
 from altlas.schemas.errors import AltlasError, ErrorCode
+
+#: How many ended request ids are remembered for fallback chains (a few KiB).
+_REMEMBERED = 4096
 
 #: Ends one request, with a reason that goes into its error message.
 Stop = Callable[[str], None]
@@ -63,6 +67,8 @@ class InFlight:
 
     def __init__(self) -> None:
         self._held: dict[str, list[Held]] = {}
+        # Ids a command ended lately, so a fallback chain does not hand them to its next model.
+        self._ended: OrderedDict[str, None] = OrderedDict()
 
     def hold(self, spec: ModelSpec, request_id: str, stop: Stop | None) -> Held:
         """Register a request queued on ``spec``'s lane; ``stop`` answers it while it is queued."""
@@ -91,7 +97,15 @@ class InFlight:
         ]
         for held in reached:
             held.cancel(reason)
+        if reached:
+            self._ended[request_id] = None
+            while len(self._ended) > _REMEMBERED:
+                self._ended.popitem(last=False)
         return len(reached)
+
+    def ended(self, request_id: str) -> bool:
+        """Whether a command ended this request (recently): nothing more should run for it."""
+        return request_id in self._ended
 
     def __len__(self) -> int:
         return sum(len(same) for same in self._held.values())

@@ -138,6 +138,8 @@ class MultiModelExecutor:
                 break
             if error_code(member.output) not in RETRY_NEXT:
                 break  # bad input fails on every model: do not try the rest
+            if self.workers.in_flight.ended(request.request_id):
+                break  # a model command ended the request: no other model takes it up
         failed = [m for m in tried if isinstance(m.output, BaseException)]
         attributes = {"fallback_tried": ",".join(m.spec.key for m in tried)}
         if failed:
