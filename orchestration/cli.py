@@ -362,7 +362,15 @@ def models_fetch_starter() -> None:
     console.print(f"starter registry: {_starter_registry(announce=False)}")
 
 
-def _command(action: str, model_ref: str, config: Path | None, bootstrap: str | None, wait: float) -> None:
+def _command(
+    action: str,
+    model_ref: str,
+    config: Path | None,
+    bootstrap: str | None,
+    wait: float,
+    *,
+    params: dict[str, str] | None = None,
+) -> None:
     from altlas.orchestration.app.kafka_clients import client_kwargs
     from altlas.orchestration.app.service import build_codec
     from altlas.orchestration.clients.client import AltlasClient
@@ -375,6 +383,7 @@ def _command(action: str, model_ref: str, config: Path | None, bootstrap: str | 
         action=ModelAction(action),
         model_id=model_id,
         model_version=version or None,
+        params=params or {},
     )
     terminal = {"load": {"ready", "failed"}, "unload": {"unloaded", "evicted", "failed"}}.get(action)
 
@@ -430,6 +439,18 @@ def models_unload(
 ) -> None:
     """Ask running instances to unload a model."""
     _command("unload", model, config, bootstrap_servers, wait)
+
+
+@models_app.command("cancel")
+def models_cancel(
+    model: str,
+    request_id: str,
+    config: ConfigOpt = None,
+    bootstrap_servers: BootstrapOpt = None,
+    wait: WaitOpt = 3.0,
+) -> None:
+    """End one request on a model wherever it runs; it is answered with what it had generated."""
+    _command("cancel", model, config, bootstrap_servers, wait, params={"request_id": request_id})
 
 
 @models_app.command("status")

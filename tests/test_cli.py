@@ -93,6 +93,11 @@ async def test_models_load_and_status_talk_to_a_running_instance(
     assert "ready" in status.stdout
     unload = await asyncio.to_thread(_altlas, "models", "unload", "mean-color@2", "--config", str(config))
     assert "unloaded" in unload.stdout and not running.orchestrator.manager.is_loaded("mean-color@2")
+    cancel = await asyncio.to_thread(
+        _altlas, "models", "cancel", "mean-color", "no-such-request", "--config", str(config)
+    )
+    assert cancel.returncode == 0, cancel.stderr
+    assert settings.instance_id in cancel.stdout  # answered, and harmless for an id nobody holds
 
 
 def test_models_list_reads_the_registry(registry_file: Path) -> None:
