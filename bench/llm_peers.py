@@ -11,6 +11,9 @@ Systems: ``llama-server`` (built once from llama-cpp-python's vendored sdist,
 see ``build_llama_server``; flash attention on and off), ``llama_cpp.server``
 when its extras are installed, and altlas over Kafka (a local broker). altlas's
 texts are checked against its own one-request-at-a-time decoding (same_text).
+The baseline ``static`` is altlas's static batching from before issue 20
+(``bench/llm_static.py``, bench-only), driven in process on the same arrivals.
+``--concurrency 1,4,8`` repeats the run per in-flight limit; ``--chart`` plots it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -199,9 +203,9 @@ def server(cmd: list[str], port: int, env: dict[str, str] | None = None) -> Iter
 
 
 async def altlas_side(
-    reqs: list[Req], args: argparse.Namespace, model: Path, slots: int
-) -> tuple[Run, list[str]]:
-    """altlas over a local Kafka broker, streaming; then its own one-at-a-time texts."""
+    points: list[tuple[int, list[Req]]], args: argparse.Namespace, model: Path, slots: int
+) -> tuple[list[Run], list[str]]:
+    """altlas over a local Kafka broker, streaming, at each concurrency; then its one-at-a-time texts."""
     import yaml
 
     from altlas.models.llama import LlamaRuntime
@@ -280,15 +284,12 @@ async def altlas_side(
                             assert isinstance(result.output, TextGeneration), result.error
                             return result.output.text, first or time.perf_counter() - sent
 
-                    await drive(reqs[:1], 1, one)  # warm-up: loads the model, joins the group
-                    run = await drive(reqs, args.in_flight, one)
+                    await drive(points[0][1][:1], 1, one)  # warm-up: loads the model, joins the group
+                    runs = [await drive(reqs, in_flight, one) for in_flight, reqs in points]
                     pumping.cancel()
         finally:
             orchestrator.stop()
             await asyncio.wait_for(task, 60)
-
-    def greedy(r: Req) -> Sampling:
-        return Sampling(max_tokens=r.max_tokens, temperature=0)
 
     spec = ModelRegistry.from_dict(
         {"models": [{**entry, "params": {**params, "batch_sequences": 1, "prompt_cache": False}}]}
@@ -302,11 +303,67 @@ async def altlas_side(
                     messages=tuple(r.messages), sampling=Sampling(max_tokens=r.max_tokens, temperature=0)
                 )
             ).text
+            for _, reqs in points
             for r in reqs
         ]
     finally:
         alone.unload()
-    return run, want
+    return runs, want
+
+
+async def static_side(
+    points: list[tuple[int, list[Req]]], args: argparse.Namespace, model: Path
+) -> list[Run]:
+    """The pre-issue-20 static batching (bench/llm_static.py), in process, on the same arrivals.
+
+    Runs after altlas's runtimes are unloaded: llama.cpp's OpenMP threads slow
+    down once more of them exist than cores, so no other decoding thread may linger.
+    """
+    from llama_cpp import Llama
+
+    from altlas.models.llama import LlamaRuntime
+    from altlas.models.llama_text import GenerationRequest, Sampling
+    from altlas.models.registry import ModelRegistry
+    from bench.llm_static import StaticBatcher, StaticItem, StaticLane
+
+    params = {"n_ctx": args.n_ctx, "n_threads": args.threads, "batch_sequences": 1, "cached_prefixes": 0}
+    entry = {
+        "id": "smol",
+        "tasks": ["text.chat"],
+        "backend": "llama.cpp",
+        "path": str(model),
+        "params": params,
+    }
+    tokenizer = LlamaRuntime(ModelRegistry.from_dict({"models": [entry]}).get("smol"))
+    tokenizer.load()  # the same chat template and tokenizing as altlas; it never decodes here
+    try:
+        tokens = {
+            id(r): tokenizer.prompt_tokens(GenerationRequest(messages=tuple(r.messages)))
+            for _, reqs in points
+            for r in reqs
+        }
+    finally:
+        tokenizer.unload()
+    if lingering := [t for t in threading.enumerate() if t.name == "llama-scheduler"]:
+        print(f"warning: {len(lingering)} llama-scheduler thread(s) alive: static batching runs throttled")
+    llm = Llama(str(model), n_ctx=64, n_threads=args.threads, n_threads_batch=args.threads,
+                flash_attn=args.flash, verbose=False)  # fmt: skip
+    lane = StaticLane(StaticBatcher(llm, args.slots, args.n_ctx, 512))
+
+    async def one(req: Req) -> tuple[str, float]:
+        toks = tokens[id(req)]
+        sampling = Sampling(max_tokens=req.max_tokens, temperature=0)
+        sent = time.perf_counter()
+        item = await lane.submit(StaticItem(toks, sampling, min(req.max_tokens, args.n_ctx - len(toks))))
+        return item.text.text, item.first_token - sent
+
+    try:
+        await drive(points[0][1][:1], 1, one)
+        runs = [await drive(reqs, in_flight, one) for in_flight, reqs in points]
+    finally:
+        lane.close()
+    print(f"static batch sizes: {lane.batches}")
+    return runs
 
 
 def summary(name: str, run: Run, count: Callable[[str], int]) -> dict[str, Any]:
@@ -323,23 +380,84 @@ def summary(name: str, run: Run, count: Callable[[str], int]) -> dict[str, Any]:
     }
 
 
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    """Tokens/s and TTFT p50 (p99 dashed) against concurrency, one line per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (tps, ttft) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in dict.fromkeys(r["system"] for r in rows):
+        mine = sorted((r for r in rows if r["system"] == name), key=lambda r: r["concurrency"])
+        xs = [r["concurrency"] for r in mine]
+        (line,) = tps.plot(xs, [r["tps"] for r in mine], marker="o", label=name)
+        ttft.plot(xs, [r["p50"] for r in mine], marker="o", color=line.get_color(), label=f"{name} p50")
+        ttft.plot(xs, [r["p99"] for r in mine], ls="--", color=line.get_color(), alpha=0.6)
+    tps.set(title="generated tokens/s", xlabel="requests in flight", ylabel="tokens/s")
+    ttft.set(title="time to first token, p50 (p99 dashed)", xlabel="requests in flight", ylabel="s")
+    ttft.set_yscale("log")
+    for ax in (tps, ttft):
+        ax.set_xticks(sorted({r["concurrency"] for r in rows}))
+        ax.grid(alpha=0.3)
+    tps.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(rows: list[dict[str, Any]], same: int, requests: int) -> None:
+    """The table, then one RESULT line per concurrency."""
+    head = ("in flight", "system", "generated tok/s", "TTFT p50 / p99 (s)", "tokens", "wall (s)", "same text")
+    print("| " + " | ".join(head) + " |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        agree = f"{r['agree']:.0%}" if "agree" in r else "—"
+        ttft = f"{r['p50']:.2f} / {r['p99']:.2f}"
+        print(
+            f"| {r['concurrency']} | {r['system']} | {r['tps']:.1f} | {ttft} | {r['tokens']} "
+            f"| {r['seconds']:.0f} | {agree} |"
+        )
+    for c in dict.fromkeys(r["concurrency"] for r in rows):
+        at = [r for r in rows if r["concurrency"] == c]
+        ours = next((r for r in at if r["system"].startswith("altlas")), None)
+        peers = [r for r in at if r["system"].startswith("llama-server")]
+        static = next((r for r in at if r["system"].startswith("static")), None)
+        if ours is None:
+            continue
+        fields = []
+        if peers:
+            best = max(peers, key=lambda r: r["tps"])
+            fields += [
+                f"tps_ratio={ours['tps'] / best['tps']:.3f}",
+                f"ttft_p50_ratio={ours['p50'] / best['p50']:.3f}",
+                f"ttft_p99_ratio={ours['p99'] / best['p99']:.3f}",
+            ]
+        if static:
+            fields.append(f"static_ratio={ours['tps'] / static['tps']:.3f}")
+        fields += [f"same_text={same}", f"lost={ours['lost']}", f"requests={requests}", f"in_flight={c}"]
+        print("RESULT " + " ".join(fields))
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=200, help="per concurrency point")
     parser.add_argument("--rate", type=float, default=2.0, help="arrivals per second (Poisson)")
     parser.add_argument("--in-flight", type=int, default=16)
+    parser.add_argument("--concurrency", default="", help="a sweep of in-flight limits, e.g. 1,4,8")
+    parser.add_argument("--chart", type=Path, help="draw tokens/s and TTFT against concurrency here (PNG)")
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--max-tokens-hi", type=int, default=256, help="max_tokens drawn from 16 to this")
     parser.add_argument("--n-ctx", type=int, default=1024, help="context per slot")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=20)
-    parser.add_argument("--skip", nargs="*", default=[], help="systems to leave out")
+    parser.add_argument("--skip", nargs="*", default=[], help="systems to leave out (altlas, static, ...)")
     parser.add_argument("--flash", action="store_true", help="altlas with flash attention (not batch-exact)")
     args = parser.parse_args()
 
     from llama_cpp import Llama
 
-    from tests.fixtures_text import SMOLLM2
+    from altlas.orchestration.devtools.assets import SMOLLM2
 
     model = SMOLLM2.path()
     vocab = Llama(str(model), vocab_only=True, verbose=False)
@@ -347,15 +465,32 @@ async def main() -> None:
     def count(text: str) -> int:
         return len(vocab.tokenize(text.encode(), add_bos=False, special=False)) if text else 0
 
-    reqs = workload(args.requests, args.rate, args.seed, count, args.max_tokens_hi)
-    rows, same, altlas_texts = [], -1, None
+    levels = [int(c) for c in args.concurrency.split(",") if c] or [args.in_flight]
+    # Each point its own requests (another seed), so no system finds a whole prompt cached from the last.
+    points = [
+        (c, workload(args.requests, args.rate, args.seed + i, count, args.max_tokens_hi))
+        for i, c in enumerate(levels)
+    ]
+    flat = [r for _, reqs in points for r in reqs]
+    rows: list[dict[str, Any]] = []
+    same, altlas_texts = -1, None
+
+    def add(name: str, runs: list[Run]) -> None:
+        texts = [t for run in runs for t in run.texts]
+        for (c, _), run in zip(points, runs, strict=True):
+            rows.append({**summary(name, run, count), "concurrency": c})
+        if altlas_texts is not None and not name.startswith("altlas"):
+            agree = sum(a == b for a, b in zip(texts, altlas_texts, strict=True)) / len(flat)
+            for row in rows[-len(runs) :]:
+                row["agree"] = agree
+
     if "altlas" not in args.skip:
-        run, want = await altlas_side(reqs, args, model, args.slots)
-        altlas_texts = run.texts
-        same = int(run.texts == want)
-        rows.append(
-            summary(f"altlas, {args.slots} slots" + (", flash_attn" if args.flash else ""), run, count)
-        )
+        runs, want = await altlas_side(points, args, model, args.slots)
+        altlas_texts = [t for run in runs for t in run.texts]
+        same = int(altlas_texts == want)
+        add(f"altlas, {args.slots} slots" + (", flash_attn" if args.flash else ""), runs)
+    if "static" not in args.skip:
+        add(f"static batching (before issue 20), {args.slots} seqs", await static_side(points, args, model))
     if "llama-server" not in args.skip:
         binary = build_llama_server()
         env = {"LD_LIBRARY_PATH": str(binary.parent)}
@@ -365,12 +500,8 @@ async def main() -> None:
                    "-c", str(args.n_ctx * args.slots), "-t", str(args.threads), "-fa", fa]  # fmt: skip
             with server(cmd, port, env) as base:
                 one = http_client(base, {"cache_prompt": True})
-                await drive(reqs[:1], 1, one)
-                run = await drive(reqs, args.in_flight, one)
-            row = summary(f"llama-server -np {args.slots} -fa {fa}", run, count)
-            if altlas_texts is not None:
-                row["agree"] = sum(a == b for a, b in zip(run.texts, altlas_texts, strict=True)) / len(reqs)
-            rows.append(row)
+                await drive(flat[:1], 1, one)
+                add(f"llama-server -np {args.slots} -fa {fa}", [await drive(r, c, one) for c, r in points])
     if "llama_cpp.server" not in args.skip:
         extras = server_extras()
         port = free_port()
@@ -379,23 +510,12 @@ async def main() -> None:
                "--interrupt_requests", "False"]  # fmt: skip
         with server(cmd, port, {"PYTHONPATH": str(extras)}) as base:
             one = http_client(base, {"repeat_penalty": 1.0})
-            await drive(reqs[:1], 1, one)
-            rows.append(summary("llama_cpp.server", await drive(reqs, args.in_flight, one), count))
-    print("| system | generated tok/s | TTFT p50 / p99 (s) | tokens | wall (s) | same text as altlas |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        agree = f"{r['agree']:.0%}" if "agree" in r else "—"
-        ttft = f"{r['p50']:.2f} / {r['p99']:.2f}"
-        print(f"| {r['system']} | {r['tps']:.1f} | {ttft} | {r['tokens']} | {r['seconds']:.0f} | {agree} |")
-    ours = next((r for r in rows if r["system"].startswith("altlas")), None)
-    peers = [r for r in rows if r["system"].startswith("llama-server")]
-    if ours and peers:
-        best = max(peers, key=lambda r: r["tps"])
-        print(
-            f"RESULT tps_ratio={ours['tps'] / best['tps']:.3f} "
-            f"ttft_p50_ratio={ours['p50'] / best['p50']:.3f} ttft_p99_ratio={ours['p99'] / best['p99']:.3f} "
-            f"same_text={same} lost={ours['lost']} requests={len(reqs)}"
-        )
+            await drive(flat[:1], 1, one)
+            add("llama_cpp.server", [await drive(r, c, one) for c, r in points])
+    report(rows, same, args.requests)
+    if args.chart is not None:
+        chart(rows, args.chart)
+        print(f"chart: {args.chart}")
 
 
 if __name__ == "__main__":
