@@ -156,7 +156,9 @@ async def drive(reqs: list[Req], in_flight: int, one: Callable[[Req], Awaitable[
 def http_client(base: str, extra: dict[str, Any]) -> Callable[[Req], Awaitable[tuple[str, float]]]:
     import httpx
 
-    client = httpx.AsyncClient(base_url=base, timeout=600)
+    # No keep-alive: with requests spread out, the server closes an idle connection just as the
+    # pool reuses it, and the stream is lost ("Server disconnected without sending a response").
+    client = httpx.AsyncClient(base_url=base, timeout=600, limits=httpx.Limits(max_keepalive_connections=0))
 
     async def one(req: Req) -> tuple[str, float]:
         body = {"messages": req.messages, "max_tokens": req.max_tokens, "temperature": 0.0, "stream": True}
