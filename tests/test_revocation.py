@@ -82,7 +82,7 @@ async def test_a_batch_in_flight_across_a_revocation_commits_nothing_for_the_rev
     caplog.set_level(logging.INFO, logger="altlas.orchestration.serving")
     requests = [
         make_request("vision", "classify", solid((i, 5, 5)), model="slow", request_id=f"rv{i}")
-        for i in range(96)
+        for i in range(192)
     ]
     async with serving(settings) as run:
         worker = run.orchestrator.streams["vision"]
