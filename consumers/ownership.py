@@ -38,12 +38,13 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError, for_code
 from aiokafka.protocol.group import HeartbeatRequest
 
+from altlas.consumers.stable_offsets import COORDINATOR_MOVED
+
 log = logging.getLogger(__name__)
 
 # A rebalance in progress still counts this member in: the group waits for it to rejoin, and
 # its revocation (which waits for this transaction) runs before it does.
 _STILL_MEMBER = {0, 27}  # NONE, REBALANCE_IN_PROGRESS
-_COORDINATOR_MOVED = {14, 15, 16}  # loading, not available, not the coordinator: ask it again
 #: How long a commit may wait for a moving group coordinator to say whether this member is in.
 _CONFIRM_RETRY_S = 5.0
 
@@ -92,7 +93,7 @@ class Ownership:
                 why = for_code(code).__name__
             if code in _STILL_MEMBER:
                 return True
-            if code is not None and code not in _COORDINATOR_MOVED:
+            if code is not None and code not in COORDINATOR_MOVED:
                 log.warning(
                     "this member left group %s (%s): its partitions are someone else's, not committing",
                     coordinator.group_id,

@@ -36,7 +36,7 @@ from aiokafka.protocol.types import (
 log = logging.getLogger(__name__)
 
 UNSTABLE_OFFSET_COMMIT = 88
-_COORDINATOR_MOVED = {14, 15, 16}  # loading, not available, not the coordinator: ask again
+COORDINATOR_MOVED = frozenset({14, 15, 16})  # loading, not available, not the coordinator: ask again
 
 
 class _OffsetFetchResponseV7(Response):  # type: ignore[misc]
@@ -165,7 +165,7 @@ async def _fetch(
             log.debug("offset fetch failed (%s); retrying", exc)
             await asyncio.sleep(0.2)
             continue
-        if response.error_code in _COORDINATOR_MOVED:
+        if response.error_code in COORDINATOR_MOVED:
             coordinator.coordinator_dead()
             await asyncio.sleep(0.2)
             continue
@@ -179,7 +179,7 @@ async def _fetch(
                 tp = TopicPartition(topic, partition)
                 if error == UNSTABLE_OFFSET_COMMIT:
                     unstable.append(tp)
-                elif error in _COORDINATOR_MOVED:
+                elif error in COORDINATOR_MOVED:
                     moved = True
                 elif error:
                     raise for_code(error)()
