@@ -21,7 +21,7 @@ pytest.importorskip("llama_cpp")
 
 from altlas.models.errors import GenerationCancelled
 from altlas.models.llama import LlamaRuntime
-from altlas.models.llama_scheduler import MIN_COPY_TOKENS, Job, cells_needed, common_prefix
+from altlas.models.llama_scheduler import MIN_COPY_TOKENS, Generation, Job, cells_needed, common_prefix
 from altlas.models.llama_text import ContextOverflowError, GenerationRequest, GenerationResult, Sampling
 from altlas.models.registry import ModelRegistry
 
@@ -163,24 +163,32 @@ def test_prompt_cache_never_makes_a_result_depend_on_the_previous_request(
         runtime.unload()
 
 
+def _long_then_queued(
+    runtime: LlamaRuntime,
+) -> tuple[list[str], threading.Event, Generation, Generation]:
+    """A long generation holding the only slot (``enough`` once 5 pieces are out), one queued behind it."""
+    pieces: list[str] = []
+    enough = threading.Event()
+
+    def on_text(piece: str) -> None:
+        pieces.append(piece)
+        if len(pieces) >= 5:
+            enough.set()
+
+    long = runtime.submit(
+        GenerationRequest(prompt="Once upon a time", sampling=Sampling(max_tokens=900, temperature=0.0)),
+        on_text,
+    )
+    queued = runtime.submit(GenerationRequest(prompt="The sky is", sampling=Sampling(max_tokens=4)))
+    return pieces, enough, long, queued
+
+
 def test_a_cancelled_generation_frees_its_slot_within_a_step_and_keeps_its_text(
     smollm2_gguf: Path,
 ) -> None:
     runtime = _runtime(smollm2_gguf, n_ctx=1024, batch_sequences=1, cached_prefixes=0)
     try:
-        pieces: list[str] = []
-        enough = threading.Event()
-
-        def on_text(piece: str) -> None:
-            pieces.append(piece)
-            if len(pieces) >= 5:
-                enough.set()
-
-        long = runtime.submit(
-            GenerationRequest(prompt="Once upon a time", sampling=Sampling(max_tokens=900, temperature=0.0)),
-            on_text,
-        )
-        queued = runtime.submit(GenerationRequest(prompt="The sky is", sampling=Sampling(max_tokens=4)))
+        pieces, enough, long, queued = _long_then_queued(runtime)
         assert enough.wait(30)
         at_cancel = len(pieces)
         long.cancel()
@@ -199,19 +207,7 @@ def test_a_stopped_generation_frees_its_slot_within_a_step_and_is_answered_with_
     """``stop`` (a model command's cancel) ends it like a deadline does: an error with the text so far."""
     runtime = _runtime(smollm2_gguf, n_ctx=1024, batch_sequences=1, cached_prefixes=0)
     try:
-        pieces: list[str] = []
-        enough = threading.Event()
-
-        def on_text(piece: str) -> None:
-            pieces.append(piece)
-            if len(pieces) >= 5:
-                enough.set()
-
-        long = runtime.submit(
-            GenerationRequest(prompt="Once upon a time", sampling=Sampling(max_tokens=900, temperature=0.0)),
-            on_text,
-        )
-        queued = runtime.submit(GenerationRequest(prompt="The sky is", sampling=Sampling(max_tokens=4)))
+        pieces, enough, long, queued = _long_then_queued(runtime)
         never_started = runtime.submit(GenerationRequest(prompt="Hello", sampling=Sampling(max_tokens=4)))
         assert enough.wait(30)
         never_started.stop("cancelled by model command c0")
