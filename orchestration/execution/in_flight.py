@@ -1,4 +1,4 @@
-"""The requests this instance's lanes hold, by request id, so a model command can end one.
+"""The requests this instance's lanes hold, so a model command can end one.
 
 A ``ModelCommand`` ``cancel`` names a model and ``params.request_id``; every
 instance gets it, and each lane of that model that holds the id ends it. How
@@ -6,14 +6,21 @@ depends on where the request is: still in the lane's queue, it is answered at
 once; handed to a continuously batching runtime (llama.cpp), it is stopped
 within one decode step and answered with what it had generated; inside a fixed
 batch (vision, audio), it cannot be interrupted and finishes. Either way its
-answer is an error result, never silence. Nothing here knows Kafka or models:
-the lanes register how to stop each request, the command handler asks.
+answer is an error result, never silence.
+
+Only a continuously batching lane registers each request (``hold``): how to
+stop it changes as it leaves the queue for a decode loop. A fixed-batch lane
+registers nothing per request, since nothing it hands over can be stopped; it
+is known here once (``add_lane``) and a cancel asks it to look through its
+queue and its running batches for the id. Nothing here knows Kafka or models:
+the lanes say how to end what they hold, the command handler asks.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
 from altlas.models.registry import ModelSpec
 from altlas.schemas.errors import AltlasError, ErrorCode
@@ -23,6 +30,14 @@ _REMEMBERED = 4096
 
 #: Ends one request, with a reason that goes into its error message.
 Stop = Callable[[str], None]
+
+
+class QueuedLane(Protocol):
+    """A fixed-batch lane: its requests are not registered one by one, a cancel asks it for the id."""
+
+    def cancel_queued(self, request_id: str, reason: str) -> int:
+        """Answer the queued requests with this id as cancelled; count them and those in running batches."""
+        ...
 
 
 class RequestCancelled(AltlasError):
@@ -63,10 +78,12 @@ class Held:
 
 
 class InFlight:
-    """Request id -> the held requests with that id (one per model attempt, usually one)."""
+    """Request id -> the held requests with that id (one per model attempt, usually one), and the
+    fixed-batch lanes by model id, which hold requests without registering them."""
 
     def __init__(self) -> None:
         self._held: dict[str, list[Held]] = {}
+        self._lanes: dict[str, list[tuple[ModelSpec, QueuedLane]]] = {}
         # Ids a command ended lately, so a fallback chain does not hand them to its next model.
         self._ended: OrderedDict[str, None] = OrderedDict()
 
@@ -75,6 +92,17 @@ class InFlight:
         held = Held(self, spec, request_id, stop)
         self._held.setdefault(request_id, []).append(held)
         return held
+
+    def add_lane(self, spec: ModelSpec, lane: QueuedLane) -> None:
+        """Make a fixed-batch lane of ``spec`` reachable by cancels (once per lane, not per request)."""
+        self._lanes.setdefault(spec.id, []).append((spec, lane))
+
+    def drop_lane(self, spec: ModelSpec, lane: QueuedLane) -> None:
+        """Forget a closed lane (idempotent)."""
+        lanes = self._lanes.get(spec.id, [])
+        self._lanes[spec.id] = [(s, known) for s, known in lanes if known is not lane]
+        if not self._lanes[spec.id]:
+            del self._lanes[spec.id]
 
     def release(self, held: Held) -> None:
         """Forget one held request (idempotent)."""
@@ -97,15 +125,20 @@ class InFlight:
         ]
         for held in reached:
             held.cancel(reason)
-        if reached:
+        count = len(reached)
+        for spec, lane in self._lanes.get(model_id, ()):
+            if version is None or spec.version == version:
+                count += lane.cancel_queued(request_id, reason)
+        if count:
             self._ended[request_id] = None
             while len(self._ended) > _REMEMBERED:
                 self._ended.popitem(last=False)
-        return len(reached)
+        return count
 
     def ended(self, request_id: str) -> bool:
         """Whether a command ended this request (recently): nothing more should run for it."""
         return request_id in self._ended
 
     def __len__(self) -> int:
+        """Requests registered one by one (those of continuously batching lanes)."""
         return sum(len(same) for same in self._held.values())

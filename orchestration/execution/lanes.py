@@ -6,13 +6,17 @@ queued, up to the model's max batch, and runs them as one call on a thread of
 its own. So batches grow by themselves while a model is busy (the dynamic
 batching Triton users know) and different models never wait for each other.
 A batch that raises is retried item by item, so one bad input fails alone.
-Requests submitted with their ids are held in ``in_flight`` until answered, so
-a model command can end one (see in_flight.py).
+Requests submitted with their ids can be ended by a model command (see
+in_flight.py). A continuously batching lane registers each of them in
+``in_flight`` until answered, since a handed-over request can still be stopped.
+A fixed-batch lane registers nothing per request: it is known to ``in_flight``
+once, and a cancel looks for the id among its tickets, queued or running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter, deque
@@ -55,7 +59,7 @@ class _Ticket:
     and a wake-up for each of them.
     """
 
-    __slots__ = ("future", "held", "items", "left", "on_chunk", "results", "spans")
+    __slots__ = ("future", "held", "items", "left", "on_chunk", "request_ids", "results", "spans")
 
     def __init__(
         self,
@@ -70,11 +74,23 @@ class _Ticket:
         self.on_chunk = on_chunk  # set for a streamed request (a ticket of one)
         self.results: list[JobResult | None] = [None] * len(items)
         self.left = len(items)
-        self.held: list[Held] | None = None  # per item, when submitted with request ids
+        self.held: list[Held] | None = None  # per item, when submitted with ids to a continuous lane
+        self.request_ids: Sequence[str] | None = None  # per item, when submitted with ids to a fixed lane
 
     def open(self, index: int) -> bool:
         """Whether item ``index`` still waits for its answer (its caller still waits, too)."""
         return not self.future.done() and self.results[index] is None
+
+    def named(self, index: int, request_id: str) -> bool:
+        """Whether item ``index`` was submitted as ``request_id`` and still waits for its answer."""
+        ids = self.request_ids
+        return ids is not None and ids[index] == request_id and self.open(index)
+
+    def end(self, index: int, reason: str) -> None:
+        """Answer item ``index``, not run yet, as cancelled (if it still waits); a runner then skips it."""
+        if self.open(index):
+            error = RequestCancelled(f"{reason}, before it ran")
+            self.answer(index, JobResult(error, time.time(), 0.0, 0, {"completion_tokens": "0"}))
 
     def release(self, _: object = None) -> None:
         """The caller has its answers, or gave up: a model command finds none of these requests any more."""
@@ -93,6 +109,20 @@ class _Ticket:
 
 #: One queued request: its ticket and its place in it.
 _Job = tuple[_Ticket, int]
+
+
+def _infer(pipeline: Pipeline, key: str, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
+    """Run one batch of model ``key``; a batch that raises is retried item by item."""
+    try:
+        outputs = pipeline.run(runtime, items)
+        if len(outputs) != len(items):
+            raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(items)} inputs")
+        return outputs
+    except Exception as exc:
+        if len(items) == 1:
+            return [exc]
+        log.warning("batch of %d on %s failed (%s); isolating items", len(items), key, exc)
+        return [_infer(pipeline, key, runtime, [item])[0] for item in items]
 
 
 class _Lane:
@@ -124,30 +154,35 @@ class _Lane:
         # request is handed over as it arrives, to join the running decode loop.
         self.continuous = callable(getattr(pipeline, "submit", None))
         self.running: set[asyncio.Task[None]] = set()
-        self.runners = [asyncio.create_task(self._runner()) for _ in range(concurrency)]
+        # Per runner of a fixed-batch lane, the batch it took: a cancel reaches these, they finish.
+        self.taken: list[list[_Job]] = [[] for _ in range(concurrency)]
+        if not self.continuous:
+            self.in_flight.add_lane(spec, self)
+        self.runners = [asyncio.create_task(self._runner(slot)) for slot in range(concurrency)]
 
     def put(self, ticket: _Ticket, request_ids: Sequence[str] | None = None) -> None:
         if request_ids is not None:
-            held = [
-                self.in_flight.hold(self.spec, rid, self._dequeuer(ticket, i))
-                for i, rid in enumerate(request_ids)
-            ]
-            ticket.held = held
-            ticket.future.add_done_callback(ticket.release)
+            if self.continuous:  # each request's stop changes as it joins a decode loop
+                held = [
+                    self.in_flight.hold(self.spec, rid, functools.partial(ticket.end, i))
+                    for i, rid in enumerate(request_ids)
+                ]
+                ticket.held = held
+                ticket.future.add_done_callback(ticket.release)
+            else:  # found by ``cancel_queued`` when a command asks
+                ticket.request_ids = request_ids
         self.queue.extend((ticket, i) for i in range(len(ticket.items)))
         self.queued.set()
 
-    def _dequeuer(self, ticket: _Ticket, i: int) -> Callable[[str], None]:
-        """Ends item ``i`` while it is queued: answered at once, the runner then skips it."""
+    def cancel_queued(self, request_id: str, reason: str) -> int:
+        """End this id's queued requests (answered at once); count them and those in a running batch."""
+        queued = [ticket_i for ticket_i in self.queue if ticket_i[0].named(ticket_i[1], request_id)]
+        for ticket, i in queued:
+            ticket.end(i, reason)
+        running = sum(ticket.named(i, request_id) for batch in self.taken for ticket, i in batch)
+        return len(queued) + running
 
-        def stop(reason: str) -> None:
-            if ticket.open(i):
-                error = RequestCancelled(f"{reason}, before it ran")
-                ticket.answer(i, JobResult(error, time.time(), 0.0, 0, {"completion_tokens": "0"}))
-
-        return stop
-
-    async def _runner(self) -> None:
+    async def _runner(self, slot: int) -> None:
         queue = self.queue
         while True:
             while not queue:
@@ -163,15 +198,16 @@ class _Lane:
                 continue
             batch = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
             batch = [job for job in batch if job[0].open(job[1])]  # cancelled meanwhile
-            for ticket, i in batch:
-                if ticket.held is not None:
-                    ticket.held[i].handed_over(None)  # a running batch cannot be interrupted
-            # A streamed request runs alone: its chunks must leave as they are made.
-            for job in [j for j in batch if j[0].on_chunk is not None]:
-                await self._run([job])
-            batch = [j for j in batch if j[0].on_chunk is None]
-            if batch:
-                await self._run(batch)
+            self.taken[slot] = batch  # from now on a cancel reaches these but cannot interrupt them
+            try:
+                # A streamed request runs alone: its chunks must leave as they are made.
+                for job in [j for j in batch if j[0].on_chunk is not None]:
+                    await self._run([job])
+                batch = [j for j in batch if j[0].on_chunk is None]
+                if batch:
+                    await self._run(batch)
+            finally:
+                self.taken[slot] = []
 
     async def _run(self, batch: list[_Job]) -> None:
         started = time.time()
@@ -189,7 +225,9 @@ class _Lane:
                                 self.executor, self._stream, runtime, items[0], on_chunk, loop
                             )
                         else:
-                            outputs = await loop.run_in_executor(self.executor, self._infer, runtime, items)
+                            outputs = await loop.run_in_executor(
+                                self.executor, _infer, self.pipeline, self.spec.key, runtime, items
+                            )
                     inference_ms = (time.perf_counter() - t0) * 1000
         except asyncio.CancelledError:
             raise
@@ -258,25 +296,13 @@ class _Lane:
         if not ticket.future.done():
             ticket.answer(i, JobResult(output, started, inference_ms, together, attributes))
 
-    def _infer(self, runtime: ModelRuntime, items: Sequence[Prepared]) -> list[Output]:
-        try:
-            outputs = self.pipeline.run(runtime, items)
-            if len(outputs) != len(items):
-                raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(items)} inputs")
-            return outputs
-        except Exception as exc:
-            if len(items) == 1:
-                return [exc]
-            log.warning("batch of %d on %s failed (%s); isolating items", len(items), self.spec.key, exc)
-            return [self._infer(runtime, [item])[0] for item in items]
-
     def _stream(
         self, runtime: ModelRuntime, item: Prepared, on_chunk: ChunkSink, loop: asyncio.AbstractEventLoop
     ) -> list[Output]:
         """Run one streamed request; chunks hop to the event loop as the model makes them."""
         run_stream = getattr(self.pipeline, "run_stream", None)
         if run_stream is None:
-            return self._infer(runtime, [item])
+            return _infer(self.pipeline, self.spec.key, runtime, [item])
         try:
             output: Output = run_stream(
                 runtime, item, lambda chunk: loop.call_soon_threadsafe(on_chunk, chunk)
@@ -286,6 +312,7 @@ class _Lane:
             return [exc]
 
     async def close(self) -> None:
+        self.in_flight.drop_lane(self.spec, self)
         for task in [*self.runners, *self.running]:
             task.cancel()
         await asyncio.gather(*self.runners, *self.running, return_exceptions=True)
