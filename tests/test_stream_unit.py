@@ -1,7 +1,7 @@
 """The stream worker and its two deliveries, specified with in-process fakes (no broker, no models).
 
 Fast and deterministic: each test says one behaviour. At-least-once (delivery.py) publishes in
-batch order and finishes offsets only once acknowledged; exactly-once (exactly_once.py) commits
+order per key and finishes offsets only once acknowledged; exactly-once (exactly_once.py) commits
 windows of batches in transactions and rewinds after an abort. The real-broker tests (test_e2e_*,
 test_revocation) keep their claims beside these.
 """
@@ -203,15 +203,20 @@ class FakeTransactions:
 
 
 def _batch(
-    processor: FakeProcessor, offsets: range, reply: str | None = None, *, epoch: int = 0
+    processor: FakeProcessor,
+    offsets: range,
+    reply: str | None = None,
+    *,
+    epoch: int = 0,
+    key: bytes | None = b"k",
+    partition: int = 0,
 ) -> list[InboundRecord]:
     records = []
     for offset in offsets:
         request = make_request("vision", "classify", b"p", request_id=f"r{offset}", reply_topic=reply)
         processor.requests[offset] = request
-        records.append(
-            InboundRecord(TOPICS.vision_requests, 0, offset, b"k", CODEC.encode_record(request), (), 1, epoch)
-        )
+        value = CODEC.encode_record(request)
+        records.append(InboundRecord(TOPICS.vision_requests, partition, offset, key, value, (), 1, epoch))
     return records
 
 
@@ -327,6 +332,37 @@ async def test_a_batch_answered_before_the_one_fetched_earlier_still_publishes_a
     assert _ids(publisher.sent) == ["r0", "r1", "r2", "r3"]
 
 
+async def test_a_slow_request_holds_up_only_later_requests_with_its_key() -> None:
+    # An LLM request generating for a long time must not hold up the answers fetched after it,
+    # except those whose key promises they leave after it (Kafka's order is per key).
+    processor = FakeProcessor(delays={0: 0.3})
+    consumer = FakeConsumer(
+        [
+            _batch(processor, range(0, 1), key=b"slow"),
+            _batch(processor, range(1, 2), key=b"other"),
+            _batch(processor, range(2, 3), key=None),
+            _batch(processor, range(3, 4), key=b"slow"),
+        ]
+    )
+    publisher = FakePublisher()
+    worker = StreamWorker(consumer, processor, publisher)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await _until(lambda: len(publisher.sent) == 2)
+    assert sorted(_ids(publisher.sent)) == ["r1", "r2"]  # published while r0 still runs
+    publisher.ack_all()
+    await _until(lambda: len(consumer.finished_offsets) == 2)
+    assert processor.answered[:3] == [1, 2, 3]  # r3 was answered early, and waits to be published
+    await _until(lambda: len(publisher.sent) == 4)
+    publisher.ack_all()
+    await _until(lambda: len(consumer.finished_offsets) == 4)
+    stop.set()
+    await task
+    assert _ids(publisher.sent)[2:] == ["r0", "r3"]
+    assert sorted(consumer.finished_offsets) == [0, 1, 2, 3]
+    assert worker._latest == {}  # nothing in flight is remembered for ordering
+
+
 async def test_a_send_that_fails_at_first_is_retried_and_its_batch_finishes() -> None:
     processor = FakeProcessor()
     consumer = FakeConsumer([_batch(processor, range(0, 2))])
@@ -380,6 +416,30 @@ async def test_exactly_once_commits_one_transaction_per_window_of_finished_batch
     assert transactions.carried[1][1] == {(TOPICS.vision_requests, 0): 5}
     assert consumer.finished_offsets == [0, 1, 2, 3, 4]
     assert worker.progress.stalled_s() == 0.0
+
+
+async def test_exactly_once_a_slow_partition_holds_up_only_its_own_later_batches() -> None:
+    # A transaction commits a partition's offsets up to its last record there, so a later batch of
+    # the slow batch's partition may never reach the committer first; another partition's may.
+    processor = FakeProcessor(delays={0: 0.3})
+    consumer = FakeConsumer(
+        [
+            _batch(processor, range(0, 1), partition=0),
+            _batch(processor, range(1, 2), partition=1, key=b"other"),
+            _batch(processor, range(2, 3), partition=0, key=b"other"),
+        ]
+    )
+    transactions = FakeTransactions()
+    worker = _exactly_once(consumer, processor, transactions)
+    await _run_until(worker, lambda: len(consumer.finished_offsets) == 3)
+    committed = [transactions.ids(n) for n in transactions.committed]
+    assert committed[0] == ["r1"]  # committed while r0 still ran
+    flat = [rid for ids in committed for rid in ids]
+    assert flat.index("r0") < flat.index("r2")
+    for n in transactions.committed:
+        offsets = transactions.carried[n][1]
+        if (TOPICS.vision_requests, 0) in offsets and "r0" not in transactions.ids(n):
+            assert "r0" in flat[: flat.index(transactions.ids(n)[0])]
 
 
 async def test_exactly_once_an_aborted_transaction_drops_later_batches_and_rewinds() -> None:

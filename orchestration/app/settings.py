@@ -125,6 +125,14 @@ class BatchingSettings(BaseModel):
     )
     fetch_max_records: int = Field(512, ge=1, description="Most records pulled from Kafka per fetch.")
     max_inflight: int = Field(16384, ge=1, description="Records in flight before partitions are paused.")
+    max_batches_in_flight: int = Field(
+        8,
+        ge=1,
+        description=(
+            "Fetched batches answered at once per modality. Requests that trickle in (LLM chats) come one "
+            "per batch: keep it at least the generating slots of that modality's models, or slots idle."
+        ),
+    )
     max_batch_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="Most request bytes per micro-batch (at least one record)."
     )

@@ -52,6 +52,7 @@ async def _open(parts: Components, modality: Modality) -> StreamWorker:
         RequestProcessor(modality, parts.context, budget=consumer),
         parts.publisher,
         transactions=transactions,
+        max_batches_in_flight=s.batching.max_batches_in_flight,
         max_message_bytes=s.limits.max_result_bytes,
     )
 

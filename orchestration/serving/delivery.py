@@ -3,10 +3,17 @@
 The stream loop (loop.py) fetches and answers batches and hands each to its
 ``Delivery``; the delivery guarantee is chosen once, when the loop is built,
 never tested batch by batch. Batches overlap: while batch N waits for its
-acknowledgements, batch N+1 is already being answered. Both deliveries still
-publish in batch order (batch N+1's messages are queued only after batch N's,
-``Batch.its_turn``), so results for one key leave in the order their requests
-came.
+acknowledgements, batch N+1 is already being answered. A batch's messages are
+queued only after those of the earlier batches it shares an *order key* with
+(``Batch.its_turn``); each delivery says what its order keys are
+(``order_keys``):
+- at-least-once: the request's topic and Kafka key, so results for one key
+  leave in the order their requests came, and nothing else waits: an LLM
+  request generating for a minute does not hold up the answer of a short one
+  fetched after it (offsets still commit only as contiguous finished prefixes);
+- exactly-once: the topic and partition, because a transaction commits a
+  partition's offsets up to the last record it carries, so no batch may reach
+  the committer before an earlier one of the same partition.
 
 At-least-once (``AtLeastOnce``, the default): a batch's offsets are marked
 finished only when every message answering it was acknowledged, and the
@@ -19,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Set
+from collections.abc import Hashable, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,17 +46,17 @@ InFlight = Set["asyncio.Task[None]"]
 
 @dataclass(eq=False)
 class Batch:
-    """One fetched batch on its way out, chained to the batch fetched just before it."""
+    """One fetched batch on its way out, after the earlier batches it shares an order key with."""
 
     records: list[InboundRecord]
     token: int  # its Progress token: finished once its answers are durable, else dropped
-    previous: asyncio.Event | None  # the batch before has queued its messages; None: no batch before
+    after: tuple[asyncio.Event, ...]  # those earlier batches' ``queued``
     queued: asyncio.Event = field(default_factory=asyncio.Event)  # this one has (or gave up)
 
     async def its_turn(self) -> None:
-        """Wait until the batch before this one has queued its messages."""
-        if self.previous is not None:
-            await self.previous.wait()
+        """Wait until every earlier batch with one of this batch's order keys has queued its messages."""
+        for event in self.after:
+            await event.wait()
 
 
 class Delivery(Protocol):
@@ -61,11 +68,14 @@ class Delivery(Protocol):
     def start(self) -> None:
         """Begin what runs beside the batches, if anything."""
 
+    def order_keys(self, records: list[InboundRecord]) -> set[Hashable]:
+        """What must leave in fetch order: a batch waits for earlier batches with any of these."""
+
     async def make_room(self, in_flight: InFlight) -> bool:
         """Whether the loop may fetch now; False once it has waited: the loop looks again."""
 
     async def deliver(self, batch: Batch, outcomes: list[Outcome]) -> None:
-        """Publish an answered batch in batch order, then make its offsets committable.
+        """Publish after the earlier batches sharing its order keys; then its offsets may commit.
 
         Sets ``batch.queued`` whatever happens, and finishes or drops ``batch.token``.
         """
@@ -97,6 +107,10 @@ class AtLeastOnce:
     async def make_room(self, in_flight: InFlight) -> bool:
         """Always: only the number of batches in flight (the loop's own limit) holds fetching."""
         return True
+
+    def order_keys(self, records: list[InboundRecord]) -> set[Hashable]:
+        """Per key: the order Kafka promises producers (records without a key promise none)."""
+        return {(rec.topic, rec.key) for rec in records if rec.key is not None}
 
     async def stop(self, in_flight: InFlight) -> None:
         """Batches still in flight are left to the service's drain, which bounds the wait."""

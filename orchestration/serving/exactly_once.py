@@ -1,6 +1,6 @@
 """Exactly-once delivery: a batch's answers and its offsets go out in one transaction.
 
-Answered batches queue, in batch order, for one committer task. When a
+Answered batches queue, in order per partition, for one committer task. When a
 transaction aborts, every later batch in flight is dropped and the consumer
 rewinds to the committed offsets, so the same records are answered again and
 only one answer ever becomes visible to ``read_committed`` readers.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Hashable
 from typing import NamedTuple
 
 from altlas.consumers.records import InboundRecord
@@ -46,7 +47,7 @@ class _Answered(NamedTuple):
 
 
 class ExactlyOnce:
-    """Answered batches, in batch order, to one committer; one transaction per window of them."""
+    """Answered batches, in order per partition, to one committer; one transaction per window of them."""
 
     def __init__(
         self,
@@ -90,8 +91,12 @@ class ExactlyOnce:
             return False
         return True
 
+    def order_keys(self, records: list[InboundRecord]) -> set[Hashable]:
+        """Per partition: a transaction commits a partition's offsets up to its last record there."""
+        return {(rec.topic, rec.partition) for rec in records}
+
     async def deliver(self, batch: Batch, outcomes: list[Outcome]) -> None:
-        """Hand an answered batch, in batch order, to the committer."""
+        """Hand an answered batch to the committer after the earlier batches of its partitions."""
         handed = False
         try:
             for outcome in outcomes:  # streamed chunks travel outside transactions (best effort)

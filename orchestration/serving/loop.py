@@ -2,15 +2,19 @@
 
 Batches overlap: while batch N waits for its acknowledgements (or its
 transaction), batch N+1 is already being decoded and run, up to
-``max_batches_in_flight``. What happens to an answered batch (publish in order,
-then commit) is the delivery's (delivery.py: at-least-once; exactly_once.py:
-one transaction per window of batches), chosen here once, at construction.
+``max_batches_in_flight``. Each batch is chained to the earlier batches it
+shares an order key with (the delivery says which keys, delivery.py); the rest
+pass it. What happens to an answered batch (publish, then commit) is the
+delivery's (delivery.py: at-least-once; exactly_once.py: one transaction per
+window of batches), chosen here once, at construction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Hashable
 
 from altlas.consumers.records import InboundRecord
 from altlas.consumers.stream import BatchingConsumer
@@ -49,6 +53,8 @@ class StreamWorker:
         self.retry_backoff_s = retry_backoff_s
         self.progress = Progress()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Order key -> ``queued`` of the latest batch in flight holding it (see ``_chain``).
+        self._latest: dict[Hashable, asyncio.Event] = {}
         replacements = Replacements(processor, publisher, max_message_bytes)
         self.delivery: Delivery = (
             AtLeastOnce(consumer, publisher, replacements=replacements, progress=self.progress)
@@ -77,7 +83,6 @@ class StreamWorker:
             await self.delivery.stop(self._tasks)
 
     async def _fetch_loop(self, stop: asyncio.Event) -> None:
-        previous: asyncio.Event | None = None
         while not stop.is_set():
             if self.delivery.fatal is not None:
                 raise self.delivery.fatal
@@ -89,12 +94,26 @@ class StreamWorker:
             records = await self.consumer.next_batch()
             if not records:
                 continue
-            # With no batch left in flight none can publish after this one (after a rewind, say).
-            batch = Batch(records, self.progress.started(len(records)), previous if self._tasks else None)
+            keys = self.delivery.order_keys(records)
+            batch = Batch(records, self.progress.started(len(records)), self._chain(keys))
+            for key in keys:
+                self._latest[key] = batch.queued
             task = asyncio.create_task(self._serve(batch))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            previous = batch.queued
+            task.add_done_callback(functools.partial(self._ended, batch=batch, keys=keys))
+
+    def _chain(self, keys: set[Hashable]) -> tuple[asyncio.Event, ...]:
+        """The batches in flight that a batch with these order keys must leave after."""
+        latest = self._latest
+        return tuple({e for key in keys if (e := latest.get(key)) is not None and not e.is_set()})
+
+    def _ended(self, task: asyncio.Task[None], *, batch: Batch, keys: set[Hashable]) -> None:
+        """However a batch ended (a task cancelled before it ran included), it holds up no other."""
+        self._tasks.discard(task)
+        batch.queued.set()
+        for key in keys:
+            if self._latest.get(key) is batch.queued:
+                del self._latest[key]
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait for in-flight batches; cancel what is left after ``timeout_s``."""
