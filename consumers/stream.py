@@ -45,8 +45,9 @@ class BatchingConfig:
 
     max_records: int = 512
     max_wait_ms: int = 5
-    # Far above what the stream worker prefetches (8 batches of max_records): reaching it pauses
-    # the partitions, which drops what the fetcher had prefetched and drains the pipeline by half.
+    # Far above what the stream worker prefetches (max_batches_in_flight batches of max_records):
+    # reaching it pauses the partitions, which drops what the fetcher had prefetched and drains the
+    # pipeline by half.
     max_inflight: int = 16384
     max_batch_bytes: int = 64 * 1024 * 1024
     max_inflight_bytes: int = 256 * 1024 * 1024
@@ -196,8 +197,13 @@ class BatchingConsumer:
         return out
 
     def _full(self, fraction: float = 1.0) -> bool:
+        # Records finished behind an unfinished one count too: they cannot commit yet, and a crash
+        # or a rebalance answers them again. Answers leave out of fetch order (one slow LLM request
+        # does not hold up the rest), so without this one slow record would let the uncommitted
+        # span of its partition grow without bound.
+        uncommitted = max(self._inflight, self._tracker.pending_count())
         return (
-            self._inflight >= self.config.max_inflight * fraction
+            uncommitted >= self.config.max_inflight * fraction
             or self._inflight_bytes + self._held_bytes >= self.config.max_inflight_bytes * fraction
         )
 

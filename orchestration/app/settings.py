@@ -124,7 +124,12 @@ class BatchingSettings(BaseModel):
         5, ge=0, description="After the first record arrives, wait at most this for more."
     )
     fetch_max_records: int = Field(512, ge=1, description="Most records pulled from Kafka per fetch.")
-    max_inflight: int = Field(16384, ge=1, description="Records in flight before partitions are paused.")
+    max_inflight: int = Field(
+        16384,
+        ge=1,
+        description="Records fetched and not yet committable (in flight, or finished behind one that is) "
+        "before partitions are paused.",
+    )
     max_batches_in_flight: int = Field(
         8,
         ge=1,

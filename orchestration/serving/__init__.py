@@ -6,7 +6,7 @@
 3. ``answers``: the outcome of each record (``outcomes``) becomes messages (results, error results,
    dead letters), with the reply policy (``replies``), lineage headers and timings (``lineage``), and
    for a record that failed, what ``salvage`` can still read of it (request id, reply topic);
-4. ``delivery``: the messages are published in order and the offsets committed by the delivery the
+4. ``delivery``: the messages are published in order per key and the offsets committed by the delivery the
    loop was built with (``delivery.AtLeastOnce``, or ``exactly_once.ExactlyOnce``: one transaction
    per window of batches); an answer that cannot be sent is replaced (``replacements``).
 """

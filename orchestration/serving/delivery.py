@@ -7,7 +7,7 @@ acknowledgements, batch N+1 is already being answered. A batch's messages are
 queued only after those of the earlier batches it shares an *order key* with
 (``Batch.its_turn``); each delivery says what its order keys are
 (``order_keys``):
-- at-least-once: the request's topic and Kafka key, so results for one key
+- at-least-once: the request's Kafka key, so results for one key
   leave in the order their requests came, and nothing else waits: an LLM
   request generating for a minute does not hold up the answer of a short one
   fetched after it (offsets still commit only as contiguous finished prefixes);
@@ -85,7 +85,7 @@ class Delivery(Protocol):
 
 
 class AtLeastOnce:
-    """Publish each batch in order; its offsets finish once every answer is acknowledged."""
+    """Publish after earlier batches of the same keys; offsets finish once every answer is acknowledged."""
 
     def __init__(
         self,
@@ -110,7 +110,9 @@ class AtLeastOnce:
 
     def order_keys(self, records: list[InboundRecord]) -> set[Hashable]:
         """Per key: the order Kafka promises producers (records without a key promise none)."""
-        return {(rec.topic, rec.key) for rec in records if rec.key is not None}
+        keys: set[Hashable] = {rec.key for rec in records}
+        keys.discard(None)
+        return keys
 
     async def stop(self, in_flight: InFlight) -> None:
         """Batches still in flight are left to the service's drain, which bounds the wait."""

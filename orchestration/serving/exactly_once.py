@@ -110,6 +110,12 @@ class ExactlyOnce:
             handed = True
             self._idle.clear()
             self._ready.set()
+        except Exception as exc:
+            # A later batch of its partitions could otherwise commit past these records unanswered:
+            # stop, and be restarted on the committed offsets (the same rule as at-least-once).
+            log.error("a batch failed before its transaction (%s: %s); stopping", type(exc).__name__, exc)
+            self.fatal = self.fatal or exc
+            raise
         finally:
             batch.queued.set()
             if not handed:
