@@ -436,10 +436,48 @@ async def test_exactly_once_a_slow_partition_holds_up_only_its_own_later_batches
     assert committed[0] == ["r1"]  # committed while r0 still ran
     flat = [rid for ids in committed for rid in ids]
     assert flat.index("r0") < flat.index("r2")
+    _assert_offsets_never_pass_an_uncommitted_record(transactions, {0: 0, 1: 1, 2: 0})
+
+
+async def test_exactly_once_a_batch_of_two_partitions_waits_for_both_and_holds_up_both() -> None:
+    processor = FakeProcessor(delays={0: 0.3})
+    consumer = FakeConsumer(
+        [
+            _batch(processor, range(0, 1), partition=0),  # slow
+            _batch(processor, range(1, 2), partition=1, key=b"a"),
+            _batch(processor, range(2, 3), partition=0, key=b"b")
+            + _batch(processor, range(3, 4), partition=1, key=b"c"),  # one batch on both partitions
+            _batch(processor, range(4, 5), partition=1, key=b"d"),
+            _batch(processor, range(5, 6), partition=2, key=b"e"),
+        ]
+    )
+    transactions = FakeTransactions()
+    worker = _exactly_once(consumer, processor, transactions)
+    await _run_until(worker, lambda: len(consumer.finished_offsets) == 6)
+    flat = [rid for n in transactions.committed for rid in transactions.ids(n)]
+    assert sorted(flat) == [f"r{i}" for i in range(6)]
+    assert flat.index("r0") < flat.index("r2") < flat.index("r4")  # p0's slow batch, then the spanning one
+    assert flat.index("r1") < flat.index("r2")  # ... which also waited for p1's earlier batch
+    assert flat.index("r5") < flat.index("r0")  # another partition passed them all
+    _assert_offsets_never_pass_an_uncommitted_record(transactions, {0: 0, 1: 1, 2: 0, 3: 1, 4: 1, 5: 2})
+
+
+def _assert_offsets_never_pass_an_uncommitted_record(
+    transactions: FakeTransactions, layout: dict[int, int]
+) -> None:
+    """Each committed offset of a partition covers only records committed by then, and never goes back.
+
+    ``layout``: offset -> partition of every record (offsets are unique across partitions here).
+    """
+    committed: set[int] = set()
+    high: dict[int, int] = {}
     for n in transactions.committed:
-        offsets = transactions.carried[n][1]
-        if (TOPICS.vision_requests, 0) in offsets and "r0" not in transactions.ids(n):
-            assert "r0" in flat[: flat.index(transactions.ids(n)[0])]
+        committed |= {int(rid[1:]) for rid in transactions.ids(n)}
+        for (_, partition), upto in transactions.carried[n][1].items():
+            assert upto >= high.get(partition, 0), "a committed offset went backwards"
+            high[partition] = upto
+            below = {o for o, p in layout.items() if p == partition and o < upto}
+            assert below <= committed, f"partition {partition} committed past an uncommitted record"
 
 
 async def test_exactly_once_an_aborted_transaction_drops_later_batches_and_rewinds() -> None:
