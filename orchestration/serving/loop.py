@@ -111,6 +111,8 @@ class StreamWorker:
         """However a batch ended (a task cancelled before it ran included), it holds up no other."""
         self._tasks.discard(task)
         batch.queued.set()
+        if task.cancelled():  # maybe before ``_serve`` ran, which says so itself otherwise
+            self.progress.dropped(batch.token)
         for key in keys:
             if self._latest.get(key) is batch.queued:
                 del self._latest[key]
