@@ -135,6 +135,18 @@ def workload(
     return out
 
 
+def smol_entry(model: Path, params: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The registry entry every side of the bench serves SmolLM2 from (only its params differ)."""
+    return {
+        "id": "smol",
+        "tasks": ["text.chat"],
+        "backend": "llama.cpp",
+        "path": str(model),
+        "params": params,
+        **extra,
+    }
+
+
 async def drive(reqs: list[Req], in_flight: int, one: Callable[[Req], Awaitable[tuple[str, float]]]) -> Run:
     """Send on the arrival schedule, at most ``in_flight`` outstanding; TTFT from the send."""
     gate = asyncio.Semaphore(in_flight)
@@ -226,14 +238,8 @@ async def altlas_side(
         "batch_sequences": slots,
         "flash_attn": args.flash,
     }
-    entry = {
-        "id": "smol",
-        "tasks": ["text.chat"],
-        "backend": "llama.cpp",
-        "path": str(model),
-        "params": params,
-        "metadata": {"timeout_s": 900},  # queueing is measured, not cut off by the default budget
-    }
+    # Queueing is measured, not cut off by the default time budget.
+    entry = smol_entry(model, params, metadata={"timeout_s": 900})
     with tempfile.TemporaryDirectory() as tmp, broker() as bootstrap:
         registry = Path(tmp) / "models.yaml"
         registry.write_text(yaml.safe_dump({"models": [entry]}))
@@ -329,14 +335,7 @@ async def static_side(
     from bench.llm_static import StaticBatcher, StaticItem, StaticLane
 
     params = {"n_ctx": args.n_ctx, "n_threads": args.threads, "batch_sequences": 1, "cached_prefixes": 0}
-    entry = {
-        "id": "smol",
-        "tasks": ["text.chat"],
-        "backend": "llama.cpp",
-        "path": str(model),
-        "params": params,
-    }
-    tokenizer = LlamaRuntime(ModelRegistry.from_dict({"models": [entry]}).get("smol"))
+    tokenizer = LlamaRuntime(ModelRegistry.from_dict({"models": [smol_entry(model, params)]}).get("smol"))
     tokenizer.load()  # the same chat template and tokenizing as altlas; it never decodes here
     try:
         tokens = {
