@@ -13,6 +13,8 @@ when its extras are installed, and altlas over Kafka (a local broker). altlas's
 texts are checked against its own one-request-at-a-time decoding (same_text).
 The baseline ``static`` is altlas's static batching from before issue 20
 (``bench/llm_static.py``, bench-only), driven in process on the same arrivals.
+``--in-process`` adds altlas's scheduler driven in this process with the same params
+(no Kafka): ``over_kafka_ratio`` is what the Kafka path keeps of its tokens/s.
 ``--concurrency 1,4,8`` repeats the run per in-flight limit; ``--chart`` plots it.
 """
 
@@ -319,6 +321,46 @@ async def altlas_side(
     return runs, want
 
 
+async def in_process_side(
+    points: list[tuple[int, list[Req]]], args: argparse.Namespace, model: Path, slots: int
+) -> list[Run]:
+    """altlas's scheduler with the same params, driven in this process: no Kafka, no stream loop.
+
+    What altlas's Kafka path (the broker, the event loop, the bench's own client on the
+    same cores) costs is the difference between this row and altlas's.
+    """
+    from altlas.models.llama import LlamaRuntime
+    from altlas.models.llama_text import GenerationRequest, Sampling
+    from altlas.models.registry import ModelRegistry
+
+    params = {
+        "n_ctx": args.n_ctx,
+        "n_threads": args.threads,
+        "batch_sequences": slots,
+        "flash_attn": args.flash,
+    }
+    runtime = LlamaRuntime(ModelRegistry.from_dict({"models": [smol_entry(model, params)]}).get("smol"))
+    runtime.load()
+
+    async def one(req: Req) -> tuple[str, float]:
+        sent, first = time.perf_counter(), 0.0
+
+        def on_text(chunk: str) -> None:  # on the scheduler's thread
+            nonlocal first
+            first = first or time.perf_counter() - sent
+
+        sampling = Sampling(max_tokens=req.max_tokens, temperature=0)
+        request = GenerationRequest(messages=tuple(req.messages), sampling=sampling)
+        result = await asyncio.wrap_future(runtime.submit(request, on_text=on_text))
+        return result.text, first or time.perf_counter() - sent
+
+    try:
+        await drive(points[0][1][:1], 1, one)
+        return [await drive(reqs, in_flight, one) for in_flight, reqs in points]
+    finally:
+        runtime.unload()
+
+
 async def static_side(
     points: list[tuple[int, list[Req]]], args: argparse.Namespace, model: Path
 ) -> list[Run]:
@@ -424,6 +466,7 @@ def report(rows: list[dict[str, Any]], same: int, requests: int) -> None:
         ours = next((r for r in at if r["system"].startswith("altlas")), None)
         peers = [r for r in at if r["system"].startswith("llama-server")]
         static = next((r for r in at if r["system"].startswith("static")), None)
+        local = next((r for r in at if r["system"].startswith("in-process")), None)
         if ours is None:
             continue
         fields = []
@@ -436,6 +479,8 @@ def report(rows: list[dict[str, Any]], same: int, requests: int) -> None:
             ]
         if static:
             fields.append(f"static_ratio={ours['tps'] / static['tps']:.3f}")
+        if local:
+            fields.append(f"over_kafka_ratio={ours['tps'] / local['tps']:.3f}")
         fields += [f"same_text={same}", f"lost={ours['lost']}", f"requests={requests}", f"in_flight={c}"]
         print("RESULT " + " ".join(fields))
 
@@ -454,6 +499,11 @@ async def main() -> None:
     parser.add_argument("--seed", type=int, default=20)
     parser.add_argument("--skip", nargs="*", default=[], help="systems to leave out (altlas, static, ...)")
     parser.add_argument("--flash", action="store_true", help="altlas with flash attention (not batch-exact)")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="also altlas's scheduler driven in process (what Kafka costs)",
+    )
     args = parser.parse_args()
 
     from llama_cpp import Llama
@@ -490,6 +540,11 @@ async def main() -> None:
         altlas_texts = [t for run in runs for t in run.texts]
         same = int(altlas_texts == want)
         add(f"altlas, {args.slots} slots" + (", flash_attn" if args.flash else ""), runs)
+    if args.in_process:
+        add(
+            f"in-process scheduler (no Kafka), {args.slots} slots",
+            await in_process_side(points, args, model, args.slots),
+        )
     if "static" not in args.skip:
         add(f"static batching (before issue 20), {args.slots} seqs", await static_side(points, args, model))
     if "llama-server" not in args.skip:
