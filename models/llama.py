@@ -23,11 +23,13 @@ import io
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import llama_cpp
+import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import LlamaGrammar
 
@@ -57,6 +59,11 @@ DEFAULT_BATCH_SEQUENCES = 4
 DEFAULT_CACHED_PREFIXES = 1
 #: The ``Llama`` object's own context: it never decodes, the schedulers' contexts do.
 _TOKENIZER_CTX = 64
+#: Longest a grammar may take to constrain one token: sampling runs on the decode loop
+#: between steps, so an ambiguous grammar's cost is paid by every request sharing the context.
+MAX_GRAMMAR_STEP_S = 0.25
+#: llama_token_data as numpy sees it, for the grammar cost probe.
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 # llama.cpp's log goes to one process-wide callback. Ours forwards it to logging
 # and keeps recent error lines per thread, so a failed load can say why (the
@@ -112,6 +119,7 @@ class LlamaRuntime:
         self._contexts: list[llama_cpp.Llama] = []
         self._schedulers: list[Scheduler] = []
         self._chat: Jinja2ChatFormatter | None = None
+        self._by_length: np.ndarray[Any, np.dtype[np.int32]] | None = None  # token ids, shortest piece first
 
     # ------------------------------------------------------------ lifecycle
     def load(self) -> None:
@@ -304,8 +312,51 @@ class LlamaRuntime:
         sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
         if not sampler:
             raise InvalidGrammarError(f"{self.spec.key}: the grammar does not parse (GBNF, root rule 'root')")
-        llama_cpp.llama_sampler_free(sampler)
+        try:
+            spent = self._grammar_step_cost(vocab, sampler)
+        finally:
+            llama_cpp.llama_sampler_free(sampler)
+        if spent > MAX_GRAMMAR_STEP_S:
+            raise InvalidGrammarError(
+                f"{self.spec.key}: the grammar is too ambiguous: constraining one token takes over "
+                f"{MAX_GRAMMAR_STEP_S}s (simplify repetitions of optional or overlapping alternatives)"
+            )
         return LlamaGrammar.from_string(gbnf, verbose=False)
+
+    def _grammar_step_cost(self, vocab: Any, sampler: Any) -> float:
+        """Seconds the grammar takes to constrain the first token, cut short once over the limit.
+
+        Runs here, on the caller's thread, so a grammar whose every sampling step
+        would stall the decode loop is refused before it gets there. The whole
+        vocabulary is checked, shortest pieces first in growing chunks: an
+        ambiguous grammar costs more the longer the piece, and the probe stops
+        at the first chunk that takes it past the limit.
+        """
+        ids = self._token_order(vocab)
+        candidates = np.zeros(len(ids), dtype=_TOKEN_DATA)
+        candidates["id"] = ids
+        start, size, spent = 0, 16, 0.0
+        while start < len(ids) and spent <= MAX_GRAMMAR_STEP_S:
+            n = min(size, len(ids) - start)
+            data = ctypes.cast(
+                candidates.ctypes.data + start * _TOKEN_DATA.itemsize, llama_cpp.llama_token_data_p
+            )
+            chunk = llama_cpp.llama_token_data_array(data=data, size=n, selected=-1, sorted=False)
+            began = time.perf_counter()
+            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(chunk))
+            spent += time.perf_counter() - began
+            start, size = start + n, min(size * 2, 256)
+        return spent
+
+    def _token_order(self, vocab: Any) -> np.ndarray[Any, np.dtype[np.int32]]:
+        if self._by_length is None:
+            buf = ctypes.create_string_buffer(256)
+            n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+            lengths = [
+                llama_cpp.llama_token_to_piece(vocab, t, buf, len(buf), 0, True) for t in range(n_vocab)
+            ]
+            self._by_length = np.argsort(np.abs(lengths), kind="stable").astype(np.int32)
+        return self._by_length
 
     def _checked_tokens(self, llm: llama_cpp.Llama, request: GenerationRequest) -> list[int]:
         """The prompt's tokens, or ContextOverflowError: too long is rejected, never cut."""

@@ -52,12 +52,21 @@ import llama_cpp
 from llama_cpp.llama_grammar import LlamaGrammar
 
 from altlas.models.errors import GenerationCancelled, InferenceError
-from altlas.models.llama_text import ContextOverflowError, GenerationResult, Sampling, TextAssembler
+from altlas.models.llama_text import (
+    ContextOverflowError,
+    GenerationResult,
+    InvalidGrammarError,
+    Sampling,
+    TextAssembler,
+)
 
 log = logging.getLogger(__name__)
 
 #: A running slot's prefix is copied to a free one only when it saves at least this many tokens.
 MIN_COPY_TOKENS = 32
+#: A grammar-constrained request whose one sampling step took longer leaves: the step ran on the
+#: decode loop, so every request beside it waited (the runtime probes only the first step).
+MAX_GRAMMAR_STEP_S = 1.0
 
 
 class Generation(Future[GenerationResult]):
@@ -370,7 +379,12 @@ class Scheduler:
             raise InferenceError(f"llama_decode failed with status {status} in batched decoding")
 
     def _sample(self, job: Job, index: int) -> None:
+        began = time.perf_counter()
         token = llama_cpp.llama_sampler_sample(job.sampler.sampler, self.ctx, index)
+        if job.grammar is not None and (spent := time.perf_counter() - began) > MAX_GRAMMAR_STEP_S:
+            why = f"the grammar took {spent:.1f}s to constrain one token; at most {MAX_GRAMMAR_STEP_S}s"
+            self._leave(job, InvalidGrammarError(why))
+            return
         if job.first_token is None:
             job.first_token = time.perf_counter()
         if llama_cpp.llama_vocab_is_eog(self.vocab, token):

@@ -1,0 +1,119 @@
+"""A hostile tenant's text requests against the real model: none may stall the others.
+
+Sampling, grammar-constrained sampling included, runs on a context's decode
+loop between steps, so one request whose grammar is slow to apply holds up
+every request sharing that context. These grammars parse, are a few hundred
+characters long, and before the checks cost seconds per token.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from altlas.models import llama_scheduler
+from altlas.models.llama import MAX_GRAMMAR_STEP_S, LlamaRuntime
+from altlas.models.llama_text import GenerationRequest, InvalidGrammarError, Sampling
+from altlas.models.registry import ModelRegistry
+from altlas.pipelines.text_generation import TextGenerationPipeline
+from altlas.schemas.errors import ErrorCode
+from altlas.schemas.types import TextGeneration
+
+
+def _alternatives(n: int) -> str:
+    """``n`` identical alternatives: each token's check walks n ways at every character."""
+    return "(" + " | ".join(['"a"'] * n) + ")*"
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_gguf: Path) -> Iterator[LlamaRuntime]:
+    registry = ModelRegistry.from_dict(
+        {
+            "models": [
+                {
+                    "id": "m",
+                    "tasks": ["text.generate"],
+                    "backend": "llama.cpp",
+                    "path": str(smollm2_gguf),
+                    "params": {"n_ctx": 512, "batch_sequences": 2, "contexts": 1},
+                }
+            ]
+        }
+    )
+    runtime = LlamaRuntime(registry.get("m"))
+    runtime.load()
+    yield runtime
+    runtime.unload()
+
+
+def _greedy(max_tokens: int, grammar: str | None = None) -> Sampling:
+    return Sampling(max_tokens=max_tokens, temperature=0.0, grammar=grammar)
+
+
+def test_an_ambiguous_grammar_is_refused_before_it_stalls_its_neighbour(smol: LlamaRuntime) -> None:
+    neighbour = smol.submit(GenerationRequest(prompt="Once upon a time", sampling=_greedy(12)))
+    began = time.perf_counter()
+    hostile = smol.submit(
+        GenerationRequest(prompt="Say a", sampling=_greedy(3, "root ::= " + _alternatives(40)))
+    )
+    with pytest.raises(InvalidGrammarError, match="too ambiguous") as caught:
+        hostile.result(timeout=60)
+    assert caught.value.code == ErrorCode.INVALID_PARAMS.value
+    assert time.perf_counter() - began < 4 * MAX_GRAMMAR_STEP_S + 1  # the probe stops early
+    assert neighbour.result(timeout=60).completion_tokens == 12
+    assert time.perf_counter() - began < 3.0  # it never waited for the hostile grammar
+
+
+def test_repeated_optional_repetitions_are_refused(smol: LlamaRuntime) -> None:
+    with pytest.raises(InvalidGrammarError, match="too ambiguous"):
+        smol.generate(GenerationRequest(prompt="Say", sampling=_greedy(2, "root ::= ([a-z]*){0,30}")))
+
+
+def test_a_grammar_that_turns_costly_later_is_stopped_after_one_slow_step(
+    smol: LlamaRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cheap while the literal leads (the probe passes), costly once it is written.
+    monkeypatch.setattr(llama_scheduler, "MAX_GRAMMAR_STEP_S", 0.1)
+    grammar = 'root ::= "The answer is" ' + _alternatives(40)
+    began = time.perf_counter()
+    with pytest.raises(InvalidGrammarError, match="to constrain one token"):
+        smol.generate(GenerationRequest(prompt="Question:", sampling=_greedy(30, grammar)))
+    assert time.perf_counter() - began < 10
+    after = smol.generate(GenerationRequest(prompt="The capital of France is", sampling=_greedy(4)))
+    assert after.text.startswith(" Paris")  # the context goes on serving
+
+
+@pytest.mark.parametrize(
+    "grammar",
+    [
+        'root ::= "yes" | "no"',
+        "root ::= [a-z]{0,200}",
+        "root ::= [^\\x00]*",
+    ],
+)
+def test_ordinary_grammars_pass_the_probe(smol: LlamaRuntime, grammar: str) -> None:
+    result = smol.generate(GenerationRequest(prompt="Answer:", sampling=_greedy(3, grammar)))
+    assert result.completion_tokens >= 1
+
+
+def test_a_json_schema_request_still_answers_json(smol: LlamaRuntime) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"colour": {"enum": [f"c{i}" for i in range(200)]}, "tags": {"type": "array"}},
+        "required": ["colour"],
+    }
+    pipeline = TextGenerationPipeline()
+    prepared = pipeline.prepare(
+        "A colour as JSON:",
+        {"json_schema": json.dumps(schema), "temperature": 0, "max_tokens": 30},
+        smol.spec,
+    )
+    (out,) = pipeline.run(smol, [prepared])
+    assert isinstance(out, TextGeneration)
+    assert json.loads(out.text)["colour"].startswith("c")
