@@ -23,6 +23,9 @@ DEFAULT_TEMPERATURE = 0.8
 MAX_STOPS = 16
 MAX_STOP_CHARS = 256
 MAX_GRAMMAR_CHARS = 64 * 1024
+#: Deepest nesting of parentheses in a grammar: llama.cpp parses groups recursively, and
+#: some ten thousand nested groups overflow the thread's stack (the whole process dies).
+MAX_GRAMMAR_NESTING = 256
 #: Largest minItems/maxLength-style bound a JSON schema may carry (each one unrolls into grammar rules).
 MAX_SCHEMA_REPEAT = 256
 
@@ -63,6 +66,7 @@ def grammar_param(params: Mapping[str, ParamValue]) -> str | None:
         if isinstance(value, str) and len(value) > MAX_GRAMMAR_CHARS:
             raise _bad(f"param {name} is longer than {MAX_GRAMMAR_CHARS} characters")
     if isinstance(grammar, str):
+        _check_nesting(grammar)
         return grammar
     if isinstance(schema, str):
         try:
@@ -78,8 +82,33 @@ def grammar_param(params: Mapping[str, ParamValue]) -> str | None:
             raise _bad(
                 f"param json_schema expands to {len(gbnf)} grammar characters; at most {MAX_GRAMMAR_CHARS}"
             )
+        _check_nesting(gbnf)
         return gbnf
     return None
+
+
+def _check_nesting(gbnf: str) -> None:
+    """Refuse groups nested deeper than llama.cpp's recursive parser can safely follow."""
+    depth, quote, i = 0, "", 0
+    while i < len(gbnf):
+        c = gbnf[i]
+        if quote:  # inside "..." or [...]: only the closing mark counts, escapes skip a character
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = ""
+        elif c in '"[':
+            quote = '"' if c == '"' else "]"
+        elif c == "#":  # a comment runs to the end of the line
+            end = gbnf.find("\n", i)
+            i = len(gbnf) if end < 0 else end
+        elif c == "(":
+            depth += 1
+            if depth > MAX_GRAMMAR_NESTING:
+                raise _bad(f"param grammar nests groups deeper than {MAX_GRAMMAR_NESTING}")
+        elif c == ")":
+            depth -= 1
+        i += 1
 
 
 _REPEATS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")

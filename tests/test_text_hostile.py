@@ -22,7 +22,7 @@ from altlas.models.llama import MAX_GRAMMAR_STEP_S, LlamaRuntime
 from altlas.models.llama_text import GenerationRequest, InvalidGrammarError, Sampling
 from altlas.models.registry import ModelRegistry
 from altlas.pipelines.text_generation import TextGenerationPipeline
-from altlas.schemas.errors import ErrorCode
+from altlas.schemas.errors import ErrorCode, InvalidRequestError
 from altlas.schemas.types import TextGeneration
 
 
@@ -117,3 +117,18 @@ def test_a_json_schema_request_still_answers_json(smol: LlamaRuntime) -> None:
     (out,) = pipeline.run(smol, [prepared])
     assert isinstance(out, TextGeneration)
     assert json.loads(out.text)["colour"].startswith("c")
+
+
+def test_deeply_nested_groups_are_refused_before_they_reach_llama_cpp(smol: LlamaRuntime) -> None:
+    # 20 000 nested groups (40 kB, under the size cap) overflow llama.cpp's recursive
+    # grammar parser: the whole process dies with a segmentation fault.
+    grammar = "root ::= " + "(" * 20_000 + '"a"' + ")" * 20_000
+    with pytest.raises(InvalidRequestError, match="nests groups") as caught:
+        TextGenerationPipeline().prepare("Say a", {"grammar": grammar}, smol.spec)
+    assert caught.value.code is ErrorCode.INVALID_PARAMS
+
+
+def test_parentheses_in_literals_classes_and_comments_do_not_count_as_nesting(smol: LlamaRuntime) -> None:
+    grammar = 'root ::= "' + "(" * 300 + '" [(]' + " # " + "(" * 300 + '\n"x"'
+    prepared = TextGenerationPipeline().prepare("Say a", {"grammar": grammar, "max_tokens": 1}, smol.spec)
+    assert prepared.data.sampling.grammar == grammar
