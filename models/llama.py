@@ -23,18 +23,18 @@ import io
 import logging
 import os
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import llama_cpp
-import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import LlamaGrammar
 
 from altlas.models.errors import GenerationCancelled, ModelLoadError
 from altlas.models.gguf_header import GgufFormatError, context_length, read_metadata
+from altlas.models.grammar_guard import GrammarGuard
 from altlas.models.llama_scheduler import Generation, Job, Scheduler
 from altlas.models.llama_text import (
     ChatTemplateError,
@@ -59,11 +59,6 @@ DEFAULT_BATCH_SEQUENCES = 4
 DEFAULT_CACHED_PREFIXES = 1
 #: The ``Llama`` object's own context: it never decodes, the schedulers' contexts do.
 _TOKENIZER_CTX = 64
-#: Longest a grammar may take to constrain one token: sampling runs on the decode loop
-#: between steps, so an ambiguous grammar's cost is paid by every request sharing the context.
-MAX_GRAMMAR_STEP_S = 0.25
-#: llama_token_data as numpy sees it, for the grammar cost probe.
-_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 # llama.cpp's log goes to one process-wide callback. Ours forwards it to logging
 # and keeps recent error lines per thread, so a failed load can say why (the
@@ -119,7 +114,7 @@ class LlamaRuntime:
         self._contexts: list[llama_cpp.Llama] = []
         self._schedulers: list[Scheduler] = []
         self._chat: Jinja2ChatFormatter | None = None
-        self._by_length: np.ndarray[Any, np.dtype[np.int32]] | None = None  # token ids, shortest piece first
+        self._grammars: GrammarGuard | None = None
 
     # ------------------------------------------------------------ lifecycle
     def load(self) -> None:
@@ -250,7 +245,7 @@ class LlamaRuntime:
         try:
             tokens = self._checked_tokens(llm, request)
             s = request.sampling
-            grammar = self._grammar(llm, s.grammar) if s.grammar else None
+            grammar, digest = self._grammar(llm, s.grammar) if s.grammar else (None, b"")
         except _REQUEST_ERRORS as exc:
             failed = Generation()
             failed.set_exception(exc)
@@ -263,7 +258,22 @@ class LlamaRuntime:
             deadline=request.deadline,
             on_text=on_text,
         )
-        return min(self._schedulers, key=lambda sch: sch.load).submit(job)
+        generation = min(self._schedulers, key=lambda sch: sch.load).submit(job)
+        if grammar is not None:
+            generation.add_done_callback(lambda f: self._late_refusal(f, digest))
+        return generation
+
+    def _grammar(self, llm: llama_cpp.Llama, gbnf: str) -> tuple[LlamaGrammar, bytes]:
+        if self._grammars is None:
+            self._grammars = GrammarGuard(self.spec.key, llama_cpp.llama_model_get_vocab(llm.model))
+        return self._grammars.check(gbnf)
+
+    def _late_refusal(self, future: Future[GenerationResult], digest: bytes) -> None:
+        """A grammar the scheduler stopped for its cost is refused at once next time."""
+        if self._grammars is not None and not future.cancelled():
+            exc = future.exception()
+            if isinstance(exc, InvalidGrammarError):
+                self._grammars.refuse(digest, str(exc))
 
     def predict_batch(self, inputs: Sequence[GenerationRequest]) -> list[Any]:
         """Generate for each request; a failure stays in its slot."""
@@ -305,58 +315,6 @@ class LlamaRuntime:
             text, add_bos = request.prompt or "", True
         # special=True: control tokens written in a prompt are parsed, as llama.cpp does.
         return list(llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
-
-    def _grammar(self, llm: llama_cpp.Llama, gbnf: str) -> LlamaGrammar:
-        """Parse once against the vocabulary: llama.cpp crashes on a grammar that fails later."""
-        vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
-        if not sampler:
-            raise InvalidGrammarError(f"{self.spec.key}: the grammar does not parse (GBNF, root rule 'root')")
-        try:
-            spent = self._grammar_step_cost(vocab, sampler)
-        finally:
-            llama_cpp.llama_sampler_free(sampler)
-        if spent > MAX_GRAMMAR_STEP_S:
-            raise InvalidGrammarError(
-                f"{self.spec.key}: the grammar is too ambiguous: constraining one token takes over "
-                f"{MAX_GRAMMAR_STEP_S}s (simplify repetitions of optional or overlapping alternatives)"
-            )
-        return LlamaGrammar.from_string(gbnf, verbose=False)
-
-    def _grammar_step_cost(self, vocab: Any, sampler: Any) -> float:
-        """Seconds the grammar takes to constrain the first token, cut short once over the limit.
-
-        Runs here, on the caller's thread, so a grammar whose every sampling step
-        would stall the decode loop is refused before it gets there. The whole
-        vocabulary is checked, shortest pieces first in growing chunks: an
-        ambiguous grammar costs more the longer the piece, and the probe stops
-        at the first chunk that takes it past the limit.
-        """
-        ids = self._token_order(vocab)
-        candidates = np.zeros(len(ids), dtype=_TOKEN_DATA)
-        candidates["id"] = ids
-        start, size, spent = 0, 16, 0.0
-        while start < len(ids) and spent <= MAX_GRAMMAR_STEP_S:
-            n = min(size, len(ids) - start)
-            data = ctypes.cast(
-                candidates.ctypes.data + start * _TOKEN_DATA.itemsize, llama_cpp.llama_token_data_p
-            )
-            chunk = llama_cpp.llama_token_data_array(data=data, size=n, selected=-1, sorted=False)
-            began = time.perf_counter()
-            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(chunk))
-            spent += time.perf_counter() - began
-            start, size = start + n, min(size * 2, 256)
-        return spent
-
-    def _token_order(self, vocab: Any) -> np.ndarray[Any, np.dtype[np.int32]]:
-        if self._by_length is None:
-            buf = ctypes.create_string_buffer(256)
-            n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
-            lengths = [
-                llama_cpp.llama_token_to_piece(vocab, t, buf, len(buf), 0, True) for t in range(n_vocab)
-            ]
-            self._by_length = np.argsort(np.abs(lengths), kind="stable").astype(np.int32)
-        return self._by_length
 
     def _checked_tokens(self, llm: llama_cpp.Llama, request: GenerationRequest) -> list[int]:
         """The prompt's tokens, or ContextOverflowError: too long is rejected, never cut."""

@@ -18,7 +18,8 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from altlas.models import llama_scheduler
-from altlas.models.llama import MAX_GRAMMAR_STEP_S, LlamaRuntime
+from altlas.models.grammar_guard import MAX_GRAMMAR_STEP_S, GrammarGuard
+from altlas.models.llama import LlamaRuntime
 from altlas.models.llama_text import GenerationRequest, InvalidGrammarError, Sampling
 from altlas.models.registry import ModelRegistry
 from altlas.pipelines.text_generation import TextGenerationPipeline
@@ -87,6 +88,34 @@ def test_a_grammar_that_turns_costly_later_is_stopped_after_one_slow_step(
     assert time.perf_counter() - began < 10
     after = smol.generate(GenerationRequest(prompt="The capital of France is", sampling=_greedy(4)))
     assert after.text.startswith(" Paris")  # the context goes on serving
+    again = smol.submit(GenerationRequest(prompt="Question:", sampling=_greedy(30, grammar)))
+    assert again.done()  # remembered: refused on submit, it never reaches the decode loop
+    with pytest.raises(InvalidGrammarError, match="to constrain one token"):
+        again.result()
+
+
+def test_a_grammar_is_probed_once_and_its_verdict_remembered(
+    smol: LlamaRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probes: list[int] = []
+    real = GrammarGuard._step_cost
+
+    def counted(self: GrammarGuard, sampler: object) -> float:
+        probes.append(1)
+        return real(self, sampler)
+
+    monkeypatch.setattr(GrammarGuard, "_step_cost", counted)
+    hostile = "root ::= " + _alternatives(41)  # not the grammar of another test: a fresh verdict
+    for _ in range(3):
+        with pytest.raises(InvalidGrammarError, match="too ambiguous"):
+            smol.generate(GenerationRequest(prompt="Say a", sampling=_greedy(2, hostile)))
+    fine = 'root ::= "yes" | "no" | "maybe"'
+    for _ in range(3):
+        assert (
+            smol.generate(GenerationRequest(prompt="Answer:", sampling=_greedy(2, fine))).completion_tokens
+            >= 1
+        )
+    assert len(probes) == 2
 
 
 @pytest.mark.parametrize(

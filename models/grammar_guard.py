@@ -1,0 +1,120 @@
+"""Grammar admission for llama.cpp: refuse a GBNF grammar before it can stall a decode loop.
+
+llama.cpp applies a request's grammar to the whole vocabulary at every sampling
+step, and sampling runs on the scheduler's thread between decode steps. An
+ambiguous grammar (repeated optional or overlapping alternatives) can take
+seconds per token there, and every request sharing the context waits. So a
+grammar is parsed and its first step timed on the caller's thread, and what
+was decided is remembered by the grammar's hash: a tenant sending the same
+hostile grammar again is refused at once, and a legitimate grammar sent with
+every request is probed once. A grammar refused later by the scheduler (its
+cost grew after the first token) is remembered the same way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+import llama_cpp
+import numpy as np
+from llama_cpp.llama_grammar import LlamaGrammar
+
+from altlas.models.llama_text import InvalidGrammarError
+
+#: Longest a grammar may take to constrain one token on the caller's probe.
+MAX_GRAMMAR_STEP_S = 0.25
+#: Grammars whose verdict is kept, least recently used out.
+VERDICTS_KEPT = 512
+#: llama_token_data as numpy sees it, for the probe.
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+class GrammarGuard:
+    """Parses, probes and remembers grammars for one model's vocabulary (thread-safe)."""
+
+    def __init__(self, key: str, vocab: Any) -> None:
+        self.key = key  # the model's, for error messages
+        self.vocab = vocab
+        self._verdicts: OrderedDict[bytes, str | None] = OrderedDict()  # refusal reason, None when fine
+        self._lock = threading.Lock()
+        self._by_length: np.ndarray[Any, np.dtype[np.int32]] | None = None  # token ids, shortest piece first
+
+    def check(self, gbnf: str) -> tuple[LlamaGrammar, bytes]:
+        """The grammar, and its hash for ``refuse``; InvalidGrammarError when refused now or before."""
+        digest = hashlib.sha256(gbnf.encode("utf-8")).digest()
+        with self._lock:
+            known = digest in self._verdicts
+            why = self._verdicts.get(digest)
+            if known:
+                self._verdicts.move_to_end(digest)
+        if not known:
+            why = self._verdict(gbnf)
+            self._remember(digest, why)
+        if why is not None:
+            raise InvalidGrammarError(why)
+        return LlamaGrammar.from_string(gbnf, verbose=False), digest
+
+    def refuse(self, digest: bytes, why: str) -> None:
+        """Remember a grammar the scheduler stopped: the next request with it is refused at once."""
+        self._remember(digest, f"{self.key}: {why}")
+
+    def _remember(self, digest: bytes, why: str | None) -> None:
+        with self._lock:
+            self._verdicts[digest] = why
+            self._verdicts.move_to_end(digest)
+            while len(self._verdicts) > VERDICTS_KEPT:
+                self._verdicts.popitem(last=False)
+
+    def _verdict(self, gbnf: str) -> str | None:
+        """Why the grammar is refused, or None; parsed first: llama.cpp crashes on one that fails later."""
+        sampler = llama_cpp.llama_sampler_init_grammar(self.vocab, gbnf.encode("utf-8"), b"root")
+        if not sampler:
+            return f"{self.key}: the grammar does not parse (GBNF, root rule 'root')"
+        try:
+            spent = self._step_cost(sampler)
+        finally:
+            llama_cpp.llama_sampler_free(sampler)
+        if spent > MAX_GRAMMAR_STEP_S:
+            return (
+                f"{self.key}: the grammar is too ambiguous: constraining one token takes over "
+                f"{MAX_GRAMMAR_STEP_S}s (simplify repetitions of optional or overlapping alternatives)"
+            )
+        return None
+
+    def _step_cost(self, sampler: Any) -> float:
+        """Seconds the grammar takes to constrain the first token, cut short once over the limit.
+
+        The whole vocabulary is checked, shortest pieces first in growing chunks:
+        an ambiguous grammar costs more the longer the piece, and the probe stops
+        at the first chunk that takes it past the limit.
+        """
+        ids = self._token_order()
+        candidates = np.zeros(len(ids), dtype=_TOKEN_DATA)
+        candidates["id"] = ids
+        start, size, spent = 0, 16, 0.0
+        while start < len(ids) and spent <= MAX_GRAMMAR_STEP_S:
+            n = min(size, len(ids) - start)
+            data = ctypes.cast(
+                candidates.ctypes.data + start * _TOKEN_DATA.itemsize, llama_cpp.llama_token_data_p
+            )
+            chunk = llama_cpp.llama_token_data_array(data=data, size=n, selected=-1, sorted=False)
+            began = time.perf_counter()
+            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(chunk))
+            spent += time.perf_counter() - began
+            start, size = start + n, min(size * 2, 256)
+        return spent
+
+    def _token_order(self) -> np.ndarray[Any, np.dtype[np.int32]]:
+        if self._by_length is None:
+            buf = ctypes.create_string_buffer(256)
+            n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+            lengths = [
+                llama_cpp.llama_token_to_piece(self.vocab, t, buf, len(buf), 0, True) for t in range(n_vocab)
+            ]
+            self._by_length = np.argsort(np.abs(lengths), kind="stable").astype(np.int32)
+        return self._by_length
