@@ -8,7 +8,10 @@ grammar is parsed and its first step timed on the caller's thread, and what
 was decided is remembered by the grammar's hash: a tenant sending the same
 hostile grammar again is refused at once, and a legitimate grammar sent with
 every request is probed once. A grammar refused later by the scheduler (its
-cost grew after the first token) is remembered the same way.
+cost grew after the first token) is remembered the same way. A refusal for time
+is forgotten after ``TIMED_REFUSAL_S``: on a host slowed for a while, a legitimate
+grammar may have measured over the limit, and a team must not be locked out of
+it for good. A grammar that does not parse is refused for as long as it is kept.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from altlas.models.llama_text import InvalidGrammarError
 MAX_GRAMMAR_STEP_S = 0.25
 #: Grammars whose verdict is kept, least recently used out.
 VERDICTS_KEPT = 512
+#: How long a refusal measured in time holds before the grammar is probed again.
+TIMED_REFUSAL_S = 300.0
 #: llama_token_data as numpy sees it, for the probe.
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
@@ -40,7 +45,8 @@ class GrammarGuard:
     def __init__(self, key: str, vocab: Any) -> None:
         self.key = key  # the model's, for error messages
         self.vocab = vocab
-        self._verdicts: OrderedDict[bytes, str | None] = OrderedDict()  # refusal reason, None when fine
+        # refusal reason (None when fine), and when a timed refusal lapses (None: never)
+        self._verdicts: OrderedDict[bytes, tuple[str | None, float | None]] = OrderedDict()
         self._lock = threading.Lock()
         self._by_length: np.ndarray[Any, np.dtype[np.int32]] | None = None  # token ids, shortest piece first
 
@@ -48,43 +54,48 @@ class GrammarGuard:
         """The grammar, and its hash for ``refuse``; InvalidGrammarError when refused now or before."""
         digest = hashlib.sha256(gbnf.encode("utf-8")).digest()
         with self._lock:
-            known = digest in self._verdicts
-            why = self._verdicts.get(digest)
+            why, lapses = self._verdicts.get(digest, (None, 0.0))
+            known = lapses is None or lapses > time.monotonic()
             if known:
                 self._verdicts.move_to_end(digest)
         if not known:
-            why = self._verdict(gbnf)
-            self._remember(digest, why)
+            why, timed = self._verdict(gbnf)
+            self._remember(digest, why, timed)
         if why is not None:
             raise InvalidGrammarError(why)
         return LlamaGrammar.from_string(gbnf, verbose=False), digest
 
     def refuse(self, digest: bytes, why: str) -> None:
         """Remember a grammar the scheduler stopped: the next request with it is refused at once."""
-        self._remember(digest, f"{self.key}: {why}")
+        self._remember(digest, f"{self.key}: {why}", timed=True)
 
-    def _remember(self, digest: bytes, why: str | None) -> None:
+    def _remember(self, digest: bytes, why: str | None, timed: bool) -> None:
+        lapses = time.monotonic() + TIMED_REFUSAL_S if why is not None and timed else None
         with self._lock:
-            self._verdicts[digest] = why
+            self._verdicts[digest] = (why, lapses)
             self._verdicts.move_to_end(digest)
             while len(self._verdicts) > VERDICTS_KEPT:
                 self._verdicts.popitem(last=False)
 
-    def _verdict(self, gbnf: str) -> str | None:
-        """Why the grammar is refused, or None; parsed first: llama.cpp crashes on one that fails later."""
+    def _verdict(self, gbnf: str) -> tuple[str | None, bool]:
+        """Why the grammar is refused (or None), and whether that was measured in time.
+
+        It is parsed first: llama.cpp crashes on a grammar that fails later.
+        """
         sampler = llama_cpp.llama_sampler_init_grammar(self.vocab, gbnf.encode("utf-8"), b"root")
         if not sampler:
-            return f"{self.key}: the grammar does not parse (GBNF, root rule 'root')"
+            return f"{self.key}: the grammar does not parse (GBNF, root rule 'root')", False
         try:
             spent = self._step_cost(sampler)
         finally:
             llama_cpp.llama_sampler_free(sampler)
         if spent > MAX_GRAMMAR_STEP_S:
-            return (
+            why = (
                 f"{self.key}: the grammar is too ambiguous: constraining one token takes over "
                 f"{MAX_GRAMMAR_STEP_S}s (simplify repetitions of optional or overlapping alternatives)"
             )
-        return None
+            return why, True
+        return None, False
 
     def _step_cost(self, sampler: Any) -> float:
         """Seconds the grammar takes to constrain the first token, cut short once over the limit.

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from altlas.models import llama_scheduler
+from altlas.models import grammar_guard, llama_scheduler
 from altlas.models.grammar_guard import MAX_GRAMMAR_STEP_S, GrammarGuard
 from altlas.models.llama import LlamaRuntime
 from altlas.models.llama_text import GenerationRequest, InvalidGrammarError, Sampling
@@ -116,6 +116,31 @@ def test_a_grammar_is_probed_once_and_its_verdict_remembered(
             >= 1
         )
     assert len(probes) == 2
+
+
+def test_a_refusal_for_time_lapses_so_a_slowed_host_locks_no_grammar_out(
+    smol: LlamaRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probes: list[int] = []
+    real = GrammarGuard._step_cost
+
+    def counted(self: GrammarGuard, sampler: object) -> float:
+        probes.append(1)
+        return real(self, sampler)
+
+    monkeypatch.setattr(GrammarGuard, "_step_cost", counted)
+    monkeypatch.setattr(grammar_guard, "TIMED_REFUSAL_S", 0.0)
+    hostile = "root ::= " + _alternatives(42)
+    for _ in range(2):
+        with pytest.raises(InvalidGrammarError, match="too ambiguous"):
+            smol.generate(GenerationRequest(prompt="Say a", sampling=_greedy(2, hostile)))
+    unparsable = "root ::= ("
+    for _ in range(2):
+        with pytest.raises(InvalidGrammarError, match="does not parse"):
+            smol.generate(GenerationRequest(prompt="Say a", sampling=_greedy(2, unparsable)))
+    assert (
+        len(probes) == 2
+    )  # probed again once its refusal lapsed (the unparsable one never reaches the probe)
 
 
 @pytest.mark.parametrize(
