@@ -25,27 +25,29 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-from llama_cpp.llama_grammar import LlamaGrammar
 
-from altlas.models.errors import GenerationCancelled, ModelLoadError
+from altlas.models.errors import GenerationCancelled, InferenceError, InvalidInputError, ModelLoadError
 from altlas.models.gguf_header import GgufFormatError, context_length, read_metadata
 from altlas.models.grammar_guard import GrammarGuard
-from altlas.models.llama_scheduler import Generation, Job, Scheduler
+from altlas.models.llama_scheduler import Generation, Job, Scheduler, fail_job
 from altlas.models.llama_text import (
+    ChatMessagesError,
     ChatTemplateError,
     ContextOverflowError,
     GenerationRequest,
     GenerationResult,
     InvalidGrammarError,
+    PromptBound,
 )
 from altlas.models.registry import ModelSpec
 
-_REQUEST_ERRORS = (ContextOverflowError, InvalidGrammarError, ChatTemplateError, GenerationCancelled)
+# InvalidInputError covers ContextOverflowError, InvalidGrammarError and ChatMessagesError.
+_REQUEST_ERRORS = (InvalidInputError, ChatTemplateError, GenerationCancelled)
 
 log = logging.getLogger(__name__)
 _native_log = logging.getLogger("altlas.models.llama.native")
@@ -114,7 +116,12 @@ class LlamaRuntime:
         self._contexts: list[llama_cpp.Llama] = []
         self._schedulers: list[Scheduler] = []
         self._chat: Jinja2ChatFormatter | None = None
+        self._bound = PromptBound(1, ())
         self._grammars: GrammarGuard | None = None
+        # Grammars not seen before are probed here, one at a time, off the lane's thread.
+        self._probing: ThreadPoolExecutor | None = None
+        self._probed: set[Job] = set()  # waiting for their grammar's probe
+        self._probe_lock = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
     def load(self) -> None:
@@ -156,6 +163,9 @@ class LlamaRuntime:
             self.unload()
             raise ModelLoadError(f"{self.spec.key}: {exc}") from exc
         self._chat = self._chat_formatter(self._contexts[0])
+        self._grammars = GrammarGuard(self.spec.key, llama_cpp.llama_model_get_vocab(self._contexts[0].model))
+        self._probing = ThreadPoolExecutor(1, thread_name_prefix=f"grammar-{self.spec.id}")
+        self._bound = _prompt_bound(self._contexts[0])
         log.info(
             "llama.cpp model %s loaded: %d context(s) of %d slot(s) x %d tokens, %d thread(s), %d GPU layers",
             self.spec.key,
@@ -200,6 +210,13 @@ class LlamaRuntime:
 
     def unload(self) -> None:
         """Stop the schedulers and free every context (the model's memory map goes with the last one)."""
+        if self._probing is not None:
+            self._probing.shutdown(wait=True, cancel_futures=True)
+            self._probing = None
+        with self._probe_lock:
+            for job in self._probed:
+                fail_job(job, InferenceError("the model was unloaded"))
+            self._probed.clear()
         for scheduler in self._schedulers:
             scheduler.close()
         self._schedulers.clear()
@@ -241,32 +258,50 @@ class LlamaRuntime:
         """
         if not self._schedulers:
             raise RuntimeError(f"{self.spec.key} is not loaded")
-        llm = self._contexts[0]
         try:
-            tokens = self._checked_tokens(llm, request)
-            s = request.sampling
-            grammar, digest = self._grammar(llm, s.grammar) if s.grammar else (None, b"")
+            tokens = self._checked_tokens(self._contexts[0], request)
         except _REQUEST_ERRORS as exc:
             failed = Generation()
             failed.set_exception(exc)
             return failed
+        s = request.sampling
         job = Job(
             tokens,
             s,
-            grammar,
+            None,
             min(s.max_tokens, self.n_ctx - len(tokens)),
             deadline=request.deadline,
             on_text=on_text,
         )
-        generation = min(self._schedulers, key=lambda sch: sch.load).submit(job)
-        if grammar is not None:
-            generation.add_done_callback(lambda f: self._late_refusal(f, digest))
-        return generation
+        if not s.grammar:
+            return self._queue(job)
+        assert self._grammars is not None and self._probing is not None
+        if self._grammars.decided(s.grammar):
+            self._with_grammar(job, s.grammar)
+        else:  # its probe may take its whole time limit: not on this thread, which serves every request
+            with self._probe_lock:
+                self._probed.add(job)
+            self._probing.submit(self._with_grammar, job, s.grammar)
+        return job.future
 
-    def _grammar(self, llm: llama_cpp.Llama, gbnf: str) -> tuple[LlamaGrammar, bytes]:
-        if self._grammars is None:
-            self._grammars = GrammarGuard(self.spec.key, llama_cpp.llama_model_get_vocab(llm.model))
-        return self._grammars.check(gbnf)
+    def _queue(self, job: Job) -> Generation:
+        schedulers = self._schedulers
+        if not schedulers:
+            raise InferenceError("the model was unloaded")
+        return min(schedulers, key=lambda sch: sch.load).submit(job)
+
+    def _with_grammar(self, job: Job, gbnf: str) -> None:
+        """Check the job's grammar, then queue it; or answer it with why not."""
+        with self._probe_lock:
+            self._probed.discard(job)
+        assert self._grammars is not None
+        try:
+            job.grammar, digest = self._grammars.check(gbnf)
+            generation = self._queue(job)
+        except (InvalidGrammarError, InferenceError) as exc:
+            fail_job(job, exc)
+            return
+        generation.add_done_callback(lambda f: self._late_refusal(f, digest))
 
     def _late_refusal(self, future: Future[GenerationResult], digest: bytes) -> None:
         """A grammar the scheduler stopped for its cost is refused at once next time."""
@@ -306,15 +341,31 @@ class LlamaRuntime:
                 )
             try:
                 rendered = self._chat(messages=list(request.messages))  # type: ignore[arg-type]
-            except Exception as exc:  # the template's raise_exception, or a Jinja error
+            except ValueError as exc:  # the template's raise_exception: these messages, not the model
+                raise ChatMessagesError(
+                    f"{self.spec.key}: chat template refused the messages: {exc}"
+                ) from exc
+            except Exception as exc:  # a Jinja error: the template itself
                 raise ChatTemplateError(
                     f"{self.spec.key}: chat template rejected the messages: {exc}"
                 ) from exc
             text, add_bos = rendered.prompt, not rendered.added_special
         else:
             text, add_bos = request.prompt or "", True
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a JSON "\\ud800" escape
+            raise InvalidInputError(f"prompt is not valid Unicode: {exc}") from None
+        limit = self.n_ctx - 1
+        if request.max_prompt_tokens is not None:
+            limit = min(limit, request.max_prompt_tokens)
+        if (least := self._bound.min_tokens(text)) > limit:  # before the tokenizer spends seconds on it
+            raise ContextOverflowError(
+                f"prompt is at least {least} tokens; {self.spec.key} takes at most {limit} "
+                f"(context {self.n_ctx}, limits.max_prompt_tokens {request.max_prompt_tokens})"
+            )
         # special=True: control tokens written in a prompt are parsed, as llama.cpp does.
-        return list(llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+        return list(llm.tokenize(data, add_bos=add_bos, special=True))
 
     def _checked_tokens(self, llm: llama_cpp.Llama, request: GenerationRequest) -> list[int]:
         """The prompt's tokens, or ContextOverflowError: too long is rejected, never cut."""
@@ -330,3 +381,21 @@ class LlamaRuntime:
                 "(limits.max_prompt_tokens)"
             )
         return tokens
+
+
+def _prompt_bound(llm: llama_cpp.Llama) -> PromptBound:
+    """The vocabulary's longest token and the special-token strings llama.cpp splits prompts at."""
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    special = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+    special |= llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+    strip = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
+    longest, specials, strips = 1, [], False
+    buf = ctypes.create_string_buffer(256)
+    for token in range(llama_cpp.llama_vocab_n_tokens(vocab)):
+        # The raw piece: the binding's detokenize drops some (user-defined runs of spaces).
+        longest = max(longest, abs(llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)))
+        attr = llama_cpp.llama_vocab_get_attr(vocab, token)
+        if attr & special:
+            specials.append(llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8", errors="replace"))
+            strips = strips or bool(attr & strip)
+    return PromptBound(longest + 1, specials, strips)  # + 1: a leading space detokenizing may drop

@@ -8,7 +8,9 @@ up to the final text) is testable on its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from altlas.models.errors import InferenceError, InvalidInputError
@@ -27,7 +29,49 @@ class InvalidGrammarError(InvalidInputError):
 
 
 class ChatTemplateError(InferenceError):
-    """The model has no chat template, or its template rejected the messages."""
+    """The model has no chat template, or its template fails to render."""
+
+
+class ChatMessagesError(InvalidInputError):
+    """The chat template refused these messages (its ``raise_exception``): the request's fault."""
+
+
+class PromptBound:
+    """A lower bound on a prompt's token count, cheap enough to take before tokenizing.
+
+    llama.cpp's tokenizer splits a prompt at every special-token string in it,
+    and that split costs time quadratic in the number of pieces: a prompt of
+    thousands of such strings would hold the tokenizing thread for seconds,
+    only to be refused for not fitting the context. Each special-token string
+    becomes one token, and no token spells more than ``max_token_bytes``
+    bytes, so either count can prove the prompt too long before llama.cpp sees it.
+    """
+
+    def __init__(self, max_token_bytes: int, specials: Iterable[str], strips: bool = False) -> None:
+        self.max_token_bytes = max(1, max_token_bytes)
+        texts = sorted({s for s in specials if s}, key=len, reverse=True)
+        self._specials = re.compile("|".join(map(re.escape, texts))) if texts else None
+        self._strips = strips  # some special token swallows the whitespace beside it
+        # Matches found left to right may overlap the ones llama.cpp takes (longest first):
+        # each of its tokens overlaps at most this many of them.
+        overlap_free = all(not _overlaps(a, b) for a in texts for b in texts)
+        self._per_token = 1 if overlap_free or not texts else (len(texts[0]) - 1) // len(texts[-1]) + 2
+
+    def min_tokens(self, text: str) -> int:
+        """At most as many tokens as ``text`` really becomes (BOS not counted)."""
+        counted = re.sub(r"\s+", "", text) if self._strips else text
+        by_bytes = math.ceil(len(counted.encode("utf-8")) / self.max_token_bytes)
+        if self._specials is None:
+            return by_bytes
+        matches = sum(1 for _ in self._specials.finditer(text))
+        return max(by_bytes, math.ceil(matches / self._per_token))
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Whether an occurrence of ``b`` can share characters with a different occurrence of ``a``."""
+    if a != b and b in a:
+        return True
+    return any(a.endswith(b[:n]) for n in range(1, min(len(a), len(b))))
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,12 @@ def parse_messages(text: str) -> tuple[dict[str, str], ...]:
             raise InvalidRequestError(f"message {i} has role {role!r}; expected one of {sorted(ROLES)}")
         if not isinstance(content, str):
             raise InvalidRequestError(f"message {i} needs a string content")
+        try:  # JSON lets "\\ud800" through; it cannot be encoded, so the model could never take it
+            content.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequestError(
+                f"message {i} content is not valid Unicode (a lone surrogate)"
+            ) from None
         messages.append({"role": str(role), "content": content})
     return tuple(messages)
 
