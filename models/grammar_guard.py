@@ -50,14 +50,14 @@ class GrammarGuard:
         self._lock = threading.Lock()
         self._by_length: np.ndarray[Any, np.dtype[np.int32]] | None = None  # token ids, shortest piece first
 
+    def decided(self, gbnf: str) -> bool:
+        """Whether ``check`` would answer from memory, without probing (so at once)."""
+        return self._known(hashlib.sha256(gbnf.encode("utf-8")).digest())[0]
+
     def check(self, gbnf: str) -> tuple[LlamaGrammar, bytes]:
         """The grammar, and its hash for ``refuse``; InvalidGrammarError when refused now or before."""
         digest = hashlib.sha256(gbnf.encode("utf-8")).digest()
-        with self._lock:
-            why, lapses = self._verdicts.get(digest, (None, 0.0))
-            known = lapses is None or lapses > time.monotonic()
-            if known:
-                self._verdicts.move_to_end(digest)
+        known, why = self._known(digest)
         if not known:
             why, timed = self._verdict(gbnf)
             self._remember(digest, why, timed)
@@ -68,6 +68,14 @@ class GrammarGuard:
     def refuse(self, digest: bytes, why: str) -> None:
         """Remember a grammar the scheduler stopped: the next request with it is refused at once."""
         self._remember(digest, f"{self.key}: {why}", timed=True)
+
+    def _known(self, digest: bytes) -> tuple[bool, str | None]:
+        with self._lock:
+            why, lapses = self._verdicts.get(digest, (None, 0.0))
+            known = lapses is None or lapses > time.monotonic()
+            if known:
+                self._verdicts.move_to_end(digest)
+        return known, why
 
     def _remember(self, digest: bytes, why: str | None, timed: bool) -> None:
         lapses = time.monotonic() + TIMED_REFUSAL_S if why is not None and timed else None

@@ -200,7 +200,7 @@ class Scheduler:
             self._cond.notify()
         self._thread.join()
         for job in [*self.running, *self.waiting]:
-            _fail(job, InferenceError("the model was unloaded"))
+            fail_job(job, InferenceError("the model was unloaded"))
         self.running.clear()
         self.waiting.clear()
         llama_cpp.llama_batch_free(self.batch)
@@ -234,7 +234,7 @@ class Scheduler:
         for job in [j for j in self.waiting if j.future.stop_requested or (j.deadline or now + 1) <= now]:
             self.waiting.remove(job)
             why = job.future.stop_reason if job.future.stop_requested else "the request's time budget ran out"
-            _fail(job, GenerationCancelled(f"{why}, before it started"))
+            fail_job(job, GenerationCancelled(f"{why}, before it started"))
 
     def _admissible(self) -> list[Job]:
         """The waiting requests that take a slot this step: from the head, while a slot is free.
@@ -248,7 +248,7 @@ class Scheduler:
         while self.waiting and len(arrivals) < self.n_slots - len(self.running):
             job = self.waiting.popleft()
             if (need := cells_needed(job)) > self.cells_per_slot:  # would wait for ever: say why now
-                _fail(
+                fail_job(
                     job,
                     ContextOverflowError(
                         f"the request needs {need} KV cells; a slot has {self.cells_per_slot}"
@@ -262,7 +262,7 @@ class Scheduler:
         if not job.future.set_running_or_notify_cancel():
             return  # cancelled while waiting
         if job.deadline is not None and time.monotonic() >= job.deadline:
-            _fail(job, GenerationCancelled("the request's time budget ran out before it started"))
+            fail_job(job, GenerationCancelled("the request's time budget ran out before it started"))
             return
         job.started = time.perf_counter()
         s = job.sampling
@@ -427,7 +427,7 @@ class Scheduler:
         if isinstance(outcome, Exception):
             if isinstance(outcome, GenerationCancelled):
                 outcome.partial_text, outcome.completion_tokens = job.text.text, job.produced
-            _fail(job, outcome)
+            fail_job(job, outcome)
         elif not job.future.done():
             job.future.set_result(outcome)
 
@@ -436,7 +436,8 @@ def _seq(job: Job) -> int:
     return job.slot.seq if job.slot is not None else -1
 
 
-def _fail(job: Job, exc: Exception) -> None:
+def fail_job(job: Job, exc: Exception) -> None:
+    """Answer the job with ``exc``, unless it was answered or cancelled already."""
     future = job.future
     if future.done() or (not future.running() and not future.set_running_or_notify_cancel()):
         return  # answered, or cancelled while it waited

@@ -9,6 +9,7 @@ characters long, and before the checks cost seconds per token.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,3 +187,49 @@ def test_parentheses_in_literals_classes_and_comments_do_not_count_as_nesting(sm
     grammar = 'root ::= "' + "(" * 300 + '" [(]' + " # " + "(" * 300 + '\n"x"'
     prepared = TextGenerationPipeline().prepare("Say a", {"grammar": grammar, "max_tokens": 1}, smol.spec)
     assert prepared.data.sampling.grammar == grammar
+
+
+def test_a_new_grammar_is_probed_off_the_submitting_thread(
+    smol: LlamaRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lane submits every request of the model from one thread: a probe there, up to its
+    # whole time limit per grammar never seen before, would hold up everybody's requests.
+    release = threading.Event()
+    real = GrammarGuard._step_cost
+
+    def held(self: GrammarGuard, sampler: object) -> float:
+        release.wait(30)
+        return real(self, sampler)
+
+    monkeypatch.setattr(GrammarGuard, "_step_cost", held)
+    grammar = 'root ::= "yes" | "no" | "perhaps"'
+    probed = smol.submit(GenerationRequest(prompt="Answer:", sampling=_greedy(2, grammar)))
+    assert not probed.done()  # submit returned while the probe is held
+    plain = smol.generate(GenerationRequest(prompt="The capital of France is", sampling=_greedy(4)))
+    assert plain.text.startswith(" Paris")  # served meanwhile
+    assert not probed.done()
+    release.set()
+    assert probed.result(timeout=30).completion_tokens >= 1
+
+
+def test_unloading_answers_requests_whose_grammar_is_still_being_probed(
+    smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    real = GrammarGuard._step_cost
+
+    def held(self: GrammarGuard, sampler: object) -> float:
+        release.wait(30)
+        return real(self, sampler)
+
+    monkeypatch.setattr(GrammarGuard, "_step_cost", held)
+    spec = {"id": "u", "tasks": ["text.generate"], "backend": "llama.cpp", "path": str(smollm2_gguf)}
+    runtime = LlamaRuntime(ModelRegistry.from_dict({"models": [{**spec, "params": {"n_ctx": 256}}]}).get("u"))
+    runtime.load()
+    first = runtime.submit(GenerationRequest(prompt="A:", sampling=_greedy(2, 'root ::= "x"')))
+    queued = runtime.submit(GenerationRequest(prompt="A:", sampling=_greedy(2, 'root ::= "y"')))
+    threading.Timer(0.5, release.set).start()
+    runtime.unload()
+    assert first.done() and queued.done()  # nobody waits for ever
+    with pytest.raises(Exception, match="unloaded"):
+        queued.result()
