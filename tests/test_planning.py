@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from altlas.models.errors import GenerationCancelled, ModelError
 from altlas.models.manager import ModelManager
 from altlas.models.registry import ModelRegistry
 from altlas.orchestration.clients.client import make_request
@@ -69,3 +70,17 @@ def test_a_backlog_spreads_over_models_in_proportion_to_their_speed(tmp_path: Pa
         waiting[_choose(planner)] += 1
     # Each goes where it would be answered first: about ten to fast for each one to slow.
     assert waiting["fast@1"] == 100 and waiting["slow@1"] == 10, waiting
+
+
+def test_generations_stopped_for_their_own_budget_do_not_open_the_circuit(tmp_path: Path) -> None:
+    # A tenant's deadlines too short to finish (or its own cancels) say nothing about the model:
+    # five in a row used to open its circuit for every tenant.
+    planner, health, _ = _planner(tmp_path)
+    spec = planner.registry.get("fast")
+    stopped = GenerationCancelled("stopped after 3 tokens, past the request's time budget")
+    for _ in range(20):
+        health.observe(spec, [stopped], 5.0)
+    assert not health.is_open(spec)
+    for _ in range(5):  # model-side failures still do
+        health.observe(spec, [ModelError("the model crashed")], 5.0)
+    assert health.is_open(spec)

@@ -4,7 +4,10 @@ Latency is a moving average of measured per-item inference time, seeded from
 the registry's ``latency_ms`` until the first measurement. Failures feed a
 circuit breaker per model: after K consecutive model-side failures the model
 is skipped for a cool-down, then one trial decides whether it closes again.
-Input errors (a corrupt image) say nothing about the model and do not count.
+Input errors (a corrupt image) say nothing about the model and do not count,
+and neither does a generation stopped on the request's behalf (its own deadline
+passed, or a command cancelled it): a tenant sending requests with budgets too
+short to finish must not take the model out of service for every other tenant.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from altlas.models.errors import ModelError
+from altlas.models.errors import GenerationCancelled, ModelError
 from altlas.models.registry import ModelSpec
 from altlas.schemas.errors import AltlasError, ErrorCode
 
@@ -124,6 +127,8 @@ class ModelHealth:
         if good and inference_ms > 0:
             self.observe_latency(spec, inference_ms / len(outputs))
         for out in outputs:
+            if isinstance(out, GenerationCancelled):
+                continue  # stopped for the request: its own time budget, or a cancel; not the model's doing
             if isinstance(out, BaseException):
                 self.failure(spec, error_code(out), str(out))
             else:
