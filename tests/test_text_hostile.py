@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +18,9 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from altlas.models import grammar_guard, llama_scheduler
-from altlas.models.grammar_guard import MAX_GRAMMAR_STEP_S, GrammarGuard
+from altlas.models.grammar_guard import GrammarGuard
 from altlas.models.llama import LlamaRuntime
+from altlas.models.llama_scheduler import Job
 from altlas.models.llama_text import GenerationRequest, InvalidGrammarError, Sampling
 from altlas.models.registry import ModelRegistry
 from altlas.pipelines.text_generation import TextGenerationPipeline
@@ -58,18 +58,27 @@ def _greedy(max_tokens: int, grammar: str | None = None) -> Sampling:
     return Sampling(max_tokens=max_tokens, temperature=0.0, grammar=grammar)
 
 
-def test_an_ambiguous_grammar_is_refused_before_it_stalls_its_neighbour(smol: LlamaRuntime) -> None:
+def test_an_ambiguous_grammar_is_refused_before_it_stalls_its_neighbour(
+    smol: LlamaRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reached: list[Job] = []
+    real = llama_scheduler.Scheduler.submit
+
+    def recorded(self: llama_scheduler.Scheduler, job: Job) -> llama_scheduler.Generation:
+        reached.append(job)
+        return real(self, job)
+
+    monkeypatch.setattr(llama_scheduler.Scheduler, "submit", recorded)
     neighbour = smol.submit(GenerationRequest(prompt="Once upon a time", sampling=_greedy(12)))
-    began = time.perf_counter()
     hostile = smol.submit(
         GenerationRequest(prompt="Say a", sampling=_greedy(3, "root ::= " + _alternatives(40)))
     )
     with pytest.raises(InvalidGrammarError, match="too ambiguous") as caught:
         hostile.result(timeout=60)
     assert caught.value.code == ErrorCode.INVALID_PARAMS.value
-    assert time.perf_counter() - began < 4 * MAX_GRAMMAR_STEP_S + 1  # the probe stops early
     assert neighbour.result(timeout=60).completion_tokens == 12
-    assert time.perf_counter() - began < 3.0  # it never waited for the hostile grammar
+    # Refused before the decode loop: its sampling never ran beside the neighbour's.
+    assert [job.grammar for job in reached] == [None]
 
 
 def test_repeated_optional_repetitions_are_refused(smol: LlamaRuntime) -> None:
@@ -83,10 +92,8 @@ def test_a_grammar_that_turns_costly_later_is_stopped_after_one_slow_step(
     # Cheap while the literal leads (the probe passes), costly once it is written.
     monkeypatch.setattr(llama_scheduler, "MAX_GRAMMAR_STEP_S", 0.1)
     grammar = 'root ::= "The answer is" ' + _alternatives(40)
-    began = time.perf_counter()
     with pytest.raises(InvalidGrammarError, match="to constrain one token"):
         smol.generate(GenerationRequest(prompt="Question:", sampling=_greedy(30, grammar)))
-    assert time.perf_counter() - began < 10
     after = smol.generate(GenerationRequest(prompt="The capital of France is", sampling=_greedy(4)))
     assert after.text.startswith(" Paris")  # the context goes on serving
     again = smol.submit(GenerationRequest(prompt="Question:", sampling=_greedy(30, grammar)))
