@@ -21,12 +21,16 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import llama_cpp
 import numpy as np
 from llama_cpp.llama_grammar import LlamaGrammar
 
+from altlas.models.errors import InferenceError
+from altlas.models.llama_scheduler import Job, fail_job
 from altlas.models.llama_text import InvalidGrammarError
 
 #: Longest a grammar may take to constrain one token on the caller's probe.
@@ -137,3 +141,53 @@ class GrammarGuard:
             ]
             self._by_length = np.argsort(np.abs(lengths), kind="stable").astype(np.int32)
         return self._by_length
+
+
+class GrammarAdmission:
+    """Lets a grammar request onto a decode loop only once its grammar is admitted.
+
+    A grammar with a verdict is admitted (or refused) at once. One never seen
+    before is probed on this model's own probe thread, one at a time: the
+    caller's thread submits every request of the model, and a probe may take its
+    whole time limit, so a stream of new hostile grammars holds up only requests
+    with new grammars, not everybody's.
+    """
+
+    def __init__(self, guard: GrammarGuard, name: str) -> None:
+        self.guard = guard
+        self._probing = ThreadPoolExecutor(1, thread_name_prefix=f"grammar-{name}")
+        self._waiting: set[Job] = set()  # for their grammar's probe
+        self._lock = threading.Lock()
+
+    def admit(self, job: Job, gbnf: str, queue: Callable[[Job], Future[Any]]) -> None:
+        """Set the job's grammar and ``queue`` it, now or after the probe; or fail its future."""
+        if self.guard.decided(gbnf):
+            self._admit(job, gbnf, queue)
+            return
+        with self._lock:
+            self._waiting.add(job)
+        self._probing.submit(self._admit, job, gbnf, queue)
+
+    def close(self) -> None:
+        """Stop probing; requests still waiting for a probe are answered (nobody waits for ever)."""
+        self._probing.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            for job in self._waiting:
+                fail_job(job, InferenceError("the model was unloaded"))
+            self._waiting.clear()
+
+    def _admit(self, job: Job, gbnf: str, queue: Callable[[Job], Future[Any]]) -> None:
+        with self._lock:
+            self._waiting.discard(job)
+        try:
+            job.grammar, digest = self.guard.check(gbnf)
+            generation = queue(job)
+        except (InvalidGrammarError, InferenceError) as exc:
+            fail_job(job, exc)
+            return
+        generation.add_done_callback(lambda f: self._late_refusal(f, digest))
+
+    def _late_refusal(self, future: Future[Any], digest: bytes) -> None:
+        """A grammar the scheduler stopped for its cost is refused at once next time."""
+        if not future.cancelled() and isinstance(exc := future.exception(), InvalidGrammarError):
+            self.guard.refuse(digest, str(exc))

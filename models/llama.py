@@ -25,24 +25,19 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import llama_cpp
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from altlas.models.errors import GenerationCancelled, InferenceError, InvalidInputError, ModelLoadError
 from altlas.models.gguf_header import GgufFormatError, context_length, read_metadata
-from altlas.models.grammar_guard import GrammarGuard
-from altlas.models.llama_scheduler import Generation, Job, Scheduler, fail_job
+from altlas.models.grammar_guard import GrammarAdmission, GrammarGuard
+from altlas.models.llama_prompt import PromptBuilder
+from altlas.models.llama_scheduler import Generation, Job, Scheduler
 from altlas.models.llama_text import (
-    ChatMessagesError,
     ChatTemplateError,
-    ContextOverflowError,
     GenerationRequest,
     GenerationResult,
-    InvalidGrammarError,
-    PromptBound,
 )
 from altlas.models.registry import ModelSpec
 
@@ -115,13 +110,8 @@ class LlamaRuntime:
         self.metadata: dict[str, Any] = {}
         self._contexts: list[llama_cpp.Llama] = []
         self._schedulers: list[Scheduler] = []
-        self._chat: Jinja2ChatFormatter | None = None
-        self._bound = PromptBound(1, ())
-        self._grammars: GrammarGuard | None = None
-        # Grammars not seen before are probed here, one at a time, off the lane's thread.
-        self._probing: ThreadPoolExecutor | None = None
-        self._probed: set[Job] = set()  # waiting for their grammar's probe
-        self._probe_lock = threading.Lock()
+        self._prompts: PromptBuilder | None = None
+        self._grammars: GrammarAdmission | None = None
 
     # ------------------------------------------------------------ lifecycle
     def load(self) -> None:
@@ -162,10 +152,9 @@ class LlamaRuntime:
         except Exception as exc:  # the batched-decoding context could not be made
             self.unload()
             raise ModelLoadError(f"{self.spec.key}: {exc}") from exc
-        self._chat = self._chat_formatter(self._contexts[0])
-        self._grammars = GrammarGuard(self.spec.key, llama_cpp.llama_model_get_vocab(self._contexts[0].model))
-        self._probing = ThreadPoolExecutor(1, thread_name_prefix=f"grammar-{self.spec.id}")
-        self._bound = _prompt_bound(self._contexts[0])
+        self._prompts = PromptBuilder(self.spec, self._contexts[0], self.n_ctx)
+        vocab = llama_cpp.llama_model_get_vocab(self._contexts[0].model)
+        self._grammars = GrammarAdmission(GrammarGuard(self.spec.key, vocab), self.spec.id)
         log.info(
             "llama.cpp model %s loaded: %d context(s) of %d slot(s) x %d tokens, %d thread(s), %d GPU layers",
             self.spec.key,
@@ -195,28 +184,11 @@ class LlamaRuntime:
             return -1 if gpu_offload_supported() else 0
         return int(value)
 
-    def _chat_formatter(self, llm: llama_cpp.Llama) -> Jinja2ChatFormatter | None:
-        template = self.spec.params.get("chat_template") or llm.metadata.get("tokenizer.chat_template")
-        if not template:
-            return None
-        vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        eos, bos = llm.token_eos(), llm.token_bos()
-        text = llama_cpp.llama_vocab_get_text
-        return Jinja2ChatFormatter(
-            template=str(template),
-            eos_token=text(vocab, eos).decode("utf-8", errors="replace") if eos >= 0 else "",
-            bos_token=text(vocab, bos).decode("utf-8", errors="replace") if bos >= 0 else "",
-        )
-
     def unload(self) -> None:
         """Stop the schedulers and free every context (the model's memory map goes with the last one)."""
-        if self._probing is not None:
-            self._probing.shutdown(wait=True, cancel_futures=True)
-            self._probing = None
-        with self._probe_lock:
-            for job in self._probed:
-                fail_job(job, InferenceError("the model was unloaded"))
-            self._probed.clear()
+        if self._grammars is not None:
+            self._grammars.close()
+            self._grammars = None
         for scheduler in self._schedulers:
             scheduler.close()
         self._schedulers.clear()
@@ -245,21 +217,24 @@ class LlamaRuntime:
     @property
     def has_chat_template(self) -> bool:
         """Whether ``chat`` requests can be served (a template in the GGUF or the registry)."""
-        return self._chat is not None
+        return self._prompts is not None and self._prompts.chat is not None
 
     # ------------------------------------------------------------ inference
     def submit(self, request: GenerationRequest, on_text: Callable[[str], None] | None = None) -> Generation:
         """Queue one request on the least busy context; returns at once.
 
-        Tokenizing and grammar checks run here, on the caller's thread; a
-        request they reject gets a future that already holds the error.
+        Tokenizing runs here, on the caller's thread, and so does the check of a
+        grammar seen before; a request they reject gets a future that already
+        holds the error. A new grammar is probed on the model's probe thread
+        (``GrammarAdmission``), and the request joins a decode loop after it.
         ``cancel()`` or ``stop(reason)`` on the future ends the request within
         one decode step (``stop`` still answers it, with its text so far).
         """
         if not self._schedulers:
             raise RuntimeError(f"{self.spec.key} is not loaded")
         try:
-            tokens = self._checked_tokens(self._contexts[0], request)
+            assert self._prompts is not None
+            tokens = self._prompts.checked(request)
         except _REQUEST_ERRORS as exc:
             failed = Generation()
             failed.set_exception(exc)
@@ -275,13 +250,8 @@ class LlamaRuntime:
         )
         if not s.grammar:
             return self._queue(job)
-        assert self._grammars is not None and self._probing is not None
-        if self._grammars.decided(s.grammar):
-            self._with_grammar(job, s.grammar)
-        else:  # its probe may take its whole time limit: not on this thread, which serves every request
-            with self._probe_lock:
-                self._probed.add(job)
-            self._probing.submit(self._with_grammar, job, s.grammar)
+        assert self._grammars is not None
+        self._grammars.admit(job, s.grammar, self._queue)
         return job.future
 
     def _queue(self, job: Job) -> Generation:
@@ -289,26 +259,6 @@ class LlamaRuntime:
         if not schedulers:
             raise InferenceError("the model was unloaded")
         return min(schedulers, key=lambda sch: sch.load).submit(job)
-
-    def _with_grammar(self, job: Job, gbnf: str) -> None:
-        """Check the job's grammar, then queue it; or answer it with why not."""
-        with self._probe_lock:
-            self._probed.discard(job)
-        assert self._grammars is not None
-        try:
-            job.grammar, digest = self._grammars.check(gbnf)
-            generation = self._queue(job)
-        except (InvalidGrammarError, InferenceError) as exc:
-            fail_job(job, exc)
-            return
-        generation.add_done_callback(lambda f: self._late_refusal(f, digest))
-
-    def _late_refusal(self, future: Future[GenerationResult], digest: bytes) -> None:
-        """A grammar the scheduler stopped for its cost is refused at once next time."""
-        if self._grammars is not None and not future.cancelled():
-            exc = future.exception()
-            if isinstance(exc, InvalidGrammarError):
-                self._grammars.refuse(digest, str(exc))
 
     def predict_batch(self, inputs: Sequence[GenerationRequest]) -> list[Any]:
         """Generate for each request; a failure stays in its slot."""
@@ -329,73 +279,6 @@ class LlamaRuntime:
 
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
         """The tokens a request's prompt (or rendered chat) becomes."""
-        if not self._contexts:
+        if self._prompts is None:
             raise RuntimeError(f"{self.spec.key} is not loaded")
-        return self._tokens(self._contexts[0], request)
-
-    def _tokens(self, llm: llama_cpp.Llama, request: GenerationRequest) -> list[int]:
-        if request.messages is not None:
-            if self._chat is None:
-                raise ChatTemplateError(
-                    f"{self.spec.key} has no chat template (none in the GGUF and no params.chat_template)"
-                )
-            try:
-                rendered = self._chat(messages=list(request.messages))  # type: ignore[arg-type]
-            except ValueError as exc:  # the template's raise_exception: these messages, not the model
-                raise ChatMessagesError(
-                    f"{self.spec.key}: chat template refused the messages: {exc}"
-                ) from exc
-            except Exception as exc:  # a Jinja error: the template itself
-                raise ChatTemplateError(
-                    f"{self.spec.key}: chat template rejected the messages: {exc}"
-                ) from exc
-            text, add_bos = rendered.prompt, not rendered.added_special
-        else:
-            text, add_bos = request.prompt or "", True
-        try:
-            data = text.encode("utf-8")
-        except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a JSON "\\ud800" escape
-            raise InvalidInputError(f"prompt is not valid Unicode: {exc}") from None
-        limit = self.n_ctx - 1
-        if request.max_prompt_tokens is not None:
-            limit = min(limit, request.max_prompt_tokens)
-        if (least := self._bound.min_tokens(text)) > limit:  # before the tokenizer spends seconds on it
-            raise ContextOverflowError(
-                f"prompt is at least {least} tokens; {self.spec.key} takes at most {limit} "
-                f"(context {self.n_ctx}, limits.max_prompt_tokens {request.max_prompt_tokens})"
-            )
-        # special=True: control tokens written in a prompt are parsed, as llama.cpp does.
-        return list(llm.tokenize(data, add_bos=add_bos, special=True))
-
-    def _checked_tokens(self, llm: llama_cpp.Llama, request: GenerationRequest) -> list[int]:
-        """The prompt's tokens, or ContextOverflowError: too long is rejected, never cut."""
-        tokens = self._tokens(llm, request)
-        if len(tokens) >= self.n_ctx:
-            raise ContextOverflowError(
-                f"prompt is {len(tokens)} tokens; {self.spec.key} has a context of {self.n_ctx} tokens "
-                "(and needs room for at least one generated token)"
-            )
-        if request.max_prompt_tokens is not None and len(tokens) > request.max_prompt_tokens:
-            raise ContextOverflowError(
-                f"prompt is {len(tokens)} tokens; the limit is {request.max_prompt_tokens} "
-                "(limits.max_prompt_tokens)"
-            )
-        return tokens
-
-
-def _prompt_bound(llm: llama_cpp.Llama) -> PromptBound:
-    """The vocabulary's longest token and the special-token strings llama.cpp splits prompts at."""
-    vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    special = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
-    special |= llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
-    strip = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
-    longest, specials, strips = 1, [], False
-    buf = ctypes.create_string_buffer(256)
-    for token in range(llama_cpp.llama_vocab_n_tokens(vocab)):
-        # The raw piece: the binding's detokenize drops some (user-defined runs of spaces).
-        longest = max(longest, abs(llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)))
-        attr = llama_cpp.llama_vocab_get_attr(vocab, token)
-        if attr & special:
-            specials.append(llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8", errors="replace"))
-            strips = strips or bool(attr & strip)
-    return PromptBound(longest + 1, specials, strips)  # + 1: a leading space detokenizing may drop
+        return self._prompts.tokens(request)

@@ -107,7 +107,7 @@ def test_the_deployment_prompt_cap_is_applied_before_tokenizing(smol: LlamaRunti
 @pytest.mark.parametrize("prompt", ["<|im_start|>x" * 200, "<|im_end|>" * 510, "a" * 2000, "Hello there"])
 def test_prompts_that_fit_are_tokenized_as_before(smol: LlamaRuntime, prompt: str) -> None:
     tokens = smol._contexts[0].tokenize(prompt.encode(), add_bos=True, special=True)
-    assert smol._bound.min_tokens(prompt) <= len(tokens)
+    assert smol._prompts.bound.min_tokens(prompt) <= len(tokens)
     result = smol.generate(GenerationRequest(prompt=prompt, sampling=_greedy(1)))
     assert result.prompt_tokens == len(tokens)
 
@@ -117,7 +117,7 @@ def test_the_bound_never_exceeds_the_real_count_on_varied_text(smol: LlamaRuntim
     samples.append("\n".join(f"line {i}: <file_sep>{'z' * i}" for i in range(100)))
     for text in samples:
         real = len(smol._contexts[0].tokenize(text.encode(), add_bos=False, special=True))
-        assert smol._bound.min_tokens(text) <= real, text[:40]
+        assert smol._prompts.bound.min_tokens(text) <= real, text[:40]
 
 
 def test_overlapping_special_strings_weaken_the_bound_instead_of_overcounting() -> None:
