@@ -58,6 +58,35 @@ def _greedy(max_tokens: int, grammar: str | None = None) -> Sampling:
     return Sampling(max_tokens=max_tokens, temperature=0.0, grammar=grammar)
 
 
+@pytest.fixture
+def probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per grammar probe run (a probe, not a verdict from memory)."""
+    count: list[int] = []
+    real = GrammarGuard._step_cost
+
+    def counted(self: GrammarGuard, sampler: object) -> float:
+        count.append(1)
+        return real(self, sampler)
+
+    monkeypatch.setattr(GrammarGuard, "_step_cost", counted)
+    return count
+
+
+@pytest.fixture
+def release(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Every grammar probe waits for this event."""
+    event = threading.Event()
+    real = GrammarGuard._step_cost
+
+    def held(self: GrammarGuard, sampler: object) -> float:
+        event.wait(30)
+        return real(self, sampler)
+
+    monkeypatch.setattr(GrammarGuard, "_step_cost", held)
+    yield event
+    event.set()
+
+
 def test_an_ambiguous_grammar_is_refused_before_it_stalls_its_neighbour(
     smol: LlamaRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,17 +131,7 @@ def test_a_grammar_that_turns_costly_later_is_stopped_after_one_slow_step(
         again.result()
 
 
-def test_a_grammar_is_probed_once_and_its_verdict_remembered(
-    smol: LlamaRuntime, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    probes: list[int] = []
-    real = GrammarGuard._step_cost
-
-    def counted(self: GrammarGuard, sampler: object) -> float:
-        probes.append(1)
-        return real(self, sampler)
-
-    monkeypatch.setattr(GrammarGuard, "_step_cost", counted)
+def test_a_grammar_is_probed_once_and_its_verdict_remembered(smol: LlamaRuntime, probes: list[int]) -> None:
     hostile = "root ::= " + _alternatives(41)  # not the grammar of another test: a fresh verdict
     for _ in range(3):
         with pytest.raises(InvalidGrammarError, match="too ambiguous"):
@@ -127,16 +146,8 @@ def test_a_grammar_is_probed_once_and_its_verdict_remembered(
 
 
 def test_a_refusal_for_time_lapses_so_a_slowed_host_locks_no_grammar_out(
-    smol: LlamaRuntime, monkeypatch: pytest.MonkeyPatch
+    smol: LlamaRuntime, probes: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    probes: list[int] = []
-    real = GrammarGuard._step_cost
-
-    def counted(self: GrammarGuard, sampler: object) -> float:
-        probes.append(1)
-        return real(self, sampler)
-
-    monkeypatch.setattr(GrammarGuard, "_step_cost", counted)
     monkeypatch.setattr(grammar_guard, "TIMED_REFUSAL_S", 0.0)
     hostile = "root ::= " + _alternatives(42)
     for _ in range(2):
@@ -197,18 +208,10 @@ def test_parentheses_in_literals_classes_and_comments_do_not_count_as_nesting(sm
 
 
 def test_a_new_grammar_is_probed_off_the_submitting_thread(
-    smol: LlamaRuntime, monkeypatch: pytest.MonkeyPatch
+    smol: LlamaRuntime, release: threading.Event
 ) -> None:
     # The lane submits every request of the model from one thread: a probe there, up to its
     # whole time limit per grammar never seen before, would hold up everybody's requests.
-    release = threading.Event()
-    real = GrammarGuard._step_cost
-
-    def held(self: GrammarGuard, sampler: object) -> float:
-        release.wait(30)
-        return real(self, sampler)
-
-    monkeypatch.setattr(GrammarGuard, "_step_cost", held)
     grammar = 'root ::= "yes" | "no" | "perhaps"'
     probed = smol.submit(GenerationRequest(prompt="Answer:", sampling=_greedy(2, grammar)))
     assert not probed.done()  # submit returned while the probe is held
@@ -220,16 +223,8 @@ def test_a_new_grammar_is_probed_off_the_submitting_thread(
 
 
 def test_unloading_answers_requests_whose_grammar_is_still_being_probed(
-    smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch
+    smollm2_gguf: Path, release: threading.Event
 ) -> None:
-    release = threading.Event()
-    real = GrammarGuard._step_cost
-
-    def held(self: GrammarGuard, sampler: object) -> float:
-        release.wait(30)
-        return real(self, sampler)
-
-    monkeypatch.setattr(GrammarGuard, "_step_cost", held)
     spec = {"id": "u", "tasks": ["text.generate"], "backend": "llama.cpp", "path": str(smollm2_gguf)}
     runtime = LlamaRuntime(ModelRegistry.from_dict({"models": [{**spec, "params": {"n_ctx": 256}}]}).get("u"))
     runtime.load()
