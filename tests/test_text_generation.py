@@ -26,31 +26,16 @@ from altlas.models.llama_text import (
     InvalidGrammarError,
     Sampling,
 )
-from altlas.models.registry import ModelRegistry
 from altlas.pipelines.base import PipelineLimits
 from altlas.pipelines.text_chat import TextChatPipeline
 from altlas.pipelines.text_generation import TextGenerationPipeline
 from altlas.schemas.errors import ErrorCode, InvalidRequestError, PayloadTooLargeError
 from altlas.schemas.types import Record, TextChunk, TextGeneration
+from tests.text_models import loaded_llama
 
 
 def _runtime(path: Path, **params: Any) -> LlamaRuntime:
-    registry = ModelRegistry.from_dict(
-        {
-            "models": [
-                {
-                    "id": "m",
-                    "tasks": ["text.generate", "text.chat"],
-                    "backend": "llama.cpp",
-                    "path": str(path),
-                    "params": params,
-                }
-            ]
-        }
-    )
-    runtime = LlamaRuntime(registry.get("m"))
-    runtime.load()
-    return runtime
+    return loaded_llama(path, **params)
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,10 @@ pytest.importorskip("llama_cpp")
 
 from altlas.models.llama import LlamaRuntime
 from altlas.models.llama_text import ContextOverflowError, GenerationRequest, PromptBound, Sampling
-from altlas.models.registry import ModelRegistry
 from altlas.orchestration.routing.health import MODEL_SIDE, error_code
 from altlas.pipelines.text_chat import TextChatPipeline
 from altlas.schemas.errors import InvalidRequestError
+from tests.text_models import loaded_llama
 
 #: Mistral's template: it refuses roles that do not alternate user/assistant.
 ALTERNATING_TEMPLATE = (
@@ -33,22 +33,7 @@ ALTERNATING_TEMPLATE = (
 
 
 def _runtime(smollm2_gguf: Path, **params: object) -> LlamaRuntime:
-    registry = ModelRegistry.from_dict(
-        {
-            "models": [
-                {
-                    "id": "m",
-                    "tasks": ["text.generate", "text.chat"],
-                    "backend": "llama.cpp",
-                    "path": str(smollm2_gguf),
-                    "params": {"n_ctx": 512, "batch_sequences": 2, "contexts": 1, **params},
-                }
-            ]
-        }
-    )
-    runtime = LlamaRuntime(registry.get("m"))
-    runtime.load()
-    return runtime
+    return loaded_llama(smollm2_gguf, n_ctx=512, batch_sequences=2, contexts=1, **params)
 
 
 @pytest.fixture(scope="module")

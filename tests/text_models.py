@@ -16,8 +16,12 @@ logits over a real tokenizer's ids (see its docstring).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from altlas.models.llama import LlamaRuntime
 
 #: Words of the tiny model's vocabulary (each is one token "▁word").
 WORDS = (  # noqa: SIM905 - a sentence of words reads better than a 100-item literal
@@ -183,3 +187,26 @@ def bag_of_words_classifier(path: Path, tokenizer_json: Path, label_words: dict[
     helper.set_model_props(model, {"labels": "\n".join(labels)})
     path.write_bytes(model.SerializeToString())
     return path
+
+
+def loaded_llama(path: Path, **params: Any) -> LlamaRuntime:
+    """A loaded llama.cpp runtime for ``path`` (id ``m``, generate and chat) with these params."""
+    from altlas.models.llama import LlamaRuntime
+    from altlas.models.registry import ModelRegistry
+
+    registry = ModelRegistry.from_dict(
+        {
+            "models": [
+                {
+                    "id": "m",
+                    "tasks": ["text.generate", "text.chat"],
+                    "backend": "llama.cpp",
+                    "path": str(path),
+                    "params": params,
+                }
+            ]
+        }
+    )
+    runtime = LlamaRuntime(registry.get("m"))
+    runtime.load()
+    return runtime
