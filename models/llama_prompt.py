@@ -23,6 +23,11 @@ from altlas.models.llama_text import (
 )
 from altlas.models.registry import ModelSpec
 
+#: Special-token strings one prompt may hold: llama.cpp's split at them is quadratic in their
+#: number, and it runs on the thread that submits every request of the model. A chat template
+#: writes a few per message, so this allows conversations of a thousand messages and more.
+MAX_SPECIAL_STRINGS = 4096
+
 
 class PromptBuilder:
     """Renders, bounds and tokenizes prompts with the model's own vocabulary (its tiny ``Llama``)."""
@@ -61,6 +66,11 @@ class PromptBuilder:
             raise ContextOverflowError(
                 f"prompt is at least {least} tokens; {self.key} takes at most {limit} "
                 f"(context {self.n_ctx}, limits.max_prompt_tokens {request.max_prompt_tokens})"
+            )
+        if (pieces := self.bound.specials(text)) > MAX_SPECIAL_STRINGS:  # a prompt that fits, still quadratic
+            raise ContextOverflowError(
+                f"prompt holds {pieces} special-token strings; at most {MAX_SPECIAL_STRINGS} "
+                "(tokenizing them takes time that grows with the square of their number)"
             )
         # special=True: control tokens written in a prompt are parsed, as llama.cpp does.
         return list(self.llm.tokenize(data, add_bos=add_bos, special=True))

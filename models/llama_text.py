@@ -63,8 +63,11 @@ class PromptBound:
         by_bytes = math.ceil(len(counted.encode("utf-8")) / self.max_token_bytes)
         if self._specials is None:
             return by_bytes
-        matches = sum(1 for _ in self._specials.finditer(text))
-        return max(by_bytes, math.ceil(matches / self._per_token))
+        return max(by_bytes, math.ceil(self.specials(text) / self._per_token))
+
+    def specials(self, text: str) -> int:
+        """Special-token strings in ``text``, left to right: the tokenizer's split is quadratic in them."""
+        return 0 if self._specials is None else sum(1 for _ in self._specials.finditer(text))
 
 
 def _overlaps(a: str, b: str) -> bool:

@@ -16,6 +16,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
+from altlas.models import llama_prompt
 from altlas.models.llama import LlamaRuntime
 from altlas.models.llama_text import ContextOverflowError, GenerationRequest, PromptBound, Sampling
 from altlas.orchestration.routing.health import MODEL_SIDE, error_code
@@ -138,3 +139,24 @@ def test_messages_the_template_refuses_do_not_count_against_the_model(smollm2_gg
         assert runtime.generate(GenerationRequest(messages=fine, sampling=_greedy(1))).completion_tokens == 1
     finally:
         runtime.unload()
+
+
+@pytest.mark.usefixtures("no_tokenizer")
+def test_a_prompt_that_fits_but_holds_too_many_special_token_strings_is_refused_untokenized(
+    smol: LlamaRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a large context such a prompt fits, and its quadratic split held the lane's thread
+    # for seconds (8,000 strings: about 2 s). The cap is lowered to fit the test's small context.
+    monkeypatch.setattr(llama_prompt, "MAX_SPECIAL_STRINGS", 100)
+    request = GenerationRequest(prompt="<|im_end|>" * 101, sampling=_greedy())
+    with pytest.raises(ContextOverflowError, match="101 special-token strings; at most 100"):
+        smol.generate(request)
+
+
+def test_a_chat_within_the_special_token_cap_is_served(
+    smol: LlamaRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(llama_prompt, "MAX_SPECIAL_STRINGS", 100)
+    messages = tuple({"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(31))
+    result = smol.generate(GenerationRequest(messages=messages, sampling=_greedy(1)))
+    assert result.completion_tokens == 1
