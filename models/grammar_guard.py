@@ -4,7 +4,8 @@ llama.cpp applies a request's grammar to the whole vocabulary at every sampling
 step, and sampling runs on the scheduler's thread between decode steps. An
 ambiguous grammar (repeated optional or overlapping alternatives) can take
 seconds per token there, and every request sharing the context waits. So a
-grammar is parsed and its first step timed on the caller's thread, and what
+grammar is parsed and its first step timed before it reaches a decode loop
+(``GrammarAdmission``: on a probe thread of its own), and what
 was decided is remembered by the grammar's hash: a tenant sending the same
 hostile grammar again is refused at once, and a legitimate grammar sent with
 every request is probed once. A grammar refused later by the scheduler (its
@@ -21,7 +22,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -46,28 +47,33 @@ _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float3
 class GrammarGuard:
     """Parses, probes and remembers grammars for one model's vocabulary (thread-safe)."""
 
-    def __init__(self, key: str, vocab: Any) -> None:
+    def __init__(self, key: str, vocab: Any, lengths: Sequence[int]) -> None:
         self.key = key  # the model's, for error messages
         self.vocab = vocab
         # refusal reason (None when fine), and when a timed refusal lapses (None: never)
         self._verdicts: OrderedDict[bytes, tuple[str | None, float | None]] = OrderedDict()
         self._lock = threading.Lock()
-        self._by_length: np.ndarray[Any, np.dtype[np.int32]] | None = None  # token ids, shortest piece first
+        # token ids, shortest piece first (``lengths``: each token's piece in bytes)
+        self._by_length = np.argsort(np.asarray(lengths), kind="stable").astype(np.int32)
 
-    def decided(self, gbnf: str) -> bool:
+    @staticmethod
+    def digest(gbnf: str) -> bytes:
+        """What a grammar's verdict is remembered by."""
+        return hashlib.sha256(gbnf.encode("utf-8")).digest()
+
+    def decided(self, digest: bytes) -> bool:
         """Whether ``check`` would answer from memory, without probing (so at once)."""
-        return self._known(hashlib.sha256(gbnf.encode("utf-8")).digest())[0]
+        return self._known(digest)[0]
 
-    def check(self, gbnf: str) -> tuple[LlamaGrammar, bytes]:
-        """The grammar, and its hash for ``refuse``; InvalidGrammarError when refused now or before."""
-        digest = hashlib.sha256(gbnf.encode("utf-8")).digest()
+    def check(self, gbnf: str, digest: bytes) -> LlamaGrammar:
+        """The grammar (``digest``: its ``digest``); InvalidGrammarError when refused now or before."""
         known, why = self._known(digest)
         if not known:
             why, timed = self._verdict(gbnf)
             self._remember(digest, why, timed)
         if why is not None:
             raise InvalidGrammarError(why)
-        return LlamaGrammar.from_string(gbnf, verbose=False), digest
+        return LlamaGrammar.from_string(gbnf, verbose=False)
 
     def refuse(self, digest: bytes, why: str) -> None:
         """Remember a grammar the scheduler stopped: the next request with it is refused at once."""
@@ -116,7 +122,7 @@ class GrammarGuard:
         an ambiguous grammar costs more the longer the piece, and the probe stops
         at the first chunk that takes it past the limit.
         """
-        ids = self._token_order()
+        ids = self._by_length
         candidates = np.zeros(len(ids), dtype=_TOKEN_DATA)
         candidates["id"] = ids
         start, size, spent = 0, 16, 0.0
@@ -131,16 +137,6 @@ class GrammarGuard:
             spent += time.perf_counter() - began
             start, size = start + n, min(size * 2, 256)
         return spent
-
-    def _token_order(self) -> np.ndarray[Any, np.dtype[np.int32]]:
-        if self._by_length is None:
-            buf = ctypes.create_string_buffer(256)
-            n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
-            lengths = [
-                llama_cpp.llama_token_to_piece(self.vocab, t, buf, len(buf), 0, True) for t in range(n_vocab)
-            ]
-            self._by_length = np.argsort(np.abs(lengths), kind="stable").astype(np.int32)
-        return self._by_length
 
 
 class GrammarAdmission:
@@ -161,12 +157,13 @@ class GrammarAdmission:
 
     def admit(self, job: Job, gbnf: str, queue: Callable[[Job], Future[Any]]) -> None:
         """Set the job's grammar and ``queue`` it, now or after the probe; or fail its future."""
-        if self.guard.decided(gbnf):
-            self._admit(job, gbnf, queue)
+        digest = self.guard.digest(gbnf)
+        if self.guard.decided(digest):
+            self._admit(job, gbnf, digest, queue)
             return
         with self._lock:
             self._waiting.add(job)
-        self._probing.submit(self._admit, job, gbnf, queue)
+        self._probing.submit(self._admit, job, gbnf, digest, queue)
 
     def close(self) -> None:
         """Stop probing; requests still waiting for a probe are answered (nobody waits for ever)."""
@@ -176,11 +173,11 @@ class GrammarAdmission:
                 fail_job(job, InferenceError("the model was unloaded"))
             self._waiting.clear()
 
-    def _admit(self, job: Job, gbnf: str, queue: Callable[[Job], Future[Any]]) -> None:
+    def _admit(self, job: Job, gbnf: str, digest: bytes, queue: Callable[[Job], Future[Any]]) -> None:
         with self._lock:
             self._waiting.discard(job)
         try:
-            job.grammar, digest = self.guard.check(gbnf)
+            job.grammar = self.guard.check(gbnf, digest)
             generation = queue(job)
         except (InvalidGrammarError, InferenceError) as exc:
             fail_job(job, exc)

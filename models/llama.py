@@ -32,7 +32,7 @@ import llama_cpp
 from altlas.models.errors import GenerationCancelled, InferenceError, InvalidInputError, ModelLoadError
 from altlas.models.gguf_header import GgufFormatError, context_length, read_metadata
 from altlas.models.grammar_guard import GrammarAdmission, GrammarGuard
-from altlas.models.llama_prompt import PromptBuilder
+from altlas.models.llama_prompt import PromptBuilder, piece_lengths
 from altlas.models.llama_scheduler import Generation, Job, Scheduler
 from altlas.models.llama_text import (
     ChatTemplateError,
@@ -152,9 +152,10 @@ class LlamaRuntime:
         except Exception as exc:  # the batched-decoding context could not be made
             self.unload()
             raise ModelLoadError(f"{self.spec.key}: {exc}") from exc
-        self._prompts = PromptBuilder(self.spec, self._contexts[0], self.n_ctx)
         vocab = llama_cpp.llama_model_get_vocab(self._contexts[0].model)
-        self._grammars = GrammarAdmission(GrammarGuard(self.spec.key, vocab), self.spec.id)
+        lengths = piece_lengths(vocab)  # one pass over the vocabulary, for both
+        self._prompts = PromptBuilder(self.spec, self._contexts[0], self.n_ctx, lengths)
+        self._grammars = GrammarAdmission(GrammarGuard(self.spec.key, vocab, lengths), self.spec.id)
         log.info(
             "llama.cpp model %s loaded: %d context(s) of %d slot(s) x %d tokens, %d thread(s), %d GPU layers",
             self.spec.key,

@@ -9,6 +9,8 @@ takes time quadratic in the number of special-token strings (``PromptBound``).
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
+from typing import Any
 
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -32,12 +34,12 @@ MAX_SPECIAL_STRINGS = 4096
 class PromptBuilder:
     """Renders, bounds and tokenizes prompts with the model's own vocabulary (its tiny ``Llama``)."""
 
-    def __init__(self, spec: ModelSpec, llm: llama_cpp.Llama, n_ctx: int) -> None:
+    def __init__(self, spec: ModelSpec, llm: llama_cpp.Llama, n_ctx: int, lengths: Sequence[int]) -> None:
         self.key = spec.key
         self.llm = llm
         self.n_ctx = n_ctx
         self.chat = chat_formatter(spec, llm)
-        self.bound = prompt_bound(llm)
+        self.bound = prompt_bound(llm, lengths)
 
     def tokens(self, request: GenerationRequest) -> list[int]:
         """The tokens the request's prompt (or rendered chat) becomes; refused when it cannot fit."""
@@ -62,12 +64,13 @@ class PromptBuilder:
         limit = self.n_ctx - 1
         if request.max_prompt_tokens is not None:
             limit = min(limit, request.max_prompt_tokens)
-        if (least := self.bound.min_tokens(text)) > limit:  # before the tokenizer spends seconds on it
+        pieces = self.bound.specials(text)  # one pass over the text serves both checks
+        if (least := self.bound.min_tokens(text, pieces)) > limit:  # before the tokenizer spends seconds
             raise ContextOverflowError(
                 f"prompt is at least {least} tokens; {self.key} takes at most {limit} "
                 f"(context {self.n_ctx}, limits.max_prompt_tokens {request.max_prompt_tokens})"
             )
-        if (pieces := self.bound.specials(text)) > MAX_SPECIAL_STRINGS:  # a prompt that fits, still quadratic
+        if pieces > MAX_SPECIAL_STRINGS:  # a prompt that fits, still quadratic
             raise ContextOverflowError(
                 f"prompt holds {pieces} special-token strings; at most {MAX_SPECIAL_STRINGS} "
                 "(tokenizing them takes time that grows with the square of their number)"
@@ -106,19 +109,29 @@ def chat_formatter(spec: ModelSpec, llm: llama_cpp.Llama) -> Jinja2ChatFormatter
     )
 
 
-def prompt_bound(llm: llama_cpp.Llama) -> PromptBound:
+def piece_lengths(vocab: Any) -> list[int]:
+    """Each token's raw piece in bytes, by token id (the binding's detokenize drops some pieces).
+
+    Read once per model: the prompt bound takes the longest, the grammar probe
+    orders the vocabulary by them.
+    """
+    buf = ctypes.create_string_buffer(256)
+    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+    piece = llama_cpp.llama_token_to_piece
+    return [abs(piece(vocab, token, buf, len(buf), 0, True)) for token in range(n_vocab)]
+
+
+def prompt_bound(llm: llama_cpp.Llama, lengths: Sequence[int]) -> PromptBound:
     """The vocabulary's longest token and the special-token strings llama.cpp splits prompts at."""
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     special = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
     special |= llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
     strip = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
-    longest, specials, strips = 1, [], False
-    buf = ctypes.create_string_buffer(256)
-    for token in range(llama_cpp.llama_vocab_n_tokens(vocab)):
-        # The raw piece: the binding's detokenize drops some (user-defined runs of spaces).
-        longest = max(longest, abs(llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)))
+    specials, strips = [], False
+    for token in range(len(lengths)):
         attr = llama_cpp.llama_vocab_get_attr(vocab, token)
         if attr & special:
             specials.append(llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8", errors="replace"))
             strips = strips or bool(attr & strip)
+    longest = max(1, max(lengths, default=1))
     return PromptBound(longest + 1, specials, strips)  # + 1: a leading space detokenizing may drop

@@ -57,13 +57,17 @@ class PromptBound:
         overlap_free = all(not _overlaps(a, b) for a in texts for b in texts)
         self._per_token = 1 if overlap_free or not texts else (len(texts[0]) - 1) // len(texts[-1]) + 2
 
-    def min_tokens(self, text: str) -> int:
-        """At most as many tokens as ``text`` really becomes (BOS not counted)."""
+    def min_tokens(self, text: str, specials: int | None = None) -> int:
+        """At most as many tokens as ``text`` really becomes (BOS not counted).
+
+        ``specials``: ``self.specials(text)``, when the caller has counted them already.
+        """
         counted = re.sub(r"\s+", "", text) if self._strips else text
         by_bytes = math.ceil(len(counted.encode("utf-8")) / self.max_token_bytes)
         if self._specials is None:
             return by_bytes
-        return max(by_bytes, math.ceil(self.specials(text) / self._per_token))
+        found = self.specials(text) if specials is None else specials
+        return max(by_bytes, math.ceil(found / self._per_token))
 
     def specials(self, text: str) -> int:
         """Special-token strings in ``text``, left to right: the tokenizer's split is quadratic in them."""
