@@ -149,6 +149,16 @@ def smol_entry(model: Path, params: dict[str, Any], **extra: Any) -> dict[str, A
     }
 
 
+def scheduler_params(args: argparse.Namespace, slots: int) -> dict[str, Any]:
+    """altlas's llama.cpp params, the same over Kafka and in process."""
+    return {
+        "n_ctx": args.n_ctx,
+        "n_threads": args.threads,
+        "batch_sequences": slots,
+        "flash_attn": args.flash,
+    }
+
+
 async def drive(reqs: list[Req], in_flight: int, one: Callable[[Req], Awaitable[tuple[str, float]]]) -> Run:
     """Send on the arrival schedule, at most ``in_flight`` outstanding; TTFT from the send."""
     gate = asyncio.Semaphore(in_flight)
@@ -234,12 +244,7 @@ async def altlas_side(
     from altlas.schemas.types import ResultStatus, TextGeneration, TextResult
     from bench.common import broker
 
-    params = {
-        "n_ctx": args.n_ctx,
-        "n_threads": args.threads,
-        "batch_sequences": slots,
-        "flash_attn": args.flash,
-    }
+    params = scheduler_params(args, slots)
     # Queueing is measured, not cut off by the default time budget.
     entry = smol_entry(model, params, metadata={"timeout_s": 900})
     with tempfile.TemporaryDirectory() as tmp, broker() as bootstrap:
@@ -333,12 +338,7 @@ async def in_process_side(
     from altlas.models.llama_text import GenerationRequest, Sampling
     from altlas.models.registry import ModelRegistry
 
-    params = {
-        "n_ctx": args.n_ctx,
-        "n_threads": args.threads,
-        "batch_sequences": slots,
-        "flash_attn": args.flash,
-    }
+    params = scheduler_params(args, slots)
     runtime = LlamaRuntime(ModelRegistry.from_dict({"models": [smol_entry(model, params)]}).get("smol"))
     runtime.load()
 
