@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,17 +58,22 @@ def _greedy(max_tokens: int, grammar: str | None = None) -> Sampling:
     return Sampling(max_tokens=max_tokens, temperature=0.0, grammar=grammar)
 
 
-@pytest.fixture
-def probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """One entry per grammar probe run (a probe, not a verdict from memory)."""
-    count: list[int] = []
+def _before_each_probe(monkeypatch: pytest.MonkeyPatch, before: Callable[[], object]) -> None:
+    """Run ``before`` ahead of every grammar probe (a probe, not a verdict from memory)."""
     real = GrammarGuard._step_cost
 
-    def counted(self: GrammarGuard, sampler: object) -> float:
-        count.append(1)
+    def wrapped(self: GrammarGuard, sampler: object) -> float:
+        before()
         return real(self, sampler)
 
-    monkeypatch.setattr(GrammarGuard, "_step_cost", counted)
+    monkeypatch.setattr(GrammarGuard, "_step_cost", wrapped)
+
+
+@pytest.fixture
+def probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per grammar probe run."""
+    count: list[int] = []
+    _before_each_probe(monkeypatch, lambda: count.append(1))
     return count
 
 
@@ -76,13 +81,7 @@ def probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def release(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """Every grammar probe waits for this event."""
     event = threading.Event()
-    real = GrammarGuard._step_cost
-
-    def held(self: GrammarGuard, sampler: object) -> float:
-        event.wait(30)
-        return real(self, sampler)
-
-    monkeypatch.setattr(GrammarGuard, "_step_cost", held)
+    _before_each_probe(monkeypatch, lambda: event.wait(30))
     yield event
     event.set()
 
