@@ -27,22 +27,14 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import OutOfOrderSequenceNumber, ProducerClosed, RecordTooLargeError, UnknownProducerId
 
 from altlas.producers.partitioner import KeyPartitioner
-from altlas.producers.refusals import (
-    TIMED_OUT,
-    TOPIC_TIMED_OUT,
-    UNKNOWN_TOPIC,
-    Fate,
-    Refusal,
-    Refusals,
-    Verdict,
-    verdict,
-)
+from altlas.producers.refusals import UNKNOWN_TOPIC, Fate, Refusal, Refusals, verdict
+from altlas.producers.send_failures import PermanentSendError, SendFailures
 from altlas.producers.side_chains import SideChains
 from altlas.producers.swap import ReplaceableProducer
 from altlas.producers.topic_limits import TopicLimits
@@ -52,6 +44,8 @@ from altlas.schemas.types import Record
 
 log = logging.getLogger(__name__)
 
+__all__ = ["OutboundMessage", "PermanentSendError", "ProducerConfig", "Publisher", "record_size"]
+
 
 class OutboundMessage(NamedTuple):
     """A record to produce (a NamedTuple: one is built per answer, like InboundRecord)."""
@@ -60,14 +54,6 @@ class OutboundMessage(NamedTuple):
     value: bytes
     key: bytes | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
-
-
-class PermanentSendError(Exception):
-    """A message the broker will never accept as it is; ``code`` is what its error result says."""
-
-    def __init__(self, message: str, *, code: ErrorCode = ErrorCode.PUBLISH_REFUSED) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -120,7 +106,7 @@ class Publisher:
             max_backoff_s=cfg.max_retry_backoff_s,
         )
         self._chains = SideChains(self.producers, cfg.metadata_timeout_s)
-        self._timeouts: dict[str, int] = {}  # sends given up per topic, towards refusing the topic
+        self._failures = SendFailures(self.producers, self.refusals, self.patient_topics)
 
     async def start(self) -> None:
         """Connect (retrying while the broker is not reachable yet)."""
@@ -206,15 +192,15 @@ class Publisher:
                 return await asyncio.wait_for(asyncio.shield(future), remaining)
             except TimeoutError:
                 if not future.done():  # our time limit ran out, not the send's own error
-                    self._refuse(msg, self._expired(msg), "not acknowledged in time")
+                    self._failures.expire(msg, "not acknowledged in time")
                 exc = future.exception() or TimeoutError()
             except Exception as caught:
                 exc = caught
             if self.producers.closing:
                 raise exc
-            await self._judge(msg, future, exc, patient)
+            await self._failures.judge(msg, future, exc)
             if deadline is not None and loop.time() >= deadline:
-                self._refuse(msg, self._expired(msg), f"still failing after the time limit: {exc}")
+                self._failures.expire(msg, f"still failing after the time limit: {exc}")
             if not isinstance(exc, OutOfOrderSequenceNumber | UnknownProducerId):  # those resend at once
                 log.warning("send to %s failed (%s); retrying in %.1fs", msg.topic, exc, backoff)
                 await asyncio.sleep(backoff)
@@ -230,45 +216,6 @@ class Publisher:
                     raise  # else replaced between the check and the send: again, on the new one
             except Exception as raised:
                 return _failed(raised)  # raised at send time (e.g. too large): judged like the rest
-
-    async def _judge(
-        self, msg: OutboundMessage, future: asyncio.Future[Any], exc: BaseException, patient: bool
-    ) -> None:
-        """Act on a failure: replace a broken producer, raise a refusal; return to retry."""
-        judged = verdict(exc) if not isinstance(exc, ProducerClosed) else Verdict(Fate.RETRY)
-        born = self.producers.born(future)
-        if judged.fate is Fate.REFUSED and patient and judged.topic_wide:
-            log.error("altlas cannot write its own topic %s (%s); retrying", msg.topic, exc)
-        elif judged.fate is Fate.REFUSED:
-            if born is not None:  # the broker refused a batch: its sequence number is spent
-                await self.producers.replace(born, f"broker refused a batch ({type(exc).__name__})")
-            self._refuse(msg, judged, f"{type(exc).__name__}: {exc}")
-        elif judged.fate is Fate.REPLACE_PRODUCER:
-            await self.producers.replace(
-                born if born is not None else self.producers.generation, type(exc).__name__
-            )
-
-    def _expired(self, msg: OutboundMessage) -> Verdict:
-        """What a message whose time ran out is refused as.
-
-        Its whole topic when no partition of it is known, or when it has run
-        out of time again and again (a topic that never acknowledges would
-        otherwise cost the time limit once per request id); else that message.
-        """
-        if not self.producers.knows(msg.topic):
-            return UNKNOWN_TOPIC
-        strikes = self._timeouts.get(msg.topic, 0) + 1
-        self._timeouts[msg.topic] = strikes
-        if len(self._timeouts) > 10_000:
-            self._timeouts.clear()
-        return TOPIC_TIMED_OUT if strikes >= 3 else TIMED_OUT
-
-    def _refuse(self, msg: OutboundMessage, judged: Verdict, reason: str) -> NoReturn:
-        if msg.topic not in self.patient_topics:
-            self.refusals.refuse(msg.topic, msg.key, judged, reason)
-            if judged.topic_wide:
-                self.producers.forget_topic(msg.topic)
-        raise PermanentSendError(f"{msg.topic}: {reason}", code=judged.code)
 
     def clear(self, msg: OutboundMessage) -> bool:
         """Whether ``msg`` can be sent as far as is known now, with nothing to wait for."""
