@@ -13,7 +13,7 @@ all of it. Here one thread per context owns the slots and, at every step:
    ``_admissible`` and ``_place``);
 3. decodes one token of every generating sequence (one ``llama_decode``),
    then a chunk of every joining prompt, up to ``n_batch`` tokens in all,
-   shared equally (see ``_prompt_shares``), so a long prompt never freezes
+   shared equally (see ``Decoder._prompt_shares``), so a long prompt never freezes
    the others for more than one step nor holds a short one back;
 4. samples every sequence that got logits; finished ones leave at once.
 
@@ -43,7 +43,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,7 +146,12 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class Scheduler:
-    """A llama.cpp context with ``n_slots`` generating sequences, fed by a queue."""
+    """A llama.cpp context with ``n_slots`` generating sequences, fed by a queue.
+
+    Who runs, and in which slot, is decided here; what a step computes for
+    them is its ``Decoder``'s, so admission and KV reuse read apart from the
+    batch layout and sampling they never depend on.
+    """
 
     def __init__(
         self, llm: llama_cpp.Llama, n_slots: int, n_cached: int, n_ctx_seq: int, n_batch: int, reuse: bool
@@ -167,8 +172,7 @@ class Scheduler:
         #: KV cells of one slot's stream, as llama.cpp made it: what admission checks against.
         self.cells_per_slot = int(llama_cpp.llama_n_ctx_seq(self.ctx))
         self.mem = llama_cpp.llama_get_memory(self.ctx)
-        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self.decoder = Decoder(llm, self.ctx, self.n_batch)
         self.slots = [_Slot(seq) for seq in range(n_seq)]
         self.running: list[Job] = []  # admission order: prompt chunks go oldest first
         self.waiting: deque[Job] = deque()
@@ -203,7 +207,7 @@ class Scheduler:
             fail_job(job, InferenceError("the model was unloaded"))
         self.running.clear()
         self.waiting.clear()
-        llama_cpp.llama_batch_free(self.batch)
+        self.decoder.close()
         llama_cpp.llama_free(self.ctx)
 
     # ------------------------------------------------------------ the loop (its own thread)
@@ -265,30 +269,19 @@ class Scheduler:
             fail_job(job, GenerationCancelled("the request's time budget ran out before it started"))
             return
         job.started = time.perf_counter()
-        s = job.sampling
-        self.llm.set_seed(s.seed if s.seed is not None else random.SystemRandom().randrange(2**32))
-        # The binding's own chain builder, so sampling means what it means in Llama.generate.
-        job.sampler = self.llm._init_sampler(
-            top_k=s.top_k,
-            top_p=s.top_p,
-            min_p=s.min_p,
-            temp=s.temperature,
-            repeat_penalty=s.repeat_penalty,
-            grammar=job.grammar,
-        )
-        job.text = TextAssembler(s.stop)
+        self.decoder.start(job)
         self._place(job)
         self.running.append(job)
 
     def _place(self, job: Job) -> None:
         """Give the job a free slot, with the longest cached prefix of its prompt already in it."""
-        tokens, cap = job.tokens, max(0, len(job.tokens) - 2)  # evaluate >= 2 tokens (see _step)
+        tokens, cap = job.tokens, max(0, len(job.tokens) - 2)  # evaluate >= 2 tokens (see Decoder)
 
         def match(slot: _Slot) -> int:
             return min(common_prefix(slot.cached, tokens), cap) if self.reuse else 0
 
         free = [slot for slot in self.slots if slot.job is None]
-        # Ties go to the lowest seq id, which keeps running seq ids consecutive (see _step);
+        # Ties go to the lowest seq id, which keeps running seq ids consecutive (see Decoder);
         # with nothing to reuse, the least recently used slot's cells go.
         slot = max(free, key=lambda s: (match(s), -s.seq))
         if match(slot) == 0:
@@ -311,27 +304,91 @@ class Scheduler:
                     job.future.stop_reason if job.future.stop_requested else "past the request's time budget"
                 )
                 self._leave(job, GenerationCancelled(f"stopped after {job.produced} tokens, {why}"))
+        for job, outcome in self.decoder.step(self.running):
+            self._leave(job, outcome)
+
+    def _leave(self, job: Job, outcome: GenerationResult | Exception) -> None:
+        """Free the job's slot now (its cells stay, for reuse) and answer it."""
+        self.running.remove(job)
+        job.sampler = None  # frees the chain
+        if job.slot is not None:
+            self._clock += 1
+            job.slot.job, job.slot.last_used, job.slot = None, self._clock, None
+        if isinstance(outcome, Exception):
+            if isinstance(outcome, GenerationCancelled):
+                outcome.partial_text, outcome.completion_tokens = job.text.text, job.produced
+            fail_job(job, outcome)
+        elif not job.future.done():
+            job.future.set_result(outcome)
+
+
+class Decoder:
+    """One step for the running jobs: their tokens through ``llama_decode``, then their logits sampled.
+
+    The scheduler decides who runs; this side owns how a step's ``n_batch``
+    tokens are cut into decode calls (and the batch buffer they are written
+    to) and what a sampled token does to its request. It hands each finished
+    job back as soon as it is sampled, so that job is answered, and its slot
+    free, before the step's next decode call runs.
+    """
+
+    def __init__(self, llm: llama_cpp.Llama, ctx: Any, n_batch: int) -> None:
+        self.llm = llm
+        self.ctx = ctx
+        self.n_batch = n_batch
+        self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
+
+    def close(self) -> None:
+        """Free the batch buffer (the context is the scheduler's)."""
+        llama_cpp.llama_batch_free(self.batch)
+
+    def start(self, job: Job) -> None:
+        """Give a job taking a slot its sampler chain and its text assembler."""
+        s = job.sampling
+        self.llm.set_seed(s.seed if s.seed is not None else random.SystemRandom().randrange(2**32))
+        # The binding's own chain builder, so sampling means what it means in Llama.generate.
+        job.sampler = self.llm._init_sampler(
+            top_k=s.top_k,
+            top_p=s.top_p,
+            min_p=s.min_p,
+            temp=s.temperature,
+            repeat_penalty=s.repeat_penalty,
+            grammar=job.grammar,
+        )
+        job.text = TextAssembler(s.stop)
+
+    def step(self, running: list[Job]) -> Iterator[tuple[Job, GenerationResult | Exception]]:
+        """Decode one step of ``running``; yield each job that ended, with its outcome, as it ends.
+
+        The step's calls are planned from ``running`` before the first one runs, so
+        the caller may remove a yielded job from it before asking for the next.
+        """
+        for entries in self._calls(running):
+            self._decode(entries)
+            for i, (job, _, logits) in enumerate(entries):
+                if logits and (outcome := self._sample(job, i)) is not None:
+                    yield job, outcome
+
+    def _calls(self, running: list[Job]) -> list[list[tuple[Job, int, bool]]]:
         # One decode call for a token of every generating sequence, one per prompt chunk:
         # llama.cpp splits a multi-stream batch into "equal" micro-batches, and a prompt
         # chunk split that way beside other sequences does not give the KV it gives alone.
         calls: list[list[tuple[Job, int, bool]]] = []  # (job, token, wants logits)
         # By seq id: llama.cpp puts only consecutive seq ids in one micro-batch (one weights pass).
-        done = sorted((job for job in self.running if job.evaluated == len(job.tokens)), key=_seq)
+        done = sorted((job for job in running if job.evaluated == len(job.tokens)), key=_seq)
         generating = [(job, job.next_token, True) for job in done]
         if generating:
             calls.append(generating)
         budget = self.n_batch - len(generating)
-        for job, take in self._prompt_shares(budget):
+        for job, take in self._prompt_shares(running, budget):
             chunk = job.tokens[job.evaluated : job.evaluated + take]
             last = job.evaluated + take == len(job.tokens)
             calls.append([(job, token, False) for token in chunk[:-1]] + [(job, chunk[-1], last)])
-        for entries in calls:
-            self._decode(entries)
-            for i, (job, _, logits) in enumerate(entries):
-                if logits:
-                    self._sample(job, i)
+        return calls
 
-    def _prompt_shares(self, budget: int) -> list[tuple[Job, int]]:
+    @staticmethod
+    def _prompt_shares(running: list[Job], budget: int) -> list[tuple[Job, int]]:
         """Prompt tokens each joining sequence evaluates this step.
 
         The budget is shared equally, the rest goes oldest first: a short prompt
@@ -339,7 +396,7 @@ class Scheduler:
         prompt: llama.cpp sums attention in another order for a lone token, and
         the text could then differ from the request's evaluation alone.
         """
-        joining = [job for job in self.running if job.evaluated < len(job.tokens)]
+        joining = [job for job in running if job.evaluated < len(job.tokens)]
         if not joining or budget <= 0:
             return []
         share = max(2, budget // len(joining))
@@ -378,58 +435,41 @@ class Scheduler:
         if status != 0:
             raise InferenceError(f"llama_decode failed with status {status} in batched decoding")
 
-    def _sample(self, job: Job, index: int) -> None:
+    def _sample(self, job: Job, index: int) -> GenerationResult | Exception | None:
+        """Sample the job's next token; its outcome if that ended it, else None."""
         began = time.perf_counter()
         token = llama_cpp.llama_sampler_sample(job.sampler.sampler, self.ctx, index)
         if job.grammar is not None and (spent := time.perf_counter() - began) > MAX_GRAMMAR_STEP_S:
             why = f"the grammar took {spent:.1f}s to constrain one token; at most {MAX_GRAMMAR_STEP_S}s"
-            self._leave(job, InvalidGrammarError(why))
-            return
+            return InvalidGrammarError(why)
         if job.first_token is None:
             job.first_token = time.perf_counter()
         if llama_cpp.llama_vocab_is_eog(self.vocab, token):
-            self._finish(job, "stop")
-            return
+            return self._finish(job, "stop")
         job.produced += 1
         hit = job.text.feed(self.llm.detokenize([token]))
         if job.on_text is not None and (chunk := job.text.ready()):
             job.on_text(chunk)
         if hit:
-            self._finish(job, "stop")
-        elif job.produced >= job.max_tokens:
-            self._finish(job, "length")
-        else:
-            job.next_token = token
+            return self._finish(job, "stop")
+        if job.produced >= job.max_tokens:
+            return self._finish(job, "length")
+        job.next_token = token
+        return None
 
-    def _finish(self, job: Job, reason: str) -> None:
+    @staticmethod
+    def _finish(job: Job, reason: str) -> GenerationResult:
         if job.on_text is not None and (chunk := job.text.rest()):
             job.on_text(chunk)
-        self._leave(
-            job,
-            GenerationResult(
-                text=job.text.text,
-                finish_reason=reason,
-                prompt_tokens=len(job.tokens),
-                completion_tokens=job.produced,
-                seconds=time.perf_counter() - job.started,
-                first_token_seconds=(job.first_token or time.perf_counter()) - job.submitted,
-                cached_prompt_tokens=job.reused,
-            ),
+        return GenerationResult(
+            text=job.text.text,
+            finish_reason=reason,
+            prompt_tokens=len(job.tokens),
+            completion_tokens=job.produced,
+            seconds=time.perf_counter() - job.started,
+            first_token_seconds=(job.first_token or time.perf_counter()) - job.submitted,
+            cached_prompt_tokens=job.reused,
         )
-
-    def _leave(self, job: Job, outcome: GenerationResult | Exception) -> None:
-        """Free the job's slot now (its cells stay, for reuse) and answer it."""
-        self.running.remove(job)
-        job.sampler = None  # frees the chain
-        if job.slot is not None:
-            self._clock += 1
-            job.slot.job, job.slot.last_used, job.slot = None, self._clock, None
-        if isinstance(outcome, Exception):
-            if isinstance(outcome, GenerationCancelled):
-                outcome.partial_text, outcome.completion_tokens = job.text.text, job.produced
-            fail_job(job, outcome)
-        elif not job.future.done():
-            job.future.set_result(outcome)
 
 
 def _seq(job: Job) -> int:
