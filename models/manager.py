@@ -4,7 +4,10 @@ Loading is slow and memory is finite, so the manager owns every loaded model:
 one load per model even when many batches ask at once, a reference count while
 batches run (a model in use is never unloaded under them), and least-recently
 used eviction of idle models when a new one would not fit the budget. Every
-change is reported as a ``ModelEvent``; orchestration publishes them.
+change is reported as a ``ModelEvent``; orchestration publishes them. How a
+model fits, which one is evicted, and the loading itself are ``Residency``'s
+(``models/residency.py``); the manager decides when, and keeps what every batch
+touches (use counts, leak charges) here, in one module.
 
 It also watches for leaks. A runtime cannot report memory it leaks, so the
 manager measures the process's resident memory around every batch and charges
@@ -22,59 +25,18 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import psutil
 
-from altlas.models.errors import ModelBudgetError, ModelError, ModelLoadError
+from altlas.models.errors import ModelError
 from altlas.models.registry import ModelRegistry, ModelSpec
+from altlas.models.residency import ModelEvent as ModelEvent
+from altlas.models.residency import ModelSlot, Residency
 from altlas.models.runtime import ModelRuntime, create_runtime
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelEvent:
-    """A change of one model's state in this process."""
-
-    model_id: str
-    model_version: str
-    state: str  # a ModelState value: loading, ready, unloaded, evicted, failed
-    memory_bytes: int = 0
-    load_ms: float | None = None
-    message: str = ""
-    command_id: str | None = None
-
-
-@dataclass
-class _Entry:
-    spec: ModelSpec
-    runtime: ModelRuntime | None = None
-    state: str = "unloaded"
-    in_use: int = 0
-    last_used: float = 0.0
-    memory: int = 0
-    load_ms: float | None = None
-    message: str = ""
-    growth: int = 0  # resident memory gained during this model's batches since it loaded
-    batches: int = 0
-    restart_reason: str | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-def estimate_bytes(spec: ModelSpec) -> int:
-    """Memory a model will take, before loading it: declared, else its files' size."""
-    if spec.metadata.memory_mb is not None:
-        return int(spec.metadata.memory_mb * 1024 * 1024)
-    path = spec.path
-    if path is None or not path.exists():
-        return 0
-    if path.is_dir():
-        return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-    return path.stat().st_size
 
 
 class ModelManager:
@@ -94,36 +56,52 @@ class ModelManager:
         max_growth_bytes: int | None = None,
     ) -> None:
         self.registry = registry
-        self.memory_budget = memory_budget_bytes
-        self._listener = listener
-        self._factory = runtime_factory
-        self._loader = loader or ThreadPoolExecutor(max_workers=2, thread_name_prefix="model-load")
-        self._pinned = pinned or (lambda key: False)
-        self._wait_for_room_s = wait_for_room_s
-        if eviction not in ("cost", "lru"):
-            raise ValueError(f"eviction policy must be cost or lru, got {eviction!r}")
-        self.eviction = eviction
         self.max_growth = max_growth_bytes
         self._process = psutil.Process()
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, ModelSlot] = {}
         self._released = asyncio.Condition()
+        self._residency = Residency(
+            self._entries,
+            self._released,
+            memory_budget_bytes=memory_budget_bytes,
+            listener=listener,
+            runtime_factory=runtime_factory,
+            loader=loader,
+            pinned=pinned,
+            wait_for_room_s=wait_for_room_s,
+            eviction=eviction,
+        )
 
     # ------------------------------------------------------------ queries
-    def _entry(self, spec: ModelSpec) -> _Entry:
+    def _entry(self, spec: ModelSpec) -> ModelSlot:
         entry = self._entries.get(spec.key)
         if entry is None:
-            entry = self._entries[spec.key] = _Entry(spec)
+            entry = self._entries[spec.key] = ModelSlot(spec)
         return entry
+
+    @property
+    def memory_budget(self) -> int | None:
+        """Bytes the loaded models may hold together (None: no limit)."""
+        return self._residency.memory_budget
+
+    @property
+    def eviction(self) -> str:
+        """Which idle model goes first when room is needed: ``cost`` (cheapest reload) or ``lru``."""
+        return self._residency.eviction
 
     @property
     def memory_used(self) -> int:
         """Bytes held by loaded models (by the manager's estimate)."""
-        return sum(e.memory for e in self._entries.values() if e.runtime is not None)
+        return self._residency.memory_used
+
+    def reload_cost_ms(self, spec: ModelSpec) -> float:
+        """What reloading a model would cost: declared, else measured, else guessed from its size."""
+        return self._residency.reload_cost_ms(spec)
 
     def status(self, ref: str) -> ModelEvent:
         """Current state of a model, as an event (``unloaded`` if never loaded)."""
         spec = self.registry.get(ref)
-        return self._event(self._entry(spec), self._entry(spec).state)
+        return self._residency.event(self._entry(spec), self._entry(spec).state)
 
     def loaded(self) -> list[str]:
         """Keys of the models loaded now."""
@@ -166,7 +144,7 @@ class ModelManager:
         # On failure the failed event was emitted; the caller gets the state back below.
         with suppress(ModelError):
             await self._ensure_loaded(entry, command_id=command_id)
-        return self._event(entry, entry.state, command_id=command_id)
+        return self._residency.event(entry, entry.state, command_id=command_id)
 
     async def unload(
         self, ref: str, *, command_id: str | None = None, reason: str = "unloaded"
@@ -175,21 +153,21 @@ class ModelManager:
         entry = self._entry(self.registry.get(ref))
         async with entry.lock:
             await self._wait_idle(entry)
-            await self._drop(entry, reason, command_id=command_id)
-        return self._event(entry, entry.state, command_id=command_id)
+            await self._residency.drop(entry, reason, command_id=command_id)
+        return self._residency.event(entry, entry.state, command_id=command_id)
 
     async def close(self) -> None:
         """Unload everything (at shutdown)."""
         for entry in list(self._entries.values()):
             if entry.runtime is not None:
                 async with entry.lock:
-                    await self._drop(entry, "unloaded", command_id=None)
+                    await self._residency.drop(entry, "unloaded", command_id=None)
 
     # ------------------------------------------------------------ leaks
     def _rss(self) -> int:
         return int(self._process.memory_info().rss)
 
-    def _charge(self, entry: _Entry, delta: int) -> None:
+    def _charge(self, entry: ModelSlot, delta: int) -> None:
         """Charge one batch's memory growth to its model; past the allowance, schedule a restart."""
         entry.growth += delta
         entry.batches += 1
@@ -203,7 +181,7 @@ class ModelManager:
         )
         log.warning("model %s %s", entry.spec.key, entry.restart_reason)
 
-    async def _restart(self, entry: _Entry) -> None:
+    async def _restart(self, entry: ModelSlot) -> None:
         """Unload a leaking model once idle, reporting it failed; the next use loads it afresh."""
         async with entry.lock:
             reason, entry.restart_reason = entry.restart_reason, None
@@ -211,123 +189,18 @@ class ModelManager:
                 return
             await self._wait_idle(entry)
             entry.message = reason
-            await self._drop(entry, "failed", command_id=None)
+            await self._residency.drop(entry, "failed", command_id=None)
 
     # ------------------------------------------------------------ internals
-    async def _ensure_loaded(self, entry: _Entry, *, command_id: str | None) -> ModelRuntime:
+    async def _ensure_loaded(self, entry: ModelSlot, *, command_id: str | None) -> ModelRuntime:
+        """The loaded runtime; the check that it is loaded stays here, on every batch's path."""
         if entry.runtime is not None:
             return entry.runtime
-        async with entry.lock:
+        async with entry.lock:  # one load per model, however many batches ask at once
             if entry.runtime is not None:
                 return entry.runtime
-            needed = estimate_bytes(entry.spec)
-            await self._make_room(needed, entry)
-            entry.state = "loading"
-            self._emit(entry, "loading", command_id=command_id)
-            runtime = self._factory(entry.spec)
-            started = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.run_in_executor(self._loader, runtime.load)
-            except Exception as exc:
-                entry.state = "failed"
-                entry.message = str(exc)
-                self._emit(entry, "failed", command_id=command_id, message=str(exc))
-                if isinstance(exc, ModelError):
-                    raise
-                raise ModelLoadError(f"{entry.spec.key}: {exc}") from exc
-            entry.load_ms = (time.perf_counter() - started) * 1000
-            entry.growth = entry.batches = 0
-            entry.memory = max(runtime.memory_bytes(), needed)
-            entry.runtime = runtime
-            entry.state = "ready"
-            entry.message = ""
-            entry.last_used = time.monotonic()
-            self._emit(entry, "ready", command_id=command_id)
-            return runtime
+            return await self._residency.load(entry, command_id=command_id)
 
-    async def _make_room(self, needed: int, for_entry: _Entry) -> None:
-        budget = self.memory_budget
-        if budget is None:
-            return
-        if needed > budget:
-            raise ModelBudgetError(
-                f"{for_entry.spec.key} needs ~{needed >> 20} MiB, "
-                f"more than the whole budget of {budget >> 20} MiB"
-            )
-        deadline = time.monotonic() + self._wait_for_room_s
-        while self.memory_used + needed > budget:
-            victim = self._eviction_candidate(exclude=for_entry)
-            if victim is not None:
-                async with victim.lock:
-                    if victim.runtime is not None and victim.in_use == 0:
-                        await self._drop(victim, "evicted", command_id=None)
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ModelBudgetError(
-                    f"{for_entry.spec.key} needs ~{needed >> 20} MiB; the budget is held by models in use"
-                )
-            async with self._released:
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(self._released.wait(), remaining)
-
-    def _eviction_candidate(self, exclude: _Entry) -> _Entry | None:
-        """The idle, unpinned model to evict: cheapest to reload first (policy ``cost``), or LRU."""
-        idle = [
-            e
-            for e in self._entries.values()
-            if e is not exclude and e.runtime is not None and e.in_use == 0 and not self._pinned(e.spec.key)
-        ]
-        if self.eviction == "lru":
-            return min(idle, key=lambda e: e.last_used, default=None)
-        return min(idle, key=lambda e: (self.reload_cost_ms(e.spec), e.last_used), default=None)
-
-    def reload_cost_ms(self, spec: ModelSpec) -> float:
-        """What reloading a model would cost: declared, else measured, else guessed from its size."""
-        if spec.metadata.load_ms is not None:
-            return spec.metadata.load_ms
-        entry = self._entries.get(spec.key)
-        if entry is not None and entry.load_ms is not None:
-            return entry.load_ms
-        return estimate_bytes(spec) / (200 * 1024 * 1024) * 1000  # ~200 MB/s from page cache
-
-    async def _wait_idle(self, entry: _Entry) -> None:
+    async def _wait_idle(self, entry: ModelSlot) -> None:
         async with self._released:
             await self._released.wait_for(lambda: entry.in_use == 0)
-
-    async def _drop(self, entry: _Entry, reason: str, *, command_id: str | None) -> None:
-        runtime, entry.runtime = entry.runtime, None
-        memory, entry.memory = entry.memory, 0
-        if runtime is not None:
-            await asyncio.get_running_loop().run_in_executor(self._loader, runtime.unload)
-        entry.state = reason
-        log.info("model %s %s", entry.spec.key, reason, extra={"freed_bytes": memory})
-        self._emit(entry, reason, command_id=command_id, memory=0)
-
-    def _event(
-        self,
-        entry: _Entry,
-        state: str,
-        *,
-        command_id: str | None = None,
-        message: str | None = None,
-        memory: int | None = None,
-    ) -> ModelEvent:
-        return ModelEvent(
-            model_id=entry.spec.id,
-            model_version=entry.spec.version,
-            state=state,
-            memory_bytes=entry.memory if memory is None else memory,
-            load_ms=entry.load_ms,
-            message=entry.message if message is None else message,
-            command_id=command_id,
-        )
-
-    def _emit(self, entry: _Entry, state: str, **kwargs: object) -> None:
-        event = self._event(entry, state, **kwargs)  # type: ignore[arg-type]
-        if self._listener is not None:
-            try:
-                self._listener(event)
-            except Exception:  # a broken listener must not break model loading
-                log.exception("model event listener failed")
