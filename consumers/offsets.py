@@ -6,12 +6,27 @@ considered done. So the committable offset is one past the longest prefix of
 finished records, and a slow record holds back the commit of everything after
 it. That is the at-least-once rule: after a crash, nothing unfinished is
 skipped; finished records above the gap may be processed again.
+
+``OffsetTracker`` is that rule alone, with no client; ``OffsetCommitter`` feeds
+it a consumer's records and commits what it allows.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition as KafkaPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from altlas.consumers.records import InboundRecord
+
+log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
 
@@ -69,3 +84,65 @@ class OffsetTracker:
         for tp in tps:
             self._parts.pop(tp, None)
             self._committed.pop(tp, None)
+
+
+class OffsetCommitter:
+    """The commit side of one consumer: what started and finished, and committing what became contiguous.
+
+    Commits asked for while one is in flight coalesce into one more round, so a
+    burst of finished batches keeps at most one commit request outstanding.
+    Exactly-once commits inside the producer's transactions instead, so
+    ``commit`` does nothing there.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, *, transactional: bool) -> None:
+        self._consumer = consumer
+        self.transactional = transactional
+        self.tracker = OffsetTracker()
+        self._lock = asyncio.Lock()
+        self._again = False
+
+    def started(self, records: Sequence[InboundRecord]) -> None:
+        """Records were handed out (in fetch order)."""
+        for rec in records:
+            self.tracker.started((rec.topic, rec.partition), rec.offset)
+
+    def finished(self, records: Sequence[InboundRecord], epoch: int) -> None:
+        """These records' outcomes are durably published; those of an older epoch were forgotten
+        with their partitions (maybe re-fetched by the new epoch) and are not counted."""
+        for rec in records:
+            if rec.epoch == epoch:
+                self.tracker.finished((rec.topic, rec.partition), rec.offset)
+
+    async def commit(self) -> None:
+        """Commit finished prefixes of owned partitions; concurrent calls coalesce."""
+        if self.transactional:
+            return
+        if self._lock.locked():
+            self._again = True
+            return
+        async with self._lock:
+            self._again = True
+            while self._again:
+                self._again = False
+                await self.commit_once()
+
+    async def commit_once(self) -> None:
+        """One commit of what moved, in either mode (a revocation's last commit)."""
+        owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        offsets = {tp: off for tp, off in self.tracker.to_commit().items() if tp in owned}
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(
+                {KafkaPartition(t, p): OffsetAndMetadata(off, "") for (t, p), off in offsets.items()}
+            )
+        except KafkaError as exc:
+            # A commit lost to a rebalance means redelivery (at-least-once), not loss.
+            log.warning("offset commit failed: %s", exc, extra={"offsets": len(offsets)})
+            return
+        self.tracker.committed(offsets)
+
+    def reset(self) -> None:
+        """Forget everything started (after an aborted transaction: back to the committed offsets)."""
+        self.tracker = OffsetTracker()

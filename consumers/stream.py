@@ -17,26 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CorruptRecordException, KafkaError
-from aiokafka.structs import OffsetAndMetadata
 
-from altlas.consumers.offsets import OffsetTracker
+from altlas.consumers.fetcher import Fetcher
+from altlas.consumers.offsets import OffsetCommitter
 from altlas.consumers.ownership import Ownership
 from altlas.consumers.records import InboundRecord
 from altlas.consumers.stable_offsets import seek_committed
-from altlas.consumers.unreadable import rewind_and_isolate
 
 log = logging.getLogger(__name__)
-
-#: What parsing a fetched record can raise inside the client (a header key that is not UTF-8 is a
-#: ValueError; a bad CRC is CorruptRecordException).
-_UNPARSABLE = (ValueError, IndexError, struct.error, CorruptRecordException)
 
 
 @dataclass(frozen=True)
@@ -100,17 +93,14 @@ class BatchingConsumer:
             **(consumer_kwargs or {}),
         )
         self.ownership = Ownership(self._consumer)
-        self._tracker = OffsetTracker()
+        self._fetcher = Fetcher(self._consumer, self.ownership, self.config)
+        self._commits = OffsetCommitter(self._consumer, transactional=transactional)
         self._inflight = 0
         self._inflight_bytes = 0
         self._held_bytes = 0  # decoded from records in flight: released by whoever holds them
-        self._next_offsets: dict[TopicPartition, int] = {}  # per partition, first offset not handed out
-        self._carry: list[InboundRecord] = []
         self._paused = False
         self._settling: set[TopicPartition] = set()  # new partitions waiting for stable offsets (paused)
         self._progress = asyncio.Condition()
-        self._commit_lock = asyncio.Lock()
-        self._commit_again = False
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -151,57 +141,18 @@ class BatchingConsumer:
     async def next_batch(self) -> list[InboundRecord]:
         """The next micro-batch; empty when nothing arrived within the poll timeout."""
         await self._wait_for_capacity()
-        limit = self.config.max_records
-        records, self._carry = self._carry[:limit], self._carry[limit:]
-        if not records:
-            records = await self._poll(self.config.poll_timeout_ms, limit)
-        if records and len(records) < limit and self.config.max_wait_ms > 0:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.config.max_wait_ms / 1000
-            while len(records) < limit:
-                remaining_ms = int((deadline - loop.time()) * 1000)
-                if remaining_ms <= 0:
-                    break
-                more = await self._poll(remaining_ms, limit - len(records))
-                if not more:
-                    break
-                records.extend(more)
-        # Fetched before a revocation: the partitions' new owner reads them again.
-        records = [r for r in records if r.epoch == self.ownership.epoch]
-        records = self._fit_bytes(records)
-        for rec in records:
-            self._tracker.started((rec.topic, rec.partition), rec.offset)
+        records, nbytes = await self._fetcher.batch()
+        self._commits.started(records)
         self._inflight += len(records)
-        self._inflight_bytes += sum(_size(r) for r in records)
+        self._inflight_bytes += nbytes
         return records
-
-    def _fit_bytes(self, records: list[InboundRecord]) -> list[InboundRecord]:
-        """The longest prefix within ``max_batch_bytes`` (at least one record); the rest waits."""
-        total = 0
-        for i, rec in enumerate(records):
-            total += _size(rec)
-            if total > self.config.max_batch_bytes and i > 0:
-                self._carry[:0] = records[i:]
-                return records[:i]
-        return records
-
-    async def _poll(self, timeout_ms: int, max_records: int) -> list[InboundRecord]:
-        try:
-            batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        except _UNPARSABLE as exc:  # one record the client cannot parse: step over it, lose nothing
-            return await rewind_and_isolate(self._consumer, self._next_offsets, exc, self.ownership.epoch)
-        out: list[InboundRecord] = []
-        for tp, recs in batches.items():
-            out.extend(InboundRecord.from_consumer_record(r, self.ownership.epoch) for r in recs)
-            self._next_offsets[tp] = recs[-1].offset + 1
-        return out
 
     def _full(self, fraction: float = 1.0) -> bool:
         # Records finished behind an unfinished one count too: they cannot commit yet, and a crash
         # or a rebalance answers them again. Answers leave out of fetch order (one slow LLM request
         # does not hold up the rest), so without this one slow record would let the uncommitted
         # span of its partition grow without bound.
-        uncommitted = max(self._inflight, self._tracker.pending_count())
+        uncommitted = max(self._inflight, self._commits.tracker.pending_count())
         return (
             uncommitted >= self.config.max_inflight * fraction
             or self._inflight_bytes + self._held_bytes >= self.config.max_inflight_bytes * fraction
@@ -220,7 +171,7 @@ class BatchingConsumer:
                     await asyncio.wait_for(self._progress.wait_for(lambda: not self._full(0.5)), 1.0)
             # Keep the group membership alive (max.poll.interval) while paused;
             # partitions assigned meanwhile are not paused, so keep what they give.
-            self._carry.extend(await self._poll(0, self.config.max_records))
+            await self._fetcher.keep_alive()
         self._consumer.resume(*(self._consumer.assignment() - self._settling))
         self._paused = False
         log.debug("backpressure: resumed", extra={"inflight": self._inflight})
@@ -238,53 +189,27 @@ class BatchingConsumer:
     # ------------------------------------------------------------ completion
     async def finished(self, records: Sequence[InboundRecord]) -> None:
         """These records' outcomes are durably published; commit what became contiguous."""
-        for rec in records:
-            if rec.epoch == self.ownership.epoch:  # else: forgotten, maybe re-fetched by a new epoch
-                self._tracker.finished((rec.topic, rec.partition), rec.offset)
+        self._commits.finished(records, self.ownership.epoch)
         await self.abandon(records)
-        await self.commit()
+        await self._commits.commit()
 
     async def abandon(self, records: Sequence[InboundRecord]) -> None:
         """These records leave the in-flight count unanswered (work of a revoked assignment)."""
         self._inflight -= len(records)
-        self._inflight_bytes -= sum(_size(r) for r in records)
+        self._inflight_bytes -= sum(len(r.value) for r in records if r.value is not None)
         async with self._progress:
             self._progress.notify_all()
 
     async def commit(self) -> None:
-        """Commit finished prefixes of owned partitions; concurrent calls coalesce."""
-        if self.transactional:
-            return
-        if self._commit_lock.locked():
-            self._commit_again = True
-            return
-        async with self._commit_lock:
-            self._commit_again = True
-            while self._commit_again:
-                self._commit_again = False
-                await self._commit_once()
-
-    async def _commit_once(self) -> None:
-        owned = self.assignment()
-        offsets = {tp: off for tp, off in self._tracker.to_commit().items() if tp in owned}
-        if not offsets:
-            return
-        try:
-            await self._consumer.commit(
-                {TopicPartition(t, p): OffsetAndMetadata(off, "") for (t, p), off in offsets.items()}
-            )
-        except KafkaError as exc:
-            # A commit lost to a rebalance means redelivery (at-least-once), not loss.
-            log.warning("offset commit failed: %s", exc, extra={"offsets": len(offsets)})
-            return
-        self._tracker.committed(offsets)
+        """Commit finished prefixes of owned partitions (``offsets.OffsetCommitter``)."""
+        await self._commits.commit()
 
     async def _on_revoked(self, revoked: set[tuple[str, int]]) -> None:
         """Give in-flight records of revoked partitions a chance to finish and commit."""
-        self._carry = [r for r in self._carry if (r.topic, r.partition) not in revoked]
+        self._fetcher.drop_carried(revoked)
 
         def drained() -> bool:
-            return all(self._tracker.pending_count(tp) == 0 for tp in revoked)
+            return all(self._commits.tracker.pending_count(tp) == 0 for tp in revoked)
 
         async with self._progress:
             try:
@@ -292,11 +217,10 @@ class BatchingConsumer:
             except TimeoutError:
                 log.warning("rebalance: in-flight records not finished in time; they will be redelivered")
         if not self.transactional:
-            await self._commit_once()
+            await self._commits.commit_once()
         await self.ownership.revoked()  # waits for a transaction in progress to end
-        self._tracker.forget(revoked)
-        for t, p in revoked:
-            self._next_offsets.pop(TopicPartition(t, p), None)
+        self._commits.tracker.forget(revoked)
+        self._fetcher.forget(revoked)
 
     async def _start_stable(self, assigned: set[TopicPartition]) -> None:
         """Start new partitions at their committed offsets, read correctly (``stable_offsets.py``).
@@ -317,11 +241,10 @@ class BatchingConsumer:
 
     async def rewind(self) -> None:
         """Forget everything in flight and go back to the committed offsets (after an aborted transaction)."""
-        self._tracker = OffsetTracker()
+        self._commits.reset()
         self._inflight = 0
         self._inflight_bytes = 0
-        self._carry = []
-        self._next_offsets.clear()  # back to the committed offsets
+        self._fetcher.reset()  # back to the committed offsets
         assigned = list(self._consumer.assignment())
         # Not seek_to_committed: it leaves partitions without a committed offset where they are,
         # and reads a coordinator on the move as "nothing committed".
@@ -331,7 +254,3 @@ class BatchingConsumer:
             self._paused = False
         async with self._progress:
             self._progress.notify_all()
-
-
-def _size(rec: InboundRecord) -> int:
-    return len(rec.value) if rec.value is not None else 0

@@ -53,14 +53,14 @@ async def test_records_finished_behind_an_unfinished_one_still_count_against_the
     )
     tp = ("t", 0)
     for offset in range(12):
-        consumer._tracker.started(tp, offset)
+        consumer._commits.tracker.started(tp, offset)
     consumer._inflight = 12
     assert consumer._full()
     for offset in range(1, 12):  # everything but the head finishes and leaves the in-flight count
-        consumer._tracker.finished(tp, offset)
+        consumer._commits.tracker.finished(tp, offset)
     consumer._inflight = 1
     assert consumer._full()  # 12 uncommittable records: still paused
-    consumer._tracker.finished(tp, 0)
+    consumer._commits.tracker.finished(tp, 0)
     consumer._inflight = 0
     assert not consumer._full(0.5)
     await consumer._consumer.stop()  # never started: nothing to leave
