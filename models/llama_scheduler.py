@@ -13,7 +13,7 @@ all of it. Here one thread per context owns the slots and, at every step:
    ``_admissible`` and ``_place``);
 3. decodes one token of every generating sequence (one ``llama_decode``),
    then a chunk of every joining prompt, up to ``n_batch`` tokens in all,
-   shared equally (see ``Decoder._prompt_shares``), so a long prompt never freezes
+   shared equally (see ``StepRunner._prompt_shares``), so a long prompt never freezes
    the others for more than one step nor holds a short one back;
 4. samples every sequence that got logits; finished ones leave at once.
 
@@ -149,7 +149,7 @@ class Scheduler:
     """A llama.cpp context with ``n_slots`` generating sequences, fed by a queue.
 
     Who runs, and in which slot, is decided here; what a step computes for
-    them is its ``Decoder``'s, so admission and KV reuse read apart from the
+    them is its ``StepRunner``'s, so admission and KV reuse read apart from the
     batch layout and sampling they never depend on.
     """
 
@@ -172,7 +172,7 @@ class Scheduler:
         #: KV cells of one slot's stream, as llama.cpp made it: what admission checks against.
         self.cells_per_slot = int(llama_cpp.llama_n_ctx_seq(self.ctx))
         self.mem = llama_cpp.llama_get_memory(self.ctx)
-        self.decoder = Decoder(llm, self.ctx, self.n_batch)
+        self.steps = StepRunner(llm, self.ctx, self.n_batch)
         self.slots = [_Slot(seq) for seq in range(n_seq)]
         self.running: list[Job] = []  # admission order: prompt chunks go oldest first
         self.waiting: deque[Job] = deque()
@@ -207,7 +207,7 @@ class Scheduler:
             fail_job(job, InferenceError("the model was unloaded"))
         self.running.clear()
         self.waiting.clear()
-        self.decoder.close()
+        self.steps.close()
         llama_cpp.llama_free(self.ctx)
 
     # ------------------------------------------------------------ the loop (its own thread)
@@ -269,19 +269,19 @@ class Scheduler:
             fail_job(job, GenerationCancelled("the request's time budget ran out before it started"))
             return
         job.started = time.perf_counter()
-        self.decoder.start(job)
+        self.steps.start(job)
         self._place(job)
         self.running.append(job)
 
     def _place(self, job: Job) -> None:
         """Give the job a free slot, with the longest cached prefix of its prompt already in it."""
-        tokens, cap = job.tokens, max(0, len(job.tokens) - 2)  # evaluate >= 2 tokens (see Decoder)
+        tokens, cap = job.tokens, max(0, len(job.tokens) - 2)  # evaluate >= 2 tokens (see StepRunner)
 
         def match(slot: _Slot) -> int:
             return min(common_prefix(slot.cached, tokens), cap) if self.reuse else 0
 
         free = [slot for slot in self.slots if slot.job is None]
-        # Ties go to the lowest seq id, which keeps running seq ids consecutive (see Decoder);
+        # Ties go to the lowest seq id, which keeps running seq ids consecutive (see StepRunner);
         # with nothing to reuse, the least recently used slot's cells go.
         slot = max(free, key=lambda s: (match(s), -s.seq))
         if match(slot) == 0:
@@ -304,7 +304,7 @@ class Scheduler:
                     job.future.stop_reason if job.future.stop_requested else "past the request's time budget"
                 )
                 self._leave(job, GenerationCancelled(f"stopped after {job.produced} tokens, {why}"))
-        for job, outcome in self.decoder.step(self.running):
+        for job, outcome in self.steps.step(self.running):
             self._leave(job, outcome)
 
     def _leave(self, job: Job, outcome: GenerationResult | Exception) -> None:
@@ -322,7 +322,7 @@ class Scheduler:
             job.future.set_result(outcome)
 
 
-class Decoder:
+class StepRunner:
     """One step for the running jobs: their tokens through ``llama_decode``, then their logits sampled.
 
     The scheduler decides who runs; this side owns how a step's ``n_batch``
