@@ -35,7 +35,7 @@ from altlas.models.llama_scheduler import Job, fail_job
 from altlas.models.llama_text import InvalidGrammarError
 
 #: Longest a grammar may take to constrain one token on the caller's probe.
-MAX_GRAMMAR_STEP_S = 0.25
+MAX_GRAMMAR_PROBE_S = 0.25
 #: Grammars whose verdict is kept, least recently used out.
 VERDICTS_KEPT = 512
 #: How long a refusal measured in time holds before the grammar is probed again.
@@ -107,10 +107,10 @@ class GrammarGuard:
             spent = self._step_cost(sampler)
         finally:
             llama_cpp.llama_sampler_free(sampler)
-        if spent > MAX_GRAMMAR_STEP_S:
+        if spent > MAX_GRAMMAR_PROBE_S:
             why = (
                 f"{self.key}: the grammar is too ambiguous: constraining one token takes over "
-                f"{MAX_GRAMMAR_STEP_S}s (simplify repetitions of optional or overlapping alternatives)"
+                f"{MAX_GRAMMAR_PROBE_S}s (simplify repetitions of optional or overlapping alternatives)"
             )
             return why, True
         return None, False
@@ -126,7 +126,7 @@ class GrammarGuard:
         candidates = np.zeros(len(ids), dtype=_TOKEN_DATA)
         candidates["id"] = ids
         start, size, spent = 0, 16, 0.0
-        while start < len(ids) and spent <= MAX_GRAMMAR_STEP_S:
+        while start < len(ids) and spent <= MAX_GRAMMAR_PROBE_S:
             n = min(size, len(ids) - start)
             data = ctypes.cast(
                 candidates.ctypes.data + start * _TOKEN_DATA.itemsize, llama_cpp.llama_token_data_p
