@@ -23,7 +23,7 @@ import numpy as np
 from altlas.orchestration.app.settings import Modality, Settings
 from altlas.orchestration.clients.client import make_request
 from altlas.schemas.codec import AvroCodec
-from tests.images import png_bomb, png_declaring, solid
+from tests.images import jpeg_repeating_a_scan, png_bomb, png_declaring, solid
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,7 @@ def hostile_cases(settings: Settings, codec: AvroCodec, small_reply_topic: str) 
     )
     request("pixel-bomb", "vision", "PAYLOAD_TOO_LARGE", png_bomb(12000, 12000))
     request("declared-50k-squared", "vision", "PAYLOAD_TOO_LARGE", png_declaring(50000, 50000))
+    request("jpeg-scan-bomb", "vision", "PAYLOAD_TOO_LARGE", jpeg_repeating_a_scan(6000, 6000, 2000))
     request("corrupt-png", "vision", "INVALID_PAYLOAD", b"\x89PNG\r\n\x1a\n" + os.urandom(300))
     many = [f"m{i}" for i in range(5000)]
     request(

@@ -70,3 +70,19 @@ def png_bomb(width: int, height: int) -> bytes:
     idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def jpeg_repeating_a_scan(width: int, height: int, repeats: int) -> bytes:
+    """A progressive grey JPEG whose first AC scan's header is repeated ``repeats`` times before its end
+    (no data each: libjpeg takes each for a scan of zeros, and walks every block of the image for it)."""
+    data = encode(Image.new("L", (width, height), 128), "JPEG", progressive=True, quality=50)
+    at = 0
+    while True:
+        at = data.index(b"\xff\xda", at + 2)
+        header = data[at : at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")]
+        components = header[4]
+        first, approximation = header[5 + 2 * components], header[7 + 2 * components] >> 4
+        if first > 0 and approximation == 0:  # an AC scan that is not a refinement
+            break
+    end = data.rindex(b"\xff\xd9")
+    return data[:end] + header * repeats + data[end:]

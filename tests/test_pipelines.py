@@ -7,23 +7,60 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from altlas.models.onnx import OnnxRuntime
 from altlas.models.registry import ModelRegistry
 from altlas.orchestration.devtools.assets import ORIENTATION_PARAMS
 from altlas.pipelines.base import PipelineLimits
-from altlas.pipelines.image import decode_image
+from altlas.pipelines.image import MAX_JPEG_SCANS, decode_image, jpeg_scans
 from altlas.pipelines.image_classification import ImageClassificationPipeline, Recipe, preprocess
 from altlas.schemas.errors import ErrorCode, InvalidRequestError, PayloadTooLargeError
 from altlas.schemas.types import Classification
 from tests.builders import MEAN_COLOR_LABELS, expected_mean_color, mean_color_registry
-from tests.images import encode, png_declaring, rotated_page, solid
+from tests.images import encode, jpeg_repeating_a_scan, png_declaring, rotated_page, solid
 
 
 def test_an_image_declaring_50000_by_50000_pixels_is_refused_before_decoding() -> None:
     with pytest.raises(PayloadTooLargeError, match="pixels"):  # Pillow's guard or ours, from the header
         decode_image(png_declaring(50_000, 50_000), max_pixels=40_000_000)
+
+
+def test_a_jpeg_repeating_one_scan_thousands_of_times_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 36 MP under the pixel limit, 2,000 scans of 10 bytes each: seconds of libjpeg walking every block
+    # per scan on a decode thread all tenants share. Counted from the markers, it never reaches libjpeg.
+    bomb = jpeg_repeating_a_scan(6000, 6000, 2000)
+    assert len(bomb) < 300_000
+
+    def load(self: object) -> None:
+        raise AssertionError("the scans should have been counted before decoding")
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", load)
+    with pytest.raises(PayloadTooLargeError, match="scans") as caught:
+        decode_image(bomb, max_pixels=40_000_000)
+    assert caught.value.code is ErrorCode.PAYLOAD_TOO_LARGE
+
+
+def test_scans_allowed_shrink_as_the_image_grows() -> None:
+    # Work is pixels times scans: a small image may have many scans, one near the limit only a few.
+    small = jpeg_repeating_a_scan(64, 64, MAX_JPEG_SCANS // 2)
+    assert decode_image(small, max_pixels=40_000_000).size == (64, 64)
+    with pytest.raises(PayloadTooLargeError, match="scans"):
+        decode_image(jpeg_repeating_a_scan(64, 64, MAX_JPEG_SCANS), max_pixels=40_000_000)
+    with pytest.raises(PayloadTooLargeError, match="scans"):
+        decode_image(jpeg_repeating_a_scan(64, 64, MAX_JPEG_SCANS // 2), max_pixels=64 * 64)
+
+
+def test_ordinary_progressive_jpegs_decode_and_scan_bytes_in_a_comment_are_not_scans() -> None:
+    colour = encode(Image.new("RGB", (48, 32), (10, 200, 30)), "JPEG", progressive=True)
+    assert jpeg_scans(colour, 1000) == 10  # libjpeg's progressive default for colour
+    # A comment full of 0xFF 0xDA bytes (as an ICC profile or a thumbnail may hold by chance) is skipped.
+    comment = b"\xff\xfe" + (2 + 400).to_bytes(2, "big") + b"\xff\xda" * 200
+    noisy = colour[:2] + comment + colour[2:]
+    assert noisy.count(b"\xff\xda") > MAX_JPEG_SCANS and jpeg_scans(noisy, 1000) == 10
+    assert decode_image(noisy, max_pixels=10_000).size == (48, 32)
 
 
 @pytest.mark.parametrize(
