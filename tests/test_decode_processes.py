@@ -299,3 +299,21 @@ async def test_a_decode_past_the_time_limit_fails_alone_and_frees_its_worker(pro
             assert decoder.abandoned_threads == 1
     finally:
         decoder.shutdown()
+
+
+async def test_a_chunk_queued_behind_a_decode_that_overruns_is_decoded_not_timed_out() -> None:
+    # One thread; the slow payload (another tenant's) overruns while a second batch waits for the
+    # thread. That batch never started decoding: it must be decoded once the thread is given up,
+    # not answered DECODE_TIMED_OUT along with the payload that took the time.
+    decoder = Decoder(1, timeout_s=1.0)
+    try:
+        pipeline = WherePipeline()
+        slow = asyncio.ensure_future(decoder.prepare_many([(pipeline, b"slow", {}, SPEC)]))
+        await asyncio.sleep(0.1)  # the slow payload has the thread
+        innocent = await decoder.prepare_many([(pipeline, b"abc", {}, SPEC)])
+        (timed_out,) = await slow
+        assert isinstance(timed_out, AltlasError) and timed_out.code is ErrorCode.DECODE_TIMED_OUT
+        assert isinstance(innocent[0], Prepared) and len(innocent[0].data) == 3, innocent
+        assert decoder.abandoned_threads == 1  # the slow one's thread only
+    finally:
+        decoder.shutdown()

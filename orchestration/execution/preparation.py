@@ -50,6 +50,10 @@ class Decoder:
         self.threads = threads
         self.timeout_s = timeout_s
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        # A chunk takes a thread before it goes to the pool, never waits in the pool's queue: a chunk
+        # queued there behind a decode that overran would stay behind it when the pool is replaced,
+        # run out of time without having started, and be answered DECODE_TIMED_OUT for another's payload.
+        self._free_threads = asyncio.Semaphore(threads)
         self.abandoned_threads = 0  # threads left to finish a decode that ran out of time
         self.processes = DecodePool(processes, timeout_s=timeout_s) if processes > 0 else None
         self.process_max_item_bytes = process_max_item_bytes
@@ -101,7 +105,7 @@ class Decoder:
         return [item for part in results for item in part]
 
     async def _chunk_on_threads(self, todo: Sequence[Todo]) -> list[Prepared | BaseException]:
-        """A chunk on one thread, within the time limit.
+        """A chunk on one thread, within the time limit, counted from when it has a thread.
 
         A thread cannot be stopped, so one that overruns is left to finish on
         its own (and the pool replaced, so the others keep their capacity);
@@ -109,21 +113,17 @@ class Decoder:
         after it are decoded again.
         """
         done: list[Prepared | BaseException] = []
-        future = asyncio.get_running_loop().run_in_executor(self._pool, prepare_each, todo, done)
-        try:
-            return await asyncio.wait_for(future, self.timeout_s)
-        except TimeoutError:
-            pass
-        finished = list(done)  # the abandoned thread may still append: take what was there
-        if len(finished) >= len(todo):
-            return finished
+        async with self._free_threads:
+            future = asyncio.get_running_loop().run_in_executor(self._pool, prepare_each, todo, done)
+            try:
+                return await asyncio.wait_for(future, self.timeout_s)
+            except TimeoutError:
+                pass
+            finished = list(done)  # the abandoned thread may still append: take what was there
+            if len(finished) >= len(todo):
+                return finished
+            self._abandon()
         stuck = todo[len(finished)]
-        self.abandoned_threads += 1
-        old, self._pool = (
-            self._pool,
-            ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="decode"),
-        )
-        old.shutdown(wait=False)
         log.warning(
             "a %s payload for %s took over %.0fs to decode; abandoned",
             stuck[0].task,
@@ -132,6 +132,16 @@ class Decoder:
         )
         rest = await self._on_threads(todo[len(finished) + 1 :]) if len(finished) + 1 < len(todo) else []
         return [*finished, decode_timed_out(self.timeout_s), *rest]
+
+    def _abandon(self) -> None:
+        """Leave an overrunning thread to finish alone, with a fresh pool for the chunks to come;
+        once its chunk lets go of its slot, the thread no longer counts against ``threads``."""
+        self.abandoned_threads += 1
+        old, self._pool = (
+            self._pool,
+            ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="decode"),
+        )
+        old.shutdown(wait=False)
 
     async def _in_processes(self, todo: Sequence[Todo]) -> list[Prepared | BaseException]:
         """Two chunks per worker: one is shipped while the other decodes."""
