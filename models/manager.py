@@ -122,9 +122,12 @@ class ModelManager:
     async def use(self, spec: ModelSpec) -> AsyncIterator[ModelRuntime]:
         """The ready runtime of ``spec``, loaded if needed; not evictable while held."""
         entry = self._entry(spec)
+        runtime = await self._ensure_loaded(entry, command_id=None)
+        # Counted once it holds the runtime, not while it waits for a load: an unload or a restart
+        # holds the model's lock until the count is zero, so a request counted while queued on that
+        # lock would wait for itself, and every later request of the model behind it.
         entry.in_use += 1
         try:
-            runtime = await self._ensure_loaded(entry, command_id=None)
             entry.last_used = time.monotonic()
             before = self._rss()
             yield runtime

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -157,6 +158,40 @@ async def test_manager_loads_once_for_concurrent_users(models_dir: Path) -> None
     assert manager.is_loaded("dyn")
     await manager.close()
     assert rec.states("dyn")[-1] == "unloaded" and not manager.is_loaded("dyn")
+
+
+async def test_an_unload_during_a_first_load_with_a_request_waiting_ends_and_the_model_serves_again(
+    models_dir: Path,
+) -> None:
+    # An operator's unload arrives while the model is loading and a second request waits for it. The
+    # unload waits for the model to be idle while holding its lock; the waiting request must not count
+    # as using it, or the two wait for each other and the model never serves again.
+    manager = ModelManager(_registry(models_dir))
+    spec = manager.registry.get("dyn")
+    loading = asyncio.Event()
+    real_load = manager._residency.load
+
+    async def slow_load(entry: Any, *, command_id: str | None) -> Any:
+        loading.set()
+        await asyncio.sleep(0.2)
+        return await real_load(entry, command_id=command_id)
+
+    manager._residency.load = slow_load  # type: ignore[method-assign]
+
+    async def request() -> bool:
+        async with manager.use(spec) as runtime:
+            await asyncio.sleep(0.05)
+            return runtime is not None
+
+    first = asyncio.create_task(request())
+    await loading.wait()
+    unload = asyncio.create_task(manager.unload("dyn"))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(request())
+    results = await asyncio.wait_for(asyncio.gather(first, unload, second), 10)
+    assert results[0] is True and results[2] is True
+    assert await asyncio.wait_for(request(), 10)
+    await manager.close()
 
 
 async def test_manager_evicts_the_least_recently_used_idle_model(models_dir: Path) -> None:
