@@ -81,19 +81,18 @@ class BatchingConsumer:
     ) -> None:
         self.topics = list(topics)
         self.group_id = group_id
-        self.config = config or BatchingConfig()
-        # Exactly-once: offsets are committed inside the producer's transactions, never here.
-        self.transactional = transactional
+        config = config or BatchingConfig()
         self._consumer = AIOKafkaConsumer(
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=self.config.max_records,
+            max_poll_records=config.max_records,
             **client_kwargs,
             **(consumer_kwargs or {}),
         )
         self.ownership = Ownership(self._consumer)
-        self._fetcher = Fetcher(self._consumer, self.ownership, self.config)
+        self._fetcher = Fetcher(self._consumer, self.ownership, config)
+        # Exactly-once: offsets are committed inside the producer's transactions, never here.
         self._commits = OffsetCommitter(self._consumer, transactional=transactional)
         self._inflight = 0
         self._inflight_bytes = 0
@@ -112,6 +111,15 @@ class BatchingConsumer:
         """Commit what finished and leave the group."""
         await self.commit()
         await self._consumer.stop()
+
+    @property
+    def config(self) -> BatchingConfig:
+        """How much to pull and hold: one copy, the fetcher's, so that replacing it reaches both."""
+        return self._fetcher.config
+
+    @config.setter
+    def config(self, config: BatchingConfig) -> None:
+        self._fetcher.config = config
 
     @property
     def inflight(self) -> int:
@@ -216,7 +224,7 @@ class BatchingConsumer:
                 await asyncio.wait_for(self._progress.wait_for(drained), self.config.revoke_timeout_s)
             except TimeoutError:
                 log.warning("rebalance: in-flight records not finished in time; they will be redelivered")
-        if not self.transactional:
+        if not self._commits.transactional:
             await self._commits.commit_once()
         await self.ownership.revoked()  # waits for a transaction in progress to end
         self._commits.tracker.forget(revoked)
