@@ -152,8 +152,8 @@ class BatchingSettings(BaseModel):
     decode_timeout_s: float = Field(
         30.0,
         gt=0,
-        description="A chunk of payloads decoding longer than this is stopped; the payload "
-        "that overran is answered DECODE_TIMED_OUT.",
+        description="A chunk of payloads decoding longer than this, from when it has a thread, is "
+        "given up; the payload that overran is answered DECODE_TIMED_OUT.",
     )
     decode_process_max_item_bytes: int = Field(
         64 * 1024, ge=0, description="A model whose inputs are larger decodes on threads instead."
