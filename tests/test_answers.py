@@ -12,7 +12,7 @@ from altlas.orchestration.serving.answers import Answers, ReplayOutput
 from altlas.orchestration.serving.salvage import Salvage
 from altlas.schemas.codec import AvroCodec
 from altlas.schemas.errors import ErrorCode, InvalidRequestError
-from altlas.schemas.types import Classification, Label, ResultStatus, VisionResult
+from altlas.schemas.types import Classification, DeadLetter, ErrorInfo, Label, ResultStatus, VisionResult
 
 
 def _answers(codec: AvroCodec, replay: ReplayOutput | None = None) -> Answers:
@@ -88,6 +88,23 @@ def test_a_failed_request_gets_an_error_result_on_its_reply_topic_and_a_dead_let
     assert result.topic == TopicSettings().results("vision") and result.key == b"r-1"
     assert letter.topic == TopicSettings().dead_letter and outcome.dead_letter
     assert outcome.error is not None and outcome.error.code == "INVALID_PARAMS"
+
+
+def test_a_dead_letter_without_its_value_drops_large_headers_too() -> None:
+    # The request's headers may be what made every answer too large; the last-resort dead letter must fit.
+    codec = AvroCodec()
+    answers = _answers(codec)
+    info = ErrorInfo(code="PAYLOAD_TOO_LARGE", message="too large")
+    small = (("traceparent", b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"),)
+    for headers, kept in ((small, small), ((("tracestate", b"x" * 200_000),), ())):
+        rec = InboundRecord("ai.requests.vision", 0, 7, b"k", b"v" * 1000, headers, 0)
+        letter = codec.decode_record(
+            answers.dead_letter(rec, info, "E", "r", with_value=False).value, DeadLetter
+        )
+        assert letter.value is None and tuple((h.key, h.value) for h in letter.headers) == kept
+        assert letter.error_message.endswith("headers omitted: too large)") is (not kept)
+    full = codec.decode_record(answers.dead_letter(rec, info, "E", "r").value, DeadLetter)
+    assert full.value == b"v" * 1000 and len(full.headers) == 1  # the whole record when it fits
 
 
 def test_replay_answers_go_to_its_topic_marked_and_without_dead_letters() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from altlas.orchestration.app.kafka_clients import client_kwargs
@@ -248,3 +248,49 @@ async def test_a_record_the_kafka_client_cannot_parse_is_dead_lettered_and_nothi
     assert (letter.topic, letter.partition, letter.offset) == (topic, 0, 20)
     assert letter.error_code == "DECODE_ERROR" and "could not parse" in (letter.error_message or "")
     assert committed.get(0) == 41
+
+
+async def test_a_megabyte_of_trace_headers_still_gets_its_answer(
+    kafka_bootstrap: str, registry_file: Path
+) -> None:
+    # Headers are the caller's to write. A 1.5 MB tracestate (gzip makes the request small on the wire)
+    # copied onto the answer made the result, its error result and its dead letter all too large to
+    # publish: the request got no answer at all. Only a well-formed traceparent and a tracestate of at
+    # most 512 bytes are passed on.
+    settings = isolated_settings(kafka_bootstrap, registry_file, modalities=["vision"])
+    topic = settings.topics.requests("vision")
+    traceparent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    fat = [("traceparent", traceparent), ("tracestate", b"a=" + b"x" * 1_500_000)]
+    small = [("traceparent", traceparent), ("tracestate", b"vendor=abc")]
+    async with serving(settings), connect(settings) as client:
+        producer = AIOKafkaProducer(
+            compression_type="gzip", max_request_size=4 * 1024 * 1024, **client_kwargs(settings.kafka)
+        )
+        reader = AIOKafkaConsumer(
+            settings.topics.results("vision"), group_id=None, auto_offset_reset="earliest",
+            **client_kwargs(settings.kafka),
+        )  # fmt: skip
+        await producer.start()
+        await reader.start()
+        try:
+            for name, headers in (("fat", fat), ("small", small)):
+                request = make_request(
+                    "vision", "classify", solid((9, 9, 9)), model="mean-color", request_id=f"headers-{name}"
+                )
+                value = client.codec.encode_record(request, topic=topic)
+                await producer.send_and_wait(topic, value, key=name.encode(), headers=headers)
+            answers: dict[str, tuple[VisionResult, dict[str, bytes]]] = {}
+            deadline = time.monotonic() + 60
+            while len(answers) < 2 and time.monotonic() < deadline:
+                for records in (await reader.getmany(timeout_ms=500)).values():
+                    for rec in records:
+                        result = client.codec.decode_record(rec.value, VisionResult)
+                        answers[result.request_id] = (result, dict(rec.headers))
+        finally:
+            await reader.stop()
+            await producer.stop()
+    fat_result, fat_headers = answers["headers-fat"]
+    assert fat_result.status is ResultStatus.OK
+    assert fat_headers["traceparent"] == traceparent and "tracestate" not in fat_headers
+    small_result, small_headers = answers["headers-small"]
+    assert small_result.status is ResultStatus.OK and small_headers["tracestate"] == b"vendor=abc"

@@ -8,11 +8,16 @@ request span it served (a batch has many parents, which links express and
 parent/child cannot), and an inference span under it.
 
 With the exporter set to ``none`` no spans are made at all (the hot path pays
-nothing), and the incoming ``traceparent`` is passed through unchanged.
+nothing), and the caller's ``traceparent`` and ``tracestate`` are passed on as
+they came, but only when well formed: one traceparent in the W3C format and a
+tracestate of at most 512 bytes (what W3C asks every hop to carry). Headers are
+the request's to write, and a megabyte of tracestate copied onto every answer
+would make each of them too large to publish, the dead letter included.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -29,6 +34,9 @@ from altlas.orchestration.app.settings import TracingSettings
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 _PROPAGATOR = TraceContextTextMapPropagator()
+_TRACEPARENT_FORMAT = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+#: Longest tracestate passed on; W3C asks each hop to propagate at least this much, and no more.
+MAX_TRACESTATE_BYTES = 512
 
 
 def build_provider(settings: TracingSettings) -> TracerProvider | None:
@@ -102,7 +110,7 @@ class Tracing:
     ) -> list[tuple[str, bytes]]:
         """Headers for a produced record: a PRODUCER span's traceparent, or the caller's."""
         if self._tracer is None or parent is None:
-            return [(k, v) for k, v in incoming if k in (TRACEPARENT, TRACESTATE)]
+            return callers_context(incoming)
         span = self._tracer.start_span(
             f"{topic} publish",
             context=trace.set_span_in_context(parent),
@@ -127,3 +135,19 @@ class Tracing:
         """Flush exporters."""
         if self.provider is not None:
             self.provider.shutdown()
+
+
+def callers_context(incoming: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The caller's trace headers to pass on: the last traceparent if well formed, with the last
+    tracestate if it is at most ``MAX_TRACESTATE_BYTES``; nothing else."""
+    parent = state = None
+    for key, value in incoming:
+        if key == TRACEPARENT:
+            parent = value
+        elif key == TRACESTATE:
+            state = value
+    if parent is None or not _TRACEPARENT_FORMAT.fullmatch(parent):
+        return []
+    if state is None or len(state) > MAX_TRACESTATE_BYTES:
+        return [(TRACEPARENT, parent)]
+    return [(TRACEPARENT, parent), (TRACESTATE, state)]

@@ -46,6 +46,9 @@ from altlas.schemas.types import (
 
 log = logging.getLogger(__name__)
 
+#: Most bytes of the original headers a dead letter without its value still carries.
+MAX_SLIM_HEADER_BYTES = 64 * 1024
+
 
 @dataclass(frozen=True, kw_only=True)
 class ReplayOutput:
@@ -209,7 +212,13 @@ class Answers:
         *,
         with_value: bool = True,
     ) -> OutboundMessage:
-        """A dead letter carrying the original record untouched (or without its value if it cannot fit)."""
+        """A dead letter carrying the original record untouched (or without its value if it cannot fit,
+        and then without its headers too when they are large: the request wrote them, and they may be
+        what made every answer too large)."""
+        headers = rec.headers
+        omitted = "value"
+        if not with_value and sum(len(k) + len(v) for k, v in headers) > MAX_SLIM_HEADER_BYTES:
+            headers, omitted = (), "value and headers"
         letter = DeadLetter(
             topic=rec.topic,
             partition=rec.partition,
@@ -217,12 +226,12 @@ class Answers:
             timestamp=_timestamp(rec.timestamp_ms),
             key=rec.key,
             value=rec.value if with_value else None,
-            headers=[Header(key=k, value=v) for k, v in rec.headers],
+            headers=[Header(key=k, value=v) for k, v in headers],
             error_code=info.code,
             error_class=error_class,
             error_message=info.message
             if with_value
-            else f"{info.message} (original value omitted: too large)",
+            else f"{info.message} (original {omitted} omitted: too large)",
             request_id=request_id,
             consumer_group=self.group_id,
             instance_id=self.instance_id,
