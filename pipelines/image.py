@@ -5,7 +5,9 @@ file that declares 50,000 x 50,000 pixels is rejected without allocating
 gigabytes. A JPEG's work is its pixels times its scans: a progressive file may
 repeat a scan thousands of times at 10 bytes each, and libjpeg walks every
 block of the image for each one, on a decode thread every tenant shares. So
-scans are counted from the markers before decoding too, and bounded. EXIF
+scans are counted from the markers before decoding too, and bounded. Pillow
+decodes run-length BMP in Python, a few interpreter steps per pixel, so those
+get a pixel limit of their own (``MAX_RLE_BMP_PIXELS``). EXIF
 orientation is applied so boxes and crops refer to the image as a person sees
 it.
 """
@@ -31,6 +33,8 @@ MAX_JPEG_SCANS = 64
 #: ... and at most this many times the largest image allowed, in pixels times scans.
 MAX_JPEG_SCAN_WORK = 16
 
+#: Pixels of a run-length BMP (RLE4/RLE8): Pillow decodes those in Python, about 0.13 µs a pixel.
+MAX_RLE_BMP_PIXELS = 2 * 1024 * 1024
 #: Marker segments read when counting scans (a file needs this only when 0xFF 0xDA bytes outnumber
 #: the scans allowed, which a real file's thumbnail or ICC profile comes nowhere near).
 MAX_JPEG_SEGMENTS = 4096
@@ -61,6 +65,11 @@ def _decode_image(data: bytes, max_pixels: int, mode: str) -> Image.Image:
                 )
             if opened.format == "JPEG":
                 _check_scans(data, width * height, max_pixels)
+            elif opened.tile and opened.tile[0][0] == "bmp_rle" and width * height > MAX_RLE_BMP_PIXELS:
+                raise PayloadTooLargeError(
+                    f"a run-length BMP of {width}x{height} pixels; at most {MAX_RLE_BMP_PIXELS} "
+                    "pixels for run-length BMPs"
+                )
             opened.load()
             image: Image.Image = opened
             if opened.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even when upright

@@ -86,3 +86,16 @@ def jpeg_repeating_a_scan(width: int, height: int, repeats: int) -> bytes:
             break
     end = data.rindex(b"\xff\xd9")
     return data[:end] + header * repeats + data[end:]
+
+
+def bmp_rle(width: int, height: int, *, rle4: bool = False) -> bytes:
+    """A run-length BMP whose every row is one pixel, then end of line: Pillow decodes it in Python,
+    padding each row a byte at a time."""
+    body = b"\x01\x05\x00\x00" * height + b"\x00\x01"
+    bits, compression, colours = (4, 2, 16) if rle4 else (8, 1, 256)
+    palette = b"".join(struct.pack("<BBBB", i, i, i, 0) for i in range(colours))
+    offset = 14 + 40 + len(palette)
+    dib = struct.pack(
+        "<IiiHHIIiiII", 40, width, height, 1, bits, compression, len(body), 2835, 2835, colours, 0
+    )
+    return b"BM" + struct.pack("<IHHI", offset + len(body), 0, 0, offset) + dib + palette + body

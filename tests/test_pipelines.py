@@ -7,18 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, JpegImagePlugin
+from PIL import BmpImagePlugin, Image, JpegImagePlugin
 
 from altlas.models.onnx import OnnxRuntime
 from altlas.models.registry import ModelRegistry
 from altlas.orchestration.devtools.assets import ORIENTATION_PARAMS
 from altlas.pipelines.base import PipelineLimits
-from altlas.pipelines.image import MAX_JPEG_SCANS, decode_image, jpeg_scans
+from altlas.pipelines.image import MAX_JPEG_SCANS, MAX_RLE_BMP_PIXELS, decode_image, jpeg_scans
 from altlas.pipelines.image_classification import ImageClassificationPipeline, Recipe, preprocess
 from altlas.schemas.errors import ErrorCode, InvalidRequestError, PayloadTooLargeError
 from altlas.schemas.types import Classification
 from tests.builders import MEAN_COLOR_LABELS, expected_mean_color, mean_color_registry
-from tests.images import encode, jpeg_repeating_a_scan, png_declaring, rotated_page, solid
+from tests.images import bmp_rle, encode, jpeg_repeating_a_scan, png_declaring, rotated_page, solid
 
 
 def test_an_image_declaring_50000_by_50000_pixels_is_refused_before_decoding() -> None:
@@ -61,6 +61,25 @@ def test_ordinary_progressive_jpegs_decode_and_scan_bytes_in_a_comment_are_not_s
     noisy = colour[:2] + comment + colour[2:]
     assert noisy.count(b"\xff\xda") > MAX_JPEG_SCANS and jpeg_scans(noisy, 1000) == 10
     assert decode_image(noisy, max_pixels=10_000).size == (48, 32)
+
+
+@pytest.mark.parametrize("rle4", [False, True])
+def test_a_large_run_length_bmp_is_refused_before_pillow_decodes_it_in_python(
+    monkeypatch: pytest.MonkeyPatch, rle4: bool
+) -> None:
+    # 26 KB, 40 megapixels: seconds of Python holding the GIL on a decode thread every tenant shares.
+    small = bmp_rle(100, 100, rle4=rle4)
+    assert decode_image(small, max_pixels=40_000_000).size == (100, 100)
+
+    def decode(self: object, buffer: object) -> None:
+        raise AssertionError("refused from the header, before decoding")
+
+    monkeypatch.setattr(BmpImagePlugin.BmpRleDecoder, "decode", decode)
+    side = int(MAX_RLE_BMP_PIXELS**0.5) + 1
+    with pytest.raises(PayloadTooLargeError, match="run-length"):
+        decode_image(bmp_rle(side, side, rle4=rle4), max_pixels=40_000_000)
+    with pytest.raises(PayloadTooLargeError, match="run-length"):
+        decode_image(bmp_rle(6300, 6300, rle4=rle4), max_pixels=40_000_000)
 
 
 @pytest.mark.parametrize(
