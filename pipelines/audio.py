@@ -4,7 +4,11 @@ The container is recognised from its first bytes (WAV, FLAC, OGG Vorbis/Opus,
 MP3, WebM/Matroska). Duration is checked from the header before anything is
 decoded; and because a header can lie (or a stream may not declare a length),
 compressed streams are decoded incrementally and abandoned as soon as they pass
-the limit, so a small payload can never expand into hours of samples.
+the limit (in seconds, and in samples: a stream of unknown length at 384 kHz
+would otherwise fill 600 s x 384,000 floats), so a small payload can never
+expand into hours of samples. Each decoded frame costs some Python, so a file
+cut into tiny frames (16 samples each) could hold a decode thread for half a
+minute within the duration limit: frames are counted too.
 libsndfile reads WAV, FLAC and OGG; FFmpeg (PyAV) reads everything else.
 """
 
@@ -23,6 +27,9 @@ MAX_SAMPLE_RATE = 384_000
 #: Frames x channels a payload may declare: what its decoder would have to produce.
 MAX_SAMPLES = 64_000_000
 _BLOCK_FRAMES = 65_536
+#: Decoded frames a file may have per second of the duration limit: 5 ms each on average (Opus,
+#: MP3, AAC and Vorbis frames are 20-60 ms; Opus's shortest, 2.5 ms, are for live calls).
+MAX_FRAMES_PER_SECOND = 200
 
 
 @dataclass(frozen=True)
@@ -134,20 +141,33 @@ def _decode_ffmpeg(data: bytes, max_seconds: float, max_samples: int) -> Audio:
         declared = float(container.duration) / 1_000_000 if container.duration else 0.0
         _check_declared(declared * rate, rate, channels, max_seconds, max_samples)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        limit = int(max_seconds * rate)
-        pieces: list[np.ndarray] = []
-        total = 0
-        for frame in container.decode(stream):
+        # Written in place: the pages of np.empty are only taken as samples arrive, and no second
+        # copy is made at the end, as concatenating pieces would.
+        mono = np.empty(min(int(max_seconds * rate), max_samples), dtype=np.float32)
+        done = 0
+        most_frames = int(max_seconds * MAX_FRAMES_PER_SECOND) + 1
+        for n, frame in enumerate(container.decode(stream)):
+            if n >= most_frames:
+                raise PayloadTooLargeError(
+                    f"audio in over {most_frames} frames: at most {MAX_FRAMES_PER_SECOND} a second "
+                    f"of the {max_seconds:.0f} s limit"
+                )
             for out in resampler.resample(frame):
-                piece = out.to_ndarray().reshape(-1)
-                pieces.append(piece)
-                total += piece.size
-            if total > limit:
-                raise PayloadTooLargeError(f"audio runs past the limit of {max_seconds:.0f} s")
+                done = _append(mono, done, out.to_ndarray().reshape(-1), max_seconds)
         for out in resampler.resample(None):
-            pieces.append(out.to_ndarray().reshape(-1))
-    samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-    return Audio(np.ascontiguousarray(samples, dtype=np.float32), rate)
+            done = _append(mono, done, out.to_ndarray().reshape(-1), max_seconds)
+    return Audio(mono[:done], rate)
+
+
+def _append(mono: np.ndarray, done: int, piece: np.ndarray, max_seconds: float) -> int:
+    """Write ``piece`` after the ``done`` samples of ``mono``; past its end, the audio is too long."""
+    end = done + piece.size
+    if end > mono.size:
+        raise PayloadTooLargeError(
+            f"audio runs past the limit of {max_seconds:.0f} s (or of {mono.size} samples)"
+        )
+    mono[done:end] = piece
+    return end
 
 
 def encode_wav(samples: np.ndarray, sample_rate: int) -> bytes:

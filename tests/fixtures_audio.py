@@ -51,12 +51,24 @@ def wav_bytes(audio: np.ndarray, rate: int = RATE, fmt: str = "WAV", subtype: st
     return buf.getvalue()
 
 
-def ffmpeg_encode(audio: np.ndarray, fmt: str, rate: int = RATE) -> bytes:
-    """Encode with ffmpeg: ``mp3``, ``ogg`` (Opus) or ``webm`` (Opus)."""
+def ffmpeg_encode(audio: np.ndarray, fmt: str, rate: int = RATE, options: tuple[str, ...] = ()) -> bytes:
+    """Encode with ffmpeg: ``mp3``, ``ogg`` (Opus) or ``webm`` (Opus), with extra encoder ``options``."""
     codec = {"mp3": ["-c:a", "libmp3lame", "-f", "mp3"], "ogg": ["-c:a", "libopus", "-f", "ogg"]}
     codec["webm"] = ["-c:a", "libopus", "-f", "webm"]
     proc = subprocess.run(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "wav", "-i", "pipe:0", *codec[fmt], "pipe:1"],
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "wav",
+            "-i",
+            "pipe:0",
+            *codec[fmt],
+            *options,
+            "pipe:1",
+        ],
         input=wav_bytes(audio, rate),
         capture_output=True,
         check=True,

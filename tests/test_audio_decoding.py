@@ -59,6 +59,23 @@ def test_a_stream_without_a_declared_length_stops_decoding_at_the_limit() -> Non
         decode_audio(ffmpeg_encode(tone(300, 6.0), "webm"), max_seconds=2)
 
 
+def test_a_stream_without_a_declared_length_stops_at_the_sample_limit_too() -> None:
+    # Within the duration limit but past the samples one: at 384 kHz, 600 s of a stream that declares
+    # no length would be 230 million samples, decoded before anything stopped it.
+    with pytest.raises(PayloadTooLargeError, match="16000 samples"):
+        decode_audio(ffmpeg_encode(tone(300, 2.0), "webm"), max_seconds=600, max_samples=16_000)
+
+
+def test_audio_cut_into_tiny_frames_is_refused_by_its_frame_count() -> None:
+    # Every decoded frame costs some Python: a file of 16-sample frames held a decode thread for 20 s
+    # inside the duration limit. Opus's 2.5 ms frames: 400 a second, over the 200 allowed.
+    tiny = ffmpeg_encode(tone(300, 2.0), "webm", options=("-frame_duration", "2.5"))
+    with pytest.raises(PayloadTooLargeError, match="frames"):
+        decode_audio(tiny, max_seconds=3)
+    assert decode_audio(tiny, max_seconds=5).duration_s == pytest.approx(2.0, abs=0.05)
+    assert decode_audio(ffmpeg_encode(tone(300, 2.0), "webm"), max_seconds=3).duration_s > 1.9  # 20 ms frames
+
+
 def _wav_header(rate: int, channels: int, data: bytes) -> bytes:
     fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * channels * 2, channels * 2, 16)
     return (
