@@ -170,8 +170,9 @@ class LimitSettings(BaseModel):
     max_audio_samples: int = Field(
         64_000_000,
         ge=1,
-        description="Declared frames x channels above this is refused (decoded, audio is "
-        "downmixed block by block, so only one mono track is ever held).",
+        description="Declared frames x channels above this is refused, and a stream of undeclared "
+        "length stops decoding past this many samples (decoded, audio is downmixed block by block, "
+        "so only one mono track is ever held).",
     )
     max_text_chars: int = Field(200_000, description="Longer text payloads are refused.")
     max_prompt_tokens: int | None = Field(
