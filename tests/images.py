@@ -99,3 +99,33 @@ def bmp_rle(width: int, height: int, *, rle4: bool = False) -> bytes:
         "<IiiHHIIiiII", 40, width, height, 1, bits, compression, len(body), 2835, 2835, colours, 0
     )
     return b"BM" + struct.pack("<IHHI", offset + len(body), 0, 0, offset) + dib + palette + body
+
+
+def tiff_with_strips(strips: int) -> bytes:
+    """An uncompressed 1 x ``strips`` grey TIFF of one-row strips, all pointing at the same bytes:
+    Pillow makes one Python object per strip while opening it, before any size check."""
+    tags = [(256, 4, 1, 1), (257, 4, 1, strips), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1)]
+    tags += [(273, 3, strips, None), (277, 3, 1, 1), (278, 4, 1, 1)]
+    pixels_at = 8 + 2 + 12 * len(tags) + 4
+    offsets_at = pixels_at + 64
+    out = bytearray(b"II*\x00" + struct.pack("<IH", 8, len(tags)))
+    for tag, kind, count, value in tags:
+        if value is None:
+            out += struct.pack("<HHII", tag, kind, count, offsets_at)
+        elif kind == 3:
+            out += struct.pack("<HHIHH", tag, kind, count, value, 0)
+        else:
+            out += struct.pack("<HHII", tag, kind, count, value)
+    return bytes(out) + b"\0\0\0\0" + bytes(64) + struct.pack("<H", pixels_at) * strips
+
+
+def png_with_broken_exif(width: int, height: int) -> bytes:
+    """A PNG whose EXIF says "rotate 90°" next to an ImageWidth tag of the wrong type (Pillow's
+    exif_transpose raises struct.error on it)."""
+    exif = b"II*\x00" + struct.pack("<IH", 8, 2)
+    exif += struct.pack("<HHI4s", 0x0100, 7, 4, b"abcd") + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0)
+    exif += b"\0\0\0\0"
+    plain = encode(Image.new("RGB", (width, height), (10, 20, 30)))
+    chunk = struct.pack(">I", len(exif)) + b"eXIf" + exif + struct.pack(">I", zlib.crc32(b"eXIf" + exif))
+    at = plain.index(b"IDAT") - 4
+    return plain[:at] + chunk + plain[at:]

@@ -7,18 +7,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import BmpImagePlugin, Image, JpegImagePlugin
+from PIL import BmpImagePlugin, Image, JpegImagePlugin, TiffImagePlugin
 
 from altlas.models.onnx import OnnxRuntime
 from altlas.models.registry import ModelRegistry
 from altlas.orchestration.devtools.assets import ORIENTATION_PARAMS
 from altlas.pipelines.base import PipelineLimits
-from altlas.pipelines.image import MAX_JPEG_SCANS, MAX_RLE_BMP_PIXELS, decode_image, jpeg_scans
+from altlas.pipelines.image import decode_image
 from altlas.pipelines.image_classification import ImageClassificationPipeline, Recipe, preprocess
+from altlas.pipelines.image_costs import MAX_JPEG_SCANS, MAX_RLE_BMP_PIXELS, MAX_TIFF_CHUNKS, jpeg_scans
 from altlas.schemas.errors import ErrorCode, InvalidRequestError, PayloadTooLargeError
 from altlas.schemas.types import Classification
 from tests.builders import MEAN_COLOR_LABELS, expected_mean_color, mean_color_registry
-from tests.images import bmp_rle, encode, jpeg_repeating_a_scan, png_declaring, rotated_page, solid
+from tests.images import (
+    bmp_rle,
+    encode,
+    jpeg_repeating_a_scan,
+    png_declaring,
+    png_with_broken_exif,
+    rotated_page,
+    solid,
+    tiff_with_strips,
+)
 
 
 def test_an_image_declaring_50000_by_50000_pixels_is_refused_before_decoding() -> None:
@@ -80,6 +90,27 @@ def test_a_large_run_length_bmp_is_refused_before_pillow_decodes_it_in_python(
         decode_image(bmp_rle(side, side, rle4=rle4), max_pixels=40_000_000)
     with pytest.raises(PayloadTooLargeError, match="run-length"):
         decode_image(bmp_rle(6300, 6300, rle4=rle4), max_pixels=40_000_000)
+
+
+def test_a_tiff_of_millions_of_strips_is_refused_before_pillow_opens_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pillow makes a Python object per strip while opening: 7.8 million strips took 18 s and 2.3 GB.
+    assert decode_image(tiff_with_strips(1000), max_pixels=40_000_000).size == (1, 1000)
+
+    def _open(self: object) -> None:
+        raise AssertionError("refused from the directory, before Pillow opens it")
+
+    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "_open", _open)
+    with pytest.raises(PayloadTooLargeError, match="strips or tiles"):
+        decode_image(tiff_with_strips(MAX_TIFF_CHUNKS + 1), max_pixels=40_000_000)
+
+
+def test_an_exif_orientation_that_cannot_be_applied_leaves_the_image_as_stored() -> None:
+    # A mistyped tag beside the orientation made exif_transpose raise struct.error, which escaped as a
+    # model failure (and a fallback chain decoded the file again on every model).
+    image = decode_image(png_with_broken_exif(8, 4), max_pixels=10_000)
+    assert image.size == (8, 4) and image.getpixel((0, 0)) == (10, 20, 30)
 
 
 @pytest.mark.parametrize(
