@@ -104,7 +104,8 @@ def bmp_rle(width: int, height: int, *, rle4: bool = False) -> bytes:
 def tiff_with_strips(strips: int) -> bytes:
     """An uncompressed 1 x ``strips`` grey TIFF of one-row strips, all pointing at the same bytes:
     Pillow makes one Python object per strip while opening it, before any size check."""
-    tags = [(256, 4, 1, 1), (257, 4, 1, strips), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1)]
+    tags: list[tuple[int, int, int, int | None]] = [(256, 4, 1, 1), (257, 4, 1, strips), (258, 3, 1, 8)]
+    tags += [(259, 3, 1, 1), (262, 3, 1, 1)]
     tags += [(273, 3, strips, None), (277, 3, 1, 1), (278, 4, 1, 1)]
     pixels_at = 8 + 2 + 12 * len(tags) + 4
     offsets_at = pixels_at + 64

@@ -277,3 +277,26 @@ def test_preprocessing_equals_the_textbook_formula(recipe: dict) -> None:  # typ
         want = want.transpose(2, 0, 1)
     assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"] and got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(50, 790_000), (1, 40_000_000)])
+def test_a_very_narrow_image_resamples_only_its_centre_crop(
+    monkeypatch: pytest.MonkeyPatch, size: tuple[int, int]
+) -> None:
+    # Within the pixel limit, but resized to a 256 short side it would be a billion pixels (5 GB and 17 s
+    # of lanczos for the 224 x 224 kept), or too large to resize at all.
+    recipe = Recipe.parse({"resize_short": 256, "crop": 224, "interpolation": "lanczos"}, None)
+    image = Image.new("RGB", size, (200, 100, 50))
+    asked: list[tuple[int, int]] = []
+    resize = Image.Image.resize
+
+    def recorded(self: Image.Image, wanted: tuple[int, int], *args: object, **kwargs: object) -> Image.Image:
+        asked.append(wanted)
+        return resize(self, wanted, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "resize", recorded)
+    out = preprocess(image, recipe)
+    assert out.shape == (3, 224, 224)
+    assert asked and all(w * h <= 16 * 1024 * 1024 for w, h in asked), asked
+    expected = (np.array([200, 100, 50], dtype=np.float32) / 255.0).reshape(3, 1, 1)
+    assert np.allclose(out, expected, atol=1 / 255)
