@@ -9,6 +9,7 @@ test_e2e_orchestration.py keeps the same claims over a real broker and real mode
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -52,6 +53,7 @@ REGISTRY = ModelRegistry.from_dict(
 )
 INDEX = {"cat": 0, "dog": 1}
 UNREADABLE = b"not an image"
+BROKEN = b"an image a decoder trips over"
 
 
 def scores(**by_label: float) -> Classification:
@@ -68,6 +70,8 @@ class FakePipeline:
     def prepare(self, payload: bytes | str, params: Mapping[str, ParamValue], spec: ModelSpec) -> Prepared:
         if payload == UNREADABLE:
             raise InvalidRequestError("not an image", code=ErrorCode.INVALID_PAYLOAD)
+        if payload == BROKEN:  # a decoder library's own exception, not one of ours
+            raise struct.error("unpack requires a buffer of 4 bytes")
         return Prepared(payload, params)
 
 
@@ -159,6 +163,15 @@ async def test_a_fallback_stops_at_the_first_model_that_answers() -> None:
 async def test_a_fallback_does_not_retry_bad_input_on_the_next_model() -> None:
     lanes = FakeLanes({"a": scores(cat=0.9), "b": scores(cat=0.9)})
     done = await execute(lanes, "fallback", ["a", "b"], payload=UNREADABLE)
+    assert isinstance(done.output, AltlasError) and done.output.code is ErrorCode.INVALID_PAYLOAD
+    assert lanes.asked == [] and done.attributes["fallback_tried"] == "a@1"
+
+
+async def test_a_fallback_does_not_retry_a_payload_its_decoder_raised_on() -> None:
+    # An unknown exception from preparation is the payload's fault too, as on the single-model path:
+    # read as MODEL_FAILED it sent the chain on to decode the same payload with every model.
+    lanes = FakeLanes({"a": scores(cat=0.9), "b": scores(cat=0.9)})
+    done = await execute(lanes, "fallback", ["a", "b"], payload=BROKEN)
     assert isinstance(done.output, AltlasError) and done.output.code is ErrorCode.INVALID_PAYLOAD
     assert lanes.asked == [] and done.attributes["fallback_tried"] == "a@1"
 

@@ -27,7 +27,7 @@ from altlas.orchestration.routing.health import error_code
 from altlas.orchestration.routing.planning import Plan
 from altlas.pipelines.base import Pipeline, Prepared
 from altlas.pipelines.decode_once import decoded_once
-from altlas.schemas.errors import AltlasError, ErrorCode
+from altlas.schemas.errors import AltlasError, ErrorCode, InvalidRequestError
 from altlas.schemas.types import AnyRequest, ParamValue, Record
 
 #: Errors after which the next model of a fallback chain is tried (input errors are not).
@@ -98,8 +98,8 @@ class MultiModelExecutor:
                 prepared = await self.decoder.prepare((plan.pipeline, request.payload, request.params, spec))
             except Exception as exc:
                 prepared = exc
-        if isinstance(prepared, BaseException):
-            return Member(spec, prepared, None)
+        if isinstance(prepared, BaseException):  # the payload's fault, as on the single-model path
+            return Member(spec, _input_error(prepared), None)
         future = self.workers.submit(
             spec, plan.pipeline, [prepared], [span], request_ids=[request.request_id]
         )
@@ -206,3 +206,11 @@ def _request_budget(request: AnyRequest) -> float | None:
         left = (request.deadline - datetime.now(UTC)).total_seconds()
         own = left if own is None else min(own, left)
     return own
+
+
+def _input_error(exc: BaseException) -> BaseException:
+    """A preparation failure as the request's error: an unknown exception would read as MODEL_FAILED,
+    which sends a fallback chain on to decode the same payload with its next model."""
+    if isinstance(exc, AltlasError | ModelError):
+        return exc
+    return InvalidRequestError(f"{type(exc).__name__}: {exc}", code=ErrorCode.INVALID_PAYLOAD)
