@@ -38,7 +38,7 @@ from altlas.orchestration.app.settings import Settings
 from altlas.orchestration.clients.client import AltlasClient, make_request
 from altlas.schemas.catalog import SchemaCatalog
 from altlas.schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec
-from altlas.schemas.confluent import SchemaRegistryClient, SubjectStrategy
+from altlas.schemas.confluent import LookupBudget, SchemaRegistryClient, SubjectStrategy
 from altlas.schemas.errors import UnknownSchemaError
 from altlas.schemas.types import Classification, ResultStatus, VisionResult
 from tests.builders import MEAN_COLOR_LABELS, expected_mean_color
@@ -173,6 +173,31 @@ def test_registration_is_idempotent_at_the_registry_and_ids_resolve_to_the_same_
 
     with pytest.raises(UnknownSchemaError, match="not in the registry"):
         reader.schema_for_id(2**31 - 1)
+
+
+def test_ids_never_seen_are_looked_up_within_a_budget(schema_registry_url: str) -> None:
+    """Made-up ids in a flood of records must not cost a registry round trip each, in series."""
+    topic = f"t{uuid.uuid4().hex[:8]}.ai.results.vision"
+    known = SchemaRegistryClient(schema_registry_url, SchemaCatalog()).id_for(
+        SchemaCatalog().get("VisionResult"), topic
+    )
+    now = [0.0]
+    budget = LookupBudget(per_s=1.0, burst=3, clock=lambda: now[0])
+    reader = SchemaRegistryClient(schema_registry_url, SchemaCatalog(), lookups=budget)
+    assert reader.schema_for_id(known).name == VISION_RESULT  # the first of three lookups
+    for made_up in (2**31 - 2, 2**31 - 3):  # asked, and not there
+        with pytest.raises(UnknownSchemaError, match="not in the registry"):
+            reader.schema_for_id(made_up)
+    with pytest.raises(UnknownSchemaError, match="not looked up"):  # the budget is spent: not asked
+        reader.schema_for_id(2**31 - 4)
+    assert reader.schema_for_id(known).name == VISION_RESULT  # cached ids cost nothing
+    with pytest.raises(UnknownSchemaError, match="asked recently"):  # nor do ids known to be missing
+        reader.schema_for_id(2**31 - 2)
+    now[0] = 1.0  # a second later, one more lookup
+    with pytest.raises(UnknownSchemaError, match="not in the registry"):
+        reader.schema_for_id(2**31 - 4)
+    with pytest.raises(UnknownSchemaError, match="not looked up"):
+        reader.schema_for_id(2**31 - 5)
 
 
 def test_subject_strategies_name_subjects_like_confluents_serializers(
