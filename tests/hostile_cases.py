@@ -23,7 +23,7 @@ import numpy as np
 from altlas.orchestration.app.settings import Modality, Settings
 from altlas.orchestration.clients.client import make_request
 from altlas.schemas.codec import AvroCodec
-from tests.images import jpeg_repeating_a_scan, png_bomb, png_declaring, solid
+from tests.images import bmp_rle, jpeg_repeating_a_scan, png_bomb, png_declaring, solid, tiff_with_strips
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,8 @@ def hostile_cases(settings: Settings, codec: AvroCodec, small_reply_topic: str) 
     request("pixel-bomb", "vision", "PAYLOAD_TOO_LARGE", png_bomb(12000, 12000))
     request("declared-50k-squared", "vision", "PAYLOAD_TOO_LARGE", png_declaring(50000, 50000))
     request("jpeg-scan-bomb", "vision", "PAYLOAD_TOO_LARGE", jpeg_repeating_a_scan(6000, 6000, 2000))
+    request("bmp-rle-bomb", "vision", "PAYLOAD_TOO_LARGE", bmp_rle(6300, 6300))
+    request("tiff-strip-bomb", "vision", "PAYLOAD_TOO_LARGE", tiff_with_strips(200_000))
     request("corrupt-png", "vision", "INVALID_PAYLOAD", b"\x89PNG\r\n\x1a\n" + os.urandom(300))
     many = [f"m{i}" for i in range(5000)]
     request(
