@@ -10,8 +10,9 @@ more than their pixels, and they cost it on a decode thread every tenant shares.
   per pixel, holding the GIL: those get a pixel limit of their own.
 - Pillow builds one Python object per strip or tile of a TIFF, while opening it
   and before the pixel check can run: 7.8 million one-row strips of a 15 KB
-  (gzipped) file took 18 s and 2.3 GB just to open. The first image's strip and
-  tile counts are read from its directory before Pillow sees the file.
+  (gzipped) file took 18 s and 2.3 GB just to open, and it reads each entry of
+  a directory in Python. The first directory's entries, and its strip and tile
+  counts, are read before Pillow sees the file, with the headers Pillow accepts.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import re
 import struct
 
-from PIL import ImageFile
+from PIL import ImageFile, JpegImagePlugin
 
 from altlas.schemas.errors import PayloadTooLargeError
 
@@ -34,16 +35,23 @@ MAX_JPEG_SEGMENTS = 4096
 MAX_RLE_BMP_PIXELS = 2 * 1024 * 1024
 #: Strips or tiles the first image of a TIFF may have (scanners write strips of 8-64 KB).
 MAX_TIFF_CHUNKS = 65_536
+#: Entries its directory may have (real files have a few dozen; Pillow reads each in Python, thrice).
+MAX_TIFF_ENTRIES = 4096
+#: The TIFF headers Pillow opens (TiffImagePlugin.PREFIXES), two of them malformed but accepted.
+_TIFF_PREFIXES = (b"MM\x00*", b"II*\x00", b"MM*\x00", b"II\x00*", b"MM\x00+", b"II+\x00")
 
 _SOS = b"\xff\xda"
-#: A marker: 0xFF fill bytes, then a code that is not a stuffed zero or a restart (those sit in scan data).
-_MARKER = re.compile(rb"\xff+([^\x00\xff\xd0-\xd7])")
+#: A marker: 0xFF, then a code that is not a stuffed zero, a restart (those sit in scan data) or another
+#: 0xFF (fill). One 0xFF only: ``\xff+`` would retry at every byte of a long run of fill, quadratically.
+_MARKER = re.compile(rb"\xff([^\x00\xff\xd0-\xd7])")
 _STRIP_OFFSETS, _TILE_OFFSETS = 273, 324
 
 
 def before_open(data: bytes) -> None:
     """Refuse what Pillow cannot even open cheaply."""
-    chunks = tiff_chunks(data)
+    entries, chunks = tiff_directory(data)
+    if entries > MAX_TIFF_ENTRIES:
+        raise PayloadTooLargeError(f"a TIFF directory of {entries} entries; at most {MAX_TIFF_ENTRIES}")
     if chunks > MAX_TIFF_CHUNKS:
         raise PayloadTooLargeError(f"a TIFF of {chunks} strips or tiles; at most {MAX_TIFF_CHUNKS}")
 
@@ -51,13 +59,18 @@ def before_open(data: bytes) -> None:
 def after_open(data: bytes, opened: ImageFile.ImageFile, max_pixels: int) -> None:
     """Refuse what would cost far more to decode than its pixels say (the pixels are checked already)."""
     width, height = opened.size
-    if opened.format == "JPEG":
+    if isinstance(opened, JpegImagePlugin.JpegImageFile):  # MPO files (several JPEGs) included
         _check_scans(data, width * height, max_pixels)
-    elif opened.tile and opened.tile[0][0] == "bmp_rle" and width * height > MAX_RLE_BMP_PIXELS:
-        raise PayloadTooLargeError(
-            f"a run-length BMP of {width}x{height} pixels; at most {MAX_RLE_BMP_PIXELS} pixels "
-            "for run-length BMPs"
-        )
+    elif opened.tile and opened.tile[0][0] == "bmp_rle":
+        if width * height > MAX_RLE_BMP_PIXELS:
+            raise PayloadTooLargeError(
+                f"a run-length BMP of {width}x{height} pixels; at most {MAX_RLE_BMP_PIXELS} pixels "
+                "for run-length BMPs"
+            )
+        # Pillow's loop runs once per byte pair, drawn or not: the data may not be much longer than
+        # the pixels it draws (two bytes a pixel, an end of line a row).
+        if len(data) > 2 * width * height + 4 * height + 1024:
+            raise PayloadTooLargeError(f"a run-length BMP of {len(data)} bytes for {width}x{height} pixels")
 
 
 def _check_scans(data: bytes, pixels: int, max_pixels: int) -> None:
@@ -101,27 +114,26 @@ def jpeg_scans(data: bytes, limit: int) -> int | None:
     return None
 
 
-def tiff_chunks(data: bytes) -> int:
-    """The most strips or tiles the first image of a TIFF (or BigTIFF) declares; 0 for anything else."""
-    head = data[:4]
-    if head in (b"II*\x00", b"MM\x00*"):
-        order = "<" if head[:2] == b"II" else ">"
-        count, entry, first = "H", "HHI", 4
-    elif head in (b"II+\x00", b"MM\x00+"):
-        order = "<" if head[:2] == b"II" else ">"
-        count, entry, first = "Q", "HHQ", 8
-    else:
-        return 0
+def tiff_directory(data: bytes) -> tuple[int, int]:
+    """How many entries the first directory of a TIFF (or BigTIFF) has, and the most strips or tiles it
+    declares; (0, 0) for anything else. The file is read as Pillow reads it: byte order from the first
+    two bytes, BigTIFF when the third is 0x2B."""
+    if data[:4] not in _TIFF_PREFIXES:
+        return 0, 0
+    order = ">" if data[:2] == b"MM" else "<"
+    big = data[2] == 0x2B
+    count, entry, width = ("Q", "HHQ", 20) if big else ("H", "HHI", 12)
     try:
-        (ifd,) = struct.unpack_from(order + ("I" if first == 4 else "Q"), data, first)
+        (ifd,) = struct.unpack_from(order + ("Q" if big else "I"), data, 8 if big else 4)
         (entries,) = struct.unpack_from(order + count, data, ifd)
-        size = struct.calcsize(order + count)
-        width = 12 if first == 4 else 20
+        if entries > MAX_TIFF_ENTRIES:
+            return entries, 0
+        first = ifd + struct.calcsize(order + count)
         most = 0
         for i in range(entries):
-            tag, _, declared = struct.unpack_from(order + entry, data, ifd + size + width * i)
+            tag, _, declared = struct.unpack_from(order + entry, data, first + width * i)
             if tag in (_STRIP_OFFSETS, _TILE_OFFSETS):
                 most = max(most, declared)
-        return most
+        return entries, most
     except struct.error:  # truncated: Pillow says what is wrong with it
-        return 0
+        return 0, 0

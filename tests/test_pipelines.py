@@ -15,7 +15,13 @@ from altlas.orchestration.devtools.assets import ORIENTATION_PARAMS
 from altlas.pipelines.base import PipelineLimits
 from altlas.pipelines.image import decode_image
 from altlas.pipelines.image_classification import ImageClassificationPipeline, Recipe, preprocess
-from altlas.pipelines.image_costs import MAX_JPEG_SCANS, MAX_RLE_BMP_PIXELS, MAX_TIFF_CHUNKS, jpeg_scans
+from altlas.pipelines.image_costs import (
+    MAX_JPEG_SCANS,
+    MAX_RLE_BMP_PIXELS,
+    MAX_TIFF_CHUNKS,
+    MAX_TIFF_ENTRIES,
+    jpeg_scans,
+)
 from altlas.schemas.errors import ErrorCode, InvalidRequestError, PayloadTooLargeError
 from altlas.schemas.types import Classification
 from tests.builders import MEAN_COLOR_LABELS, expected_mean_color, mean_color_registry
@@ -104,6 +110,59 @@ def test_a_tiff_of_millions_of_strips_is_refused_before_pillow_opens_it(
     monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "_open", _open)
     with pytest.raises(PayloadTooLargeError, match="strips or tiles"):
         decode_image(tiff_with_strips(MAX_TIFF_CHUNKS + 1), max_pixels=40_000_000)
+
+
+def test_tiff_variants_pillow_accepts_are_counted_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pillow opens a little-endian file whose magic bytes are swapped ("II\\x00*") as a TIFF; so must the
+    # count. And a directory of thousands of entries costs Python time per entry, thrice, in Pillow.
+    swapped = tiff_with_strips(MAX_TIFF_CHUNKS + 1)
+    swapped = swapped[:2] + b"\x00*" + swapped[4:]
+    many = tiff_with_strips(10)
+    entries = MAX_TIFF_ENTRIES + 1
+    many = many[:8] + entries.to_bytes(2, "little") + many[10:] + bytes(12 * entries)
+
+    def _open(self: object) -> None:
+        raise AssertionError("refused from the directory, before Pillow opens it")
+
+    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "_open", _open)
+    with pytest.raises(PayloadTooLargeError, match="strips or tiles"):
+        decode_image(swapped, max_pixels=40_000_000)
+    with pytest.raises(PayloadTooLargeError, match="entries"):
+        decode_image(many, max_pixels=40_000_000)
+
+
+def test_task_detection_does_not_open_an_image_its_decode_would_refuse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from altlas.orchestration.routing.task_detection import text_likeness
+
+    opened: list[object] = []
+    real_open = TiffImagePlugin.TiffImageFile._open
+
+    def counted(self: TiffImagePlugin.TiffImageFile) -> None:
+        opened.append(self)
+        real_open(self)
+
+    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "_open", counted)
+    assert text_likeness(tiff_with_strips(MAX_TIFF_CHUNKS + 1)) == 0.0
+    assert opened == []
+    text_likeness(tiff_with_strips(100))
+    assert len(opened) == 1  # an ordinary TIFF is looked at
+
+
+def test_fill_bytes_before_a_marker_and_padded_run_length_bmps() -> None:
+    # Any number of 0xFF may precede a marker code; the count is the same.
+    colour = encode(Image.new("RGB", (48, 32), (10, 200, 30)), "JPEG", progressive=True)
+    at = colour.index(b"\xff\xda", 2)
+    filled = colour[:at] + b"\xff" * 70_000 + colour[at:]
+    assert jpeg_scans(filled, 1000) == 10
+    assert decode_image(filled, max_pixels=10_000).size == (48, 32)
+    # Byte pairs that draw nothing still cost Pillow's Python loop a turn each: the data may not be much
+    # longer than the pixels it draws.
+    padded = bmp_rle(256, 2)
+    padded = padded[:-2] + b"\x00\x02\x00\x00" * 100_000 + padded[-2:]
+    with pytest.raises(PayloadTooLargeError, match="run-length BMP of"):
+        decode_image(padded, max_pixels=40_000_000)
 
 
 def test_an_exif_orientation_that_cannot_be_applied_leaves_the_image_as_stored() -> None:

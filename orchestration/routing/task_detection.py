@@ -17,6 +17,7 @@ from PIL import Image, ImageFilter
 
 from altlas.orchestration.execution.sniff import sniff
 from altlas.pipelines.image import FORMATS
+from altlas.pipelines.image_costs import after_open, before_open
 from altlas.schemas.errors import ErrorCode, InvalidRequestError
 from altlas.schemas.types import ParamValue
 
@@ -131,11 +132,13 @@ def text_likeness(data: bytes, size: int = 384) -> float:
     Only a thumbnail is decoded, so it is cheap enough for every auto image.
     """
     try:
+        before_open(data)  # a file too costly to open or decode is not looked at (its decode refuses it)
         with Image.open(io.BytesIO(data), formats=FORMATS) as img:
             width, height = img.size
             limit = DETECTION_MAX_PIXELS if img.format == "JPEG" else DETECTION_MAX_PIXELS_FULL_DECODE
             if width * height > limit:  # only JPEG decodes a thumbnail directly; others decode whole
                 return 0.0
+            after_open(data, img, limit)
             img.draft("L", (size, size))
             gray = img.convert("L")
             gray.thumbnail((size, size))
