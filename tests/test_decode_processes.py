@@ -317,3 +317,33 @@ async def test_a_chunk_queued_behind_a_decode_that_overruns_is_decoded_not_timed
         assert decoder.abandoned_threads == 1  # the slow one's thread only
     finally:
         decoder.shutdown()
+
+
+async def test_a_cancelled_chunk_keeps_its_thread_until_the_thread_is_done() -> None:
+    # A batch cancelled (a rewind, a shutdown) while its payload decodes: the thread is still busy, so
+    # the next chunk must wait for it rather than queue behind it in the pool and run out of time there.
+    decoder = Decoder(1, timeout_s=1.0)
+    try:
+        pipeline = WherePipeline()
+        slow = asyncio.ensure_future(decoder.prepare_many([(pipeline, b"slow", {}, SPEC)]))
+        await asyncio.sleep(0.1)
+        slow.cancel()
+        (after,) = await decoder.prepare_many([(pipeline, b"abc", {}, SPEC)])
+        assert isinstance(after, Prepared) and len(after.data) == 3, after
+        assert decoder.abandoned_threads == 0
+    finally:
+        decoder.shutdown()
+
+
+async def test_an_ensembles_payload_decodes_once_within_the_time_limit() -> None:
+    decoder = Decoder(1, timeout_s=1.0)
+    try:
+        pipeline = WherePipeline()
+        members = [(pipeline, b"slow", {}, SPEC)] * 3
+        out = await decoder.prepare_together(members)
+        assert all(isinstance(o, AltlasError) and o.code is ErrorCode.DECODE_TIMED_OUT for o in out), out
+        assert decoder.abandoned_threads == 1  # not decoded again for the next member
+        together = await decoder.prepare_together([(pipeline, b"ab", {}, SPEC)] * 3)
+        assert [len(o.data) for o in together if isinstance(o, Prepared)] == [2, 2, 2]
+    finally:
+        decoder.shutdown()

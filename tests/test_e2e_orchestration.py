@@ -290,7 +290,7 @@ def test_an_ensemble_decodes_its_payload_once_for_every_member(models_dir: Path)
     from unittest import mock
 
     from altlas.models.registry import ModelSpec
-    from altlas.orchestration.execution.multi_model import prepare_members
+    from altlas.orchestration.execution.preparation_pool import prepare_each
     from altlas.pipelines import image
     from altlas.pipelines.image_classification import ImageClassificationPipeline
     from tests.images import solid
@@ -309,12 +309,13 @@ def test_an_ensemble_decodes_its_payload_once_for_every_member(models_dir: Path)
     pipeline = ImageClassificationPipeline()
     payload = solid((10, 20, 30), size=32)
     with mock.patch.object(image, "_decode_image", wraps=image._decode_image) as decode:
-        prepared = prepare_members(pipeline, payload, {}, specs)
+        prepared = prepare_each([(pipeline, payload, {}, spec) for spec in specs], together=True)
         assert decode.call_count == 1
         alone = [pipeline.prepare(payload, {}, spec) for spec in specs]
         assert decode.call_count == 4  # outside a plan, every call decodes
     for together, single in zip(prepared, alone, strict=True):
         assert not isinstance(together, BaseException) and together.data.shape == single.data.shape
         assert (together.data == single.data).all()
-    broken = prepare_members(pipeline, b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, {}, specs)
+    unreadable = b"\x89PNG\r\n\x1a\n" + b"\x00" * 20
+    broken = prepare_each([(pipeline, unreadable, {}, spec) for spec in specs], together=True)
     assert all(isinstance(b, Exception) for b in broken)  # one decode error, given to every member

@@ -22,6 +22,7 @@ from altlas.orchestration.execution.ensembles import aggregate, fuse_boxes
 from altlas.orchestration.execution.in_flight import InFlight, RequestCancelled
 from altlas.orchestration.execution.lanes import JobResult
 from altlas.orchestration.execution.multi_model import DeadlineExceeded, Execution, MultiModelExecutor
+from altlas.orchestration.execution.preparation_pool import prepare_each
 from altlas.orchestration.routing.health import ModelHealth
 from altlas.orchestration.routing.planning import Plan
 from altlas.pipelines.base import Prepared
@@ -82,6 +83,9 @@ class FakeDecoder:
         pipeline, payload, params, spec = todo
         prepared: Prepared = pipeline.prepare(payload, params, spec)
         return prepared
+
+    async def prepare_together(self, todo: Sequence[Any]) -> list[Prepared | BaseException]:
+        return prepare_each(todo, together=True)
 
 
 class FakeLanes:

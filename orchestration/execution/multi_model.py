@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -25,10 +24,9 @@ from altlas.orchestration.execution.lanes import JobResult, ModelWorkers
 from altlas.orchestration.execution.preparation import Decoder
 from altlas.orchestration.routing.health import error_code
 from altlas.orchestration.routing.planning import Plan
-from altlas.pipelines.base import Pipeline, Prepared
-from altlas.pipelines.decode_once import decoded_once
+from altlas.pipelines.base import Prepared
 from altlas.schemas.errors import AltlasError, ErrorCode, InvalidRequestError
-from altlas.schemas.types import AnyRequest, ParamValue, Record
+from altlas.schemas.types import AnyRequest, Record
 
 #: Errors after which the next model of a fallback chain is tried (input errors are not).
 RETRY_NEXT = frozenset({"MODEL_FAILED", "MODEL_UNAVAILABLE", "DEADLINE_EXCEEDED"})
@@ -156,9 +154,10 @@ class MultiModelExecutor:
         return Execution(last.output, last.spec, last.job, tried, False, attributes)
 
     async def _ensemble(self, request: AnyRequest, plan: Plan, span: SpanContext | None) -> Execution:
-        # Every member's input from one decode of the payload (each model still preprocesses its own).
-        prepared = await asyncio.to_thread(
-            prepare_members, plan.pipeline, request.payload, request.params, plan.specs
+        # Every member's input from one decode of the payload (each model still preprocesses its own),
+        # on a decode thread, within the decode time limit like any other payload.
+        prepared = await self.decoder.prepare_together(
+            [(plan.pipeline, request.payload, request.params, spec) for spec in plan.specs]
         )
         tasks = [
             asyncio.create_task(self._attempt(request, plan, spec, span, self.budget(request, spec), item))
@@ -178,20 +177,6 @@ class MultiModelExecutor:
             return Execution(exc, None, None, members, False, attributes)
         lead = good[0]
         return Execution(combined, lead.spec, lead.job, members, bool(missed), attributes)
-
-
-def prepare_members(
-    pipeline: Pipeline, payload: bytes | str, params: Mapping[str, ParamValue], specs: Sequence[ModelSpec]
-) -> list[Prepared | BaseException]:
-    """Each model's input, the payload decoded once for all of them (pipelines/decode_once.py)."""
-    out: list[Prepared | BaseException] = []
-    with decoded_once():
-        for spec in specs:
-            try:
-                out.append(pipeline.prepare(payload, params, spec))
-            except Exception as exc:
-                out.append(exc)
-    return out
 
 
 def _request_budget(request: AnyRequest) -> float | None:

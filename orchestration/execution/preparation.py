@@ -18,6 +18,7 @@ already run in parallel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import pickle
 from collections.abc import Sequence
@@ -104,25 +105,42 @@ class Decoder:
         results = await asyncio.gather(*(self._chunk_on_threads(p) for p in parts))
         return [item for part in results for item in part]
 
-    async def _chunk_on_threads(self, todo: Sequence[Todo]) -> list[Prepared | BaseException]:
+    async def prepare_together(self, todo: Sequence[Todo]) -> list[Prepared | BaseException]:
+        """One payload for several models (an ensemble's members), its container decoded once for all
+        of them (pipelines/decode_once.py), on one thread, with the same time limit as any chunk."""
+        return await self._chunk_on_threads(todo, together=True)
+
+    async def _chunk_on_threads(
+        self, todo: Sequence[Todo], together: bool = False
+    ) -> list[Prepared | BaseException]:
         """A chunk on one thread, within the time limit, counted from when it has a thread.
 
         A thread cannot be stopped, so one that overruns is left to finish on
         its own (and the pool replaced, so the others keep their capacity);
         the payload it was decoding is answered DECODE_TIMED_OUT and the ones
-        after it are decoded again.
+        after it are decoded again (unless they are the same payload).
         """
         done: list[Prepared | BaseException] = []
-        async with self._free_threads:
-            future = asyncio.get_running_loop().run_in_executor(self._pool, prepare_each, todo, done)
-            try:
-                return await asyncio.wait_for(future, self.timeout_s)
-            except TimeoutError:
-                pass
-            finished = list(done)  # the abandoned thread may still append: take what was there
-            if len(finished) >= len(todo):
-                return finished
-            self._abandon()
+        await self._free_threads.acquire()
+        slot = _Slot(self._free_threads, asyncio.get_running_loop())
+        try:
+            work = self._pool.submit(prepare_each, todo, done, together)
+        except BaseException:
+            slot.release()
+            raise
+        # The slot is the thread's until it is done, even when this chunk's caller is cancelled.
+        work.add_done_callback(slot.release_soon)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(work), self.timeout_s)
+        except TimeoutError:
+            pass
+        finished = list(done)  # the abandoned thread may still append: take what was there
+        if len(finished) >= len(todo):
+            return finished
+        self._abandon()
+        slot.release()  # that thread runs on uncounted; the fresh pool has one for the next chunk
+        if together:  # the rest is the same payload: decoding it again would overrun again
+            return [*finished, *(decode_timed_out(self.timeout_s) for _ in todo[len(finished) :])]
         stuck = todo[len(finished)]
         log.warning(
             "a %s payload for %s took over %.0fs to decode; abandoned",
@@ -134,8 +152,7 @@ class Decoder:
         return [*finished, decode_timed_out(self.timeout_s), *rest]
 
     def _abandon(self) -> None:
-        """Leave an overrunning thread to finish alone, with a fresh pool for the chunks to come;
-        once its chunk lets go of its slot, the thread no longer counts against ``threads``."""
+        """Leave an overrunning thread to finish alone, with a fresh pool for the chunks to come."""
         self.abandoned_threads += 1
         old, self._pool = (
             self._pool,
@@ -183,6 +200,24 @@ class Decoder:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.processes is not None:
             self.processes.shutdown()
+
+
+class _Slot:
+    """One decode thread, held by a chunk until the thread is done with it or given up."""
+
+    def __init__(self, threads: asyncio.Semaphore, loop: asyncio.AbstractEventLoop) -> None:
+        self._threads, self._loop, self._held = threads, loop, True
+
+    def release(self) -> None:
+        """Give the thread back (once)."""
+        if self._held:
+            self._held = False
+            self._threads.release()
+
+    def release_soon(self, _: object) -> None:
+        """``release`` on the event loop, from the thread that finished the work."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for a thread
+            self._loop.call_soon_threadsafe(self.release)
 
 
 def _split(todo: Sequence[Todo], chunks: int) -> list[Sequence[Todo]]:

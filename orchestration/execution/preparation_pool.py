@@ -18,6 +18,7 @@ time, so only the one that crashes again is answered with an error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import pickle
@@ -31,6 +32,7 @@ import numpy as np
 
 from altlas.models.registry import ModelSpec
 from altlas.pipelines.base import Pipeline, Prepared
+from altlas.pipelines.decode_once import decoded_once
 from altlas.schemas.errors import AltlasError, ErrorCode, InvalidRequestError
 from altlas.schemas.types import ParamValue
 
@@ -169,18 +171,20 @@ def _ready() -> bool:
 
 
 def prepare_each(
-    todo: Sequence[Todo], out: list[Prepared | BaseException] | None = None
+    todo: Sequence[Todo], out: list[Prepared | BaseException] | None = None, together: bool = False
 ) -> list[Prepared | BaseException]:
     """Prepare each payload; a failure stays in its slot (on the decoder threads and in the workers).
 
     ``out`` fills as it goes, so a caller whose time ran out knows which payload was being decoded.
+    ``together``: the items share their payload (an ensemble's members), decoded once for all of them.
     """
     out = [] if out is None else out
-    for pipeline, payload, params, spec in todo:
-        try:
-            out.append(pipeline.prepare(payload, params, spec))
-        except Exception as exc:
-            out.append(exc)
+    with decoded_once() if together else contextlib.nullcontext():
+        for pipeline, payload, params, spec in todo:
+            try:
+                out.append(pipeline.prepare(payload, params, spec))
+            except Exception as exc:
+                out.append(exc)
     return out
 
 
