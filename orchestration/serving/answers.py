@@ -46,7 +46,8 @@ from altlas.schemas.types import (
 
 log = logging.getLogger(__name__)
 
-#: Most bytes of the original headers a dead letter without its value still carries.
+#: Most bytes of the original headers a dead letter without its value still carries (16 more per
+#: header for its framing: 400,000 empty headers are not nothing).
 MAX_SLIM_HEADER_BYTES = 64 * 1024
 
 
@@ -217,7 +218,7 @@ class Answers:
         what made every answer too large)."""
         headers = rec.headers
         omitted = "value"
-        if not with_value and sum(len(k) + len(v) for k, v in headers) > MAX_SLIM_HEADER_BYTES:
+        if not with_value and sum(len(k) + len(v) + 16 for k, v in headers) > MAX_SLIM_HEADER_BYTES:
             headers, omitted = (), "value and headers"
         letter = DeadLetter(
             topic=rec.topic,
