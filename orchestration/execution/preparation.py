@@ -18,11 +18,11 @@ already run in parallel.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import pickle
+import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from altlas.orchestration.execution.preparation_pool import DecodePool, Todo, decode_timed_out, prepare_each
 from altlas.pipelines.base import Prepared
@@ -51,10 +51,6 @@ class Decoder:
         self.threads = threads
         self.timeout_s = timeout_s
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
-        # A chunk takes a thread before it goes to the pool, never waits in the pool's queue: a chunk
-        # queued there behind a decode that overran would stay behind it when the pool is replaced,
-        # run out of time without having started, and be answered DECODE_TIMED_OUT for another's payload.
-        self._free_threads = asyncio.Semaphore(threads)
         self.abandoned_threads = 0  # threads left to finish a decode that ran out of time
         self.processes = DecodePool(processes, timeout_s=timeout_s) if processes > 0 else None
         self.process_max_item_bytes = process_max_item_bytes
@@ -113,32 +109,27 @@ class Decoder:
     async def _chunk_on_threads(
         self, todo: Sequence[Todo], together: bool = False
     ) -> list[Prepared | BaseException]:
-        """A chunk on one thread, within the time limit, counted from when it has a thread.
+        """A chunk on one thread, within the time limit, counted from when a thread starts it.
 
-        A thread cannot be stopped, so one that overruns is left to finish on
-        its own (and the pool replaced, so the others keep their capacity);
-        the payload it was decoding is answered DECODE_TIMED_OUT and the ones
-        after it are decoded again (unless they are the same payload).
+        Chunks queue in the pool, so its threads never wait for the event loop to
+        hand them work. A thread cannot be stopped, so one that overruns is left to
+        finish on its own and the pool replaced: the payload it was decoding is
+        answered DECODE_TIMED_OUT and the ones after it are decoded again (unless
+        they are the same payload); chunks queued behind it move to the new pool
+        at once, so none runs out of time without having started.
         """
-        done: list[Prepared | BaseException] = []
-        await self._free_threads.acquire()
-        slot = _Slot(self._free_threads, asyncio.get_running_loop())
+        chunk = _Chunk(todo, together, self._pool)
         try:
-            work = self._pool.submit(prepare_each, todo, done, together)
-        except BaseException:
-            slot.release()
+            in_time = await self._finished_in_time(chunk)
+        except asyncio.CancelledError:
+            chunk.cancel()  # still queued: it never runs
             raise
-        # The slot is the thread's until it is done, even when this chunk's caller is cancelled.
-        work.add_done_callback(slot.release_soon)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(work), self.timeout_s)
-        except TimeoutError:
-            pass
-        finished = list(done)  # the abandoned thread may still append: take what was there
+        if in_time:
+            return chunk.result()
+        finished = list(chunk.done)  # the abandoned thread may still append: take what was there
         if len(finished) >= len(todo):
             return finished
         self._abandon()
-        slot.release()  # that thread runs on uncounted; the fresh pool has one for the next chunk
         if together:  # the rest is the same payload: decoding it again would overrun again
             return [*finished, *(decode_timed_out(self.timeout_s) for _ in todo[len(finished) :])]
         stuck = todo[len(finished)]
@@ -151,6 +142,18 @@ class Decoder:
         rest = await self._on_threads(todo[len(finished) + 1 :]) if len(finished) + 1 < len(todo) else []
         return [*finished, decode_timed_out(self.timeout_s), *rest]
 
+    async def _finished_in_time(self, chunk: _Chunk) -> bool:
+        """Wait for ``chunk``; False once a thread has had it for longer than the time limit."""
+        while True:
+            left = None if self.timeout_s is None else chunk.time_left(self.timeout_s)
+            done, _ = await asyncio.wait({chunk.waiter}, timeout=left)
+            if done and chunk.moved_from(self._pool):  # was queued in a pool given up: run it here
+                chunk.submit(self._pool)
+            elif done:
+                return True
+            elif chunk.started and chunk.time_left(self.timeout_s or 0.0) <= 0:
+                return False
+
     def _abandon(self) -> None:
         """Leave an overrunning thread to finish alone, with a fresh pool for the chunks to come."""
         self.abandoned_threads += 1
@@ -158,7 +161,7 @@ class Decoder:
             self._pool,
             ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="decode"),
         )
-        old.shutdown(wait=False)
+        old.shutdown(wait=False, cancel_futures=True)  # what waited there moves to the new pool
 
     async def _in_processes(self, todo: Sequence[Todo]) -> list[Prepared | BaseException]:
         """Two chunks per worker: one is shipped while the other decodes."""
@@ -202,22 +205,41 @@ class Decoder:
             self.processes.shutdown()
 
 
-class _Slot:
-    """One decode thread, held by a chunk until the thread is done with it or given up."""
+class _Chunk:
+    """Payloads prepared on one decode thread: when the thread took them, and the pool they wait in."""
 
-    def __init__(self, threads: asyncio.Semaphore, loop: asyncio.AbstractEventLoop) -> None:
-        self._threads, self._loop, self._held = threads, loop, True
+    def __init__(self, todo: Sequence[Todo], together: bool, pool: ThreadPoolExecutor) -> None:
+        self.todo, self.together = todo, together
+        self.done: list[Prepared | BaseException] = []  # filled as it goes, on the thread
+        self.started: float | None = None  # time.monotonic() when a thread took it
+        self.pool = pool
+        self.work: Future[list[Prepared | BaseException]] = pool.submit(self._run)
+        self.waiter = asyncio.wrap_future(self.work)
 
-    def release(self) -> None:
-        """Give the thread back (once)."""
-        if self._held:
-            self._held = False
-            self._threads.release()
+    def submit(self, pool: ThreadPoolExecutor) -> None:
+        """Queue again, on ``pool``."""
+        self.pool, self.work = pool, pool.submit(self._run)
+        self.waiter = asyncio.wrap_future(self.work)
 
-    def release_soon(self, _: object) -> None:
-        """``release`` on the event loop, from the thread that finished the work."""
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for a thread
-            self._loop.call_soon_threadsafe(self.release)
+    def _run(self) -> list[Prepared | BaseException]:
+        self.started = time.monotonic()
+        return prepare_each(self.todo, self.done, self.together)
+
+    def time_left(self, limit: float) -> float:
+        """Seconds before it overruns ``limit``: all of it while no thread has started it."""
+        return limit if self.started is None else self.started + limit - time.monotonic()
+
+    def moved_from(self, current: ThreadPoolExecutor) -> bool:
+        """Whether it was dropped unstarted from a pool that is no longer ``current``."""
+        return self.pool is not current and self.work.cancelled()
+
+    def cancel(self) -> None:
+        """Drop it if no thread has started it."""
+        self.work.cancel()
+
+    def result(self) -> list[Prepared | BaseException]:
+        """What the thread returned (asyncio's CancelledError when the decoder was shut down first)."""
+        return self.waiter.result()
 
 
 def _split(todo: Sequence[Todo], chunks: int) -> list[Sequence[Todo]]:
