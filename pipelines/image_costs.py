@@ -13,6 +13,9 @@ more than their pixels, and they cost it on a decode thread every tenant shares.
   (gzipped) file took 18 s and 2.3 GB just to open, and it reads each entry of
   a directory in Python. The first directory's entries, and its strip and tile
   counts, are read before Pillow sees the file, with the headers Pillow accepts.
+- Pillow reads a PNG's chunks one by one in Python too: 1.3 million empty
+  ancillary chunks fit a 16 MB message and cost about 6 s. Chunks are counted
+  first (writers make IDAT chunks of 8-64 KB: a few hundred for a large image).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ MAX_RLE_BMP_PIXELS = 2 * 1024 * 1024
 MAX_TIFF_CHUNKS = 65_536
 #: Entries its directory may have (real files have a few dozen; Pillow reads each in Python, thrice).
 MAX_TIFF_ENTRIES = 4096
+#: Chunks a PNG may have, all kinds together.
+MAX_PNG_CHUNKS = 4096
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: The TIFF headers Pillow opens (TiffImagePlugin.PREFIXES), two of them malformed but accepted.
 _TIFF_PREFIXES = (b"MM\x00*", b"II*\x00", b"MM*\x00", b"II\x00*", b"MM\x00+", b"II+\x00")
 
@@ -54,6 +60,8 @@ def before_open(data: bytes) -> None:
         raise PayloadTooLargeError(f"a TIFF directory of {entries} entries; at most {MAX_TIFF_ENTRIES}")
     if chunks > MAX_TIFF_CHUNKS:
         raise PayloadTooLargeError(f"a TIFF of {chunks} strips or tiles; at most {MAX_TIFF_CHUNKS}")
+    if data[:8] == _PNG_SIGNATURE and png_chunks(data) > MAX_PNG_CHUNKS:
+        raise PayloadTooLargeError(f"a PNG of more than {MAX_PNG_CHUNKS} chunks")
 
 
 def after_open(data: bytes, opened: ImageFile.ImageFile, max_pixels: int) -> None:
@@ -137,3 +145,16 @@ def tiff_directory(data: bytes) -> tuple[int, int]:
         return entries, most
     except struct.error:  # truncated: Pillow says what is wrong with it
         return 0, 0
+
+
+def png_chunks(data: bytes) -> int:
+    """The chunks of a PNG up to its end (IEND or the data's), counting no further than
+    ``MAX_PNG_CHUNKS + 1``: each is a length, a type, the data and a CRC."""
+    count, pos = 0, len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data) and count <= MAX_PNG_CHUNKS:
+        (length,) = struct.unpack_from(">I", data, pos)
+        count += 1
+        if data[pos + 4 : pos + 8] == b"IEND":
+            break
+        pos += 12 + length
+    return count

@@ -130,3 +130,12 @@ def png_with_broken_exif(width: int, height: int) -> bytes:
     chunk = struct.pack(">I", len(exif)) + b"eXIf" + exif + struct.pack(">I", zlib.crc32(b"eXIf" + exif))
     at = plain.index(b"IDAT") - 4
     return plain[:at] + chunk + plain[at:]
+
+
+def png_with_chunks(extra: int) -> bytes:
+    """A small PNG carrying ``extra`` empty private ancillary chunks before its image data: Pillow
+    reads each one in Python."""
+    plain = encode(Image.new("RGB", (4, 4), (1, 2, 3)))
+    at = plain.index(b"IDAT") - 4
+    empty = struct.pack(">I", 0) + b"prVt" + struct.pack(">I", zlib.crc32(b"prVt"))
+    return plain[:at] + empty * extra + plain[at:]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import BmpImagePlugin, Image, JpegImagePlugin, TiffImagePlugin
+from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
 from altlas.models.onnx import OnnxRuntime
 from altlas.models.registry import ModelRegistry
@@ -17,6 +17,7 @@ from altlas.pipelines.image import decode_image
 from altlas.pipelines.image_classification import ImageClassificationPipeline, Recipe, preprocess
 from altlas.pipelines.image_costs import (
     MAX_JPEG_SCANS,
+    MAX_PNG_CHUNKS,
     MAX_RLE_BMP_PIXELS,
     MAX_TIFF_CHUNKS,
     MAX_TIFF_ENTRIES,
@@ -31,6 +32,7 @@ from tests.images import (
     jpeg_repeating_a_scan,
     png_declaring,
     png_with_broken_exif,
+    png_with_chunks,
     rotated_page,
     solid,
     tiff_with_strips,
@@ -163,6 +165,20 @@ def test_fill_bytes_before_a_marker_and_padded_run_length_bmps() -> None:
     padded = padded[:-2] + b"\x00\x02\x00\x00" * 100_000 + padded[-2:]
     with pytest.raises(PayloadTooLargeError, match="run-length BMP of"):
         decode_image(padded, max_pixels=40_000_000)
+
+
+def test_a_png_of_thousands_of_empty_chunks_is_refused_before_pillow_reads_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pillow reads each chunk in Python: 1.3 million empty ones fit a 16 MB message and cost about 6 s.
+    assert decode_image(png_with_chunks(100), max_pixels=10_000).size == (4, 4)
+
+    def _open(self: object) -> None:
+        raise AssertionError("refused from the chunk count, before Pillow opens it")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "_open", _open)
+    with pytest.raises(PayloadTooLargeError, match="chunks"):
+        decode_image(png_with_chunks(MAX_PNG_CHUNKS), max_pixels=10_000)
 
 
 def test_an_exif_orientation_that_cannot_be_applied_leaves_the_image_as_stored() -> None:
