@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,16 @@ SPEC = ModelSpec("where", "1", "vision.where", "onnx", None)
 async def decoder() -> AsyncIterator[Decoder]:
     d = Decoder(1, 1)
     await d.start()
+    try:
+        yield d
+    finally:
+        d.shutdown()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[Decoder]:
+    """One decode thread with a 1 s time limit: the slow payload (5 s) overruns it."""
+    d = Decoder(1, timeout_s=1.0)
     try:
         yield d
     finally:
@@ -301,49 +311,39 @@ async def test_a_decode_past_the_time_limit_fails_alone_and_frees_its_worker(pro
         decoder.shutdown()
 
 
-async def test_a_chunk_queued_behind_a_decode_that_overruns_is_decoded_not_timed_out() -> None:
+async def test_a_chunk_queued_behind_a_decode_that_overruns_is_decoded_not_timed_out(
+    one_thread: Decoder,
+) -> None:
     # One thread; the slow payload (another tenant's) overruns while a second batch waits for the
     # thread. That batch never started decoding: it must be decoded once the thread is given up,
     # not answered DECODE_TIMED_OUT along with the payload that took the time.
-    decoder = Decoder(1, timeout_s=1.0)
-    try:
-        pipeline = WherePipeline()
-        slow = asyncio.ensure_future(decoder.prepare_many([(pipeline, b"slow", {}, SPEC)]))
-        await asyncio.sleep(0.1)  # the slow payload has the thread
-        innocent = await decoder.prepare_many([(pipeline, b"abc", {}, SPEC)])
-        (timed_out,) = await slow
-        assert isinstance(timed_out, AltlasError) and timed_out.code is ErrorCode.DECODE_TIMED_OUT
-        assert isinstance(innocent[0], Prepared) and len(innocent[0].data) == 3, innocent
-        assert decoder.abandoned_threads == 1  # the slow one's thread only
-    finally:
-        decoder.shutdown()
+    pipeline = WherePipeline()
+    slow = asyncio.ensure_future(one_thread.prepare_many([(pipeline, b"slow", {}, SPEC)]))
+    await asyncio.sleep(0.1)  # the slow payload has the thread
+    innocent = await one_thread.prepare_many([(pipeline, b"abc", {}, SPEC)])
+    (timed_out,) = await slow
+    assert isinstance(timed_out, AltlasError) and timed_out.code is ErrorCode.DECODE_TIMED_OUT
+    assert isinstance(innocent[0], Prepared) and len(innocent[0].data) == 3, innocent
+    assert one_thread.abandoned_threads == 1  # the slow one's thread only
 
 
-async def test_a_cancelled_chunk_keeps_its_thread_until_the_thread_is_done() -> None:
+async def test_a_cancelled_chunk_keeps_its_thread_until_the_thread_is_done(one_thread: Decoder) -> None:
     # A batch cancelled (a rewind, a shutdown) while its payload decodes: the thread is still busy, so
-    # the next chunk must wait for it rather than queue behind it in the pool and run out of time there.
-    decoder = Decoder(1, timeout_s=1.0)
-    try:
-        pipeline = WherePipeline()
-        slow = asyncio.ensure_future(decoder.prepare_many([(pipeline, b"slow", {}, SPEC)]))
-        await asyncio.sleep(0.1)
-        slow.cancel()
-        (after,) = await decoder.prepare_many([(pipeline, b"abc", {}, SPEC)])
-        assert isinstance(after, Prepared) and len(after.data) == 3, after
-        assert decoder.abandoned_threads == 0
-    finally:
-        decoder.shutdown()
+    # the next chunk waits behind it, and its time limit starts only when a thread takes it.
+    pipeline = WherePipeline()
+    slow = asyncio.ensure_future(one_thread.prepare_many([(pipeline, b"slow", {}, SPEC)]))
+    await asyncio.sleep(0.1)
+    slow.cancel()
+    (after,) = await one_thread.prepare_many([(pipeline, b"abc", {}, SPEC)])
+    assert isinstance(after, Prepared) and len(after.data) == 3, after
+    assert one_thread.abandoned_threads == 0
 
 
-async def test_an_ensembles_payload_decodes_once_within_the_time_limit() -> None:
-    decoder = Decoder(1, timeout_s=1.0)
-    try:
-        pipeline = WherePipeline()
-        members = [(pipeline, b"slow", {}, SPEC)] * 3
-        out = await decoder.prepare_together(members)
-        assert all(isinstance(o, AltlasError) and o.code is ErrorCode.DECODE_TIMED_OUT for o in out), out
-        assert decoder.abandoned_threads == 1  # not decoded again for the next member
-        together = await decoder.prepare_together([(pipeline, b"ab", {}, SPEC)] * 3)
-        assert [len(o.data) for o in together if isinstance(o, Prepared)] == [2, 2, 2]
-    finally:
-        decoder.shutdown()
+async def test_an_ensembles_payload_decodes_once_within_the_time_limit(one_thread: Decoder) -> None:
+    pipeline = WherePipeline()
+    members = [(pipeline, b"slow", {}, SPEC)] * 3
+    out = await one_thread.prepare_together(members)
+    assert all(isinstance(o, AltlasError) and o.code is ErrorCode.DECODE_TIMED_OUT for o in out), out
+    assert one_thread.abandoned_threads == 1  # not decoded again for the next member
+    together = await one_thread.prepare_together([(pipeline, b"ab", {}, SPEC)] * 3)
+    assert [len(o.data) for o in together if isinstance(o, Prepared)] == [2, 2, 2]

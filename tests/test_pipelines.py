@@ -44,6 +44,15 @@ def test_an_image_declaring_50000_by_50000_pixels_is_refused_before_decoding() -
         decode_image(png_declaring(50_000, 50_000), max_pixels=40_000_000)
 
 
+def _never_reached(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> None:
+    """Fail the test if Pillow gets as far as ``owner.name``: the refusal must come from the bytes, first."""
+
+    def reached(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"{owner.__name__}.{name} was reached: the file was not refused before it")
+
+    monkeypatch.setattr(owner, name, reached)
+
+
 def test_a_jpeg_repeating_one_scan_thousands_of_times_is_refused_before_decoding(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -51,11 +60,7 @@ def test_a_jpeg_repeating_one_scan_thousands_of_times_is_refused_before_decoding
     # per scan on a decode thread all tenants share. Counted from the markers, it never reaches libjpeg.
     bomb = jpeg_repeating_a_scan(6000, 6000, 2000)
     assert len(bomb) < 300_000
-
-    def load(self: object) -> None:
-        raise AssertionError("the scans should have been counted before decoding")
-
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", load)
+    _never_reached(monkeypatch, JpegImagePlugin.JpegImageFile, "load")
     with pytest.raises(PayloadTooLargeError, match="scans") as caught:
         decode_image(bomb, max_pixels=40_000_000)
     assert caught.value.code is ErrorCode.PAYLOAD_TOO_LARGE
@@ -88,11 +93,7 @@ def test_a_large_run_length_bmp_is_refused_before_pillow_decodes_it_in_python(
     # 26 KB, 40 megapixels: seconds of Python holding the GIL on a decode thread every tenant shares.
     small = bmp_rle(100, 100, rle4=rle4)
     assert decode_image(small, max_pixels=40_000_000).size == (100, 100)
-
-    def decode(self: object, buffer: object) -> None:
-        raise AssertionError("refused from the header, before decoding")
-
-    monkeypatch.setattr(BmpImagePlugin.BmpRleDecoder, "decode", decode)
+    _never_reached(monkeypatch, BmpImagePlugin.BmpRleDecoder, "decode")
     side = int(MAX_RLE_BMP_PIXELS**0.5) + 1
     with pytest.raises(PayloadTooLargeError, match="run-length"):
         decode_image(bmp_rle(side, side, rle4=rle4), max_pixels=40_000_000)
@@ -105,11 +106,7 @@ def test_a_tiff_of_millions_of_strips_is_refused_before_pillow_opens_it(
 ) -> None:
     # Pillow makes a Python object per strip while opening: 7.8 million strips took 18 s and 2.3 GB.
     assert decode_image(tiff_with_strips(1000), max_pixels=40_000_000).size == (1, 1000)
-
-    def _open(self: object) -> None:
-        raise AssertionError("refused from the directory, before Pillow opens it")
-
-    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "_open", _open)
+    _never_reached(monkeypatch, TiffImagePlugin.TiffImageFile, "_open")
     with pytest.raises(PayloadTooLargeError, match="strips or tiles"):
         decode_image(tiff_with_strips(MAX_TIFF_CHUNKS + 1), max_pixels=40_000_000)
 
@@ -122,11 +119,7 @@ def test_tiff_variants_pillow_accepts_are_counted_too(monkeypatch: pytest.Monkey
     many = tiff_with_strips(10)
     entries = MAX_TIFF_ENTRIES + 1
     many = many[:8] + entries.to_bytes(2, "little") + many[10:] + bytes(12 * entries)
-
-    def _open(self: object) -> None:
-        raise AssertionError("refused from the directory, before Pillow opens it")
-
-    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "_open", _open)
+    _never_reached(monkeypatch, TiffImagePlugin.TiffImageFile, "_open")
     with pytest.raises(PayloadTooLargeError, match="strips or tiles"):
         decode_image(swapped, max_pixels=40_000_000)
     with pytest.raises(PayloadTooLargeError, match="entries"):
@@ -172,11 +165,7 @@ def test_a_png_of_thousands_of_empty_chunks_is_refused_before_pillow_reads_them(
 ) -> None:
     # Pillow reads each chunk in Python: 1.3 million empty ones fit a 16 MB message and cost about 6 s.
     assert decode_image(png_with_chunks(100), max_pixels=10_000).size == (4, 4)
-
-    def _open(self: object) -> None:
-        raise AssertionError("refused from the chunk count, before Pillow opens it")
-
-    monkeypatch.setattr(PngImagePlugin.PngImageFile, "_open", _open)
+    _never_reached(monkeypatch, PngImagePlugin.PngImageFile, "_open")
     with pytest.raises(PayloadTooLargeError, match="chunks"):
         decode_image(png_with_chunks(MAX_PNG_CHUNKS), max_pixels=10_000)
 
