@@ -158,11 +158,12 @@ class SchemaRegistryClient:
             raise UnknownSchemaError(f"schema id {schema_id} is not a valid schema id")
         with self._lock:
             cached = self._by_id.get(schema_id)
-            unknown_until = self._unknown.get(schema_id, 0.0)
-            allowed = cached is not None or unknown_until > time.monotonic() or self._lookups.take()
+            missing = self._unknown.get(schema_id, 0.0) > time.monotonic()
+            # Only an id neither known nor known missing spends a lookup.
+            allowed = cached is not None or missing or self._lookups.take()
         if cached is not None:
             return cached
-        if unknown_until > time.monotonic():
+        if missing:
             raise UnknownSchemaError(f"schema id {schema_id} is not in the registry (asked recently)")
         if not allowed:
             raise UnknownSchemaError(
